@@ -1,0 +1,119 @@
+"""Encode messages to bytes and decode (topic, payload) into validated messages.
+
+``decode`` raises only :class:`~schemas.errors.DecodeError`, whatever the input.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from schemas.errors import DecodeError, Reason, TopicError
+from schemas.messages import CHANNEL_KINDS, COMMAND_KINDS, KINDS, MESSAGE_ADAPTER, Message
+from schemas.topics import Channel, ParsedTopic, Topics
+from schemas.version import MAJOR, major_of
+
+__all__ = ["DEFAULT_MAX_PAYLOAD", "Cleared", "Codec", "decode", "encode"]
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+_RETAINED = (Channel.STATUS, Channel.REGISTRATION, Channel.COORDINATOR_STATUS)
+
+
+@dataclass(frozen=True)
+class Cleared:
+    """An empty retained payload: the site was deregistered from that topic."""
+
+    topic: ParsedTopic
+
+
+def encode(msg: BaseModel) -> bytes:
+    """Serialize a message to compact UTF-8 JSON."""
+    return msg.model_dump_json().encode()
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Decoder bound to one topic prefix and a payload size limit."""
+
+    topics: Topics = field(default_factory=Topics)
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+
+    def decode(self, topic: str, payload: bytes) -> Message | Cleared:
+        """Validate ``payload`` received on ``topic``; raise DecodeError with a reason."""
+        try:
+            parsed = self.topics.parse(topic)
+        except TopicError as exc:
+            raise DecodeError(Reason.BAD_TOPIC, str(exc)) from None
+        if len(payload) > self.max_payload:
+            raise DecodeError(
+                Reason.TOO_LARGE, f"{len(payload)} bytes exceeds limit {self.max_payload}"
+            )
+        if not payload:
+            if parsed.channel in _RETAINED:
+                return Cleared(parsed)
+            raise DecodeError(Reason.EMPTY, "empty payload on a non-retained topic")
+        try:
+            msg: Any = MESSAGE_ADAPTER.validate_json(payload)
+        except ValidationError as exc:
+            raise _diagnose(payload, exc) from None
+        except Exception as exc:  # pydantic-core may raise on pathological input
+            raise DecodeError(Reason.INVALID, type(exc).__name__) from None
+        if major_of(msg.v) != MAJOR:
+            raise DecodeError(Reason.UNSUPPORTED_VERSION, f"version {msg.v}, expected {MAJOR}.x")
+        _check_topic(parsed, msg)
+        return msg  # type: ignore[no-any-return]
+
+
+def _check_topic(parsed: ParsedTopic, msg: Any) -> None:
+    if parsed.channel is Channel.CMD:
+        allowed = COMMAND_KINDS[parsed.command or ""]
+    else:
+        allowed = CHANNEL_KINDS[parsed.channel]
+    if msg.kind not in allowed:
+        raise DecodeError(
+            Reason.WRONG_TOPIC, f"kind {msg.kind!r} does not belong on {parsed.channel.value}"
+        )
+    if parsed.site is not None and msg.site != parsed.site:
+        raise DecodeError(
+            Reason.SITE_MISMATCH, f"payload site {msg.site!r} != topic site {parsed.site!r}"
+        )
+    if parsed.device is not None and msg.device != parsed.device:
+        raise DecodeError(
+            Reason.WRONG_TOPIC, f"payload device {msg.device!r} != topic {parsed.device!r}"
+        )
+    if parsed.job is not None and msg.job_id != parsed.job:
+        raise DecodeError(Reason.WRONG_TOPIC, f"payload job {msg.job_id!r} != topic {parsed.job!r}")
+
+
+def _diagnose(payload: bytes, exc: ValidationError) -> DecodeError:
+    """Turn a failed fast-path validation into the most specific reason."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return DecodeError(Reason.NOT_UTF8, f"invalid UTF-8 at byte {err.start}")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        return DecodeError(Reason.NOT_JSON, str(err)[:200])
+    if not isinstance(data, dict):
+        return DecodeError(Reason.NOT_OBJECT, f"payload is a JSON {type(data).__name__}")
+    version = data.get("v")
+    if isinstance(version, str) and major_of(version) not in (None, MAJOR):
+        return DecodeError(Reason.UNSUPPORTED_VERSION, f"version {version}, expected {MAJOR}.x")
+    kind = data.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
+        return DecodeError(Reason.UNKNOWN_KIND, f"unknown kind {str(kind)[:64]!r}")
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"][1:]) or "payload"
+    return DecodeError(Reason.INVALID, f"{where}: {first['msg']}"[:300])
+
+
+_DEFAULT = Codec()
+
+
+def decode(topic: str, payload: bytes) -> Message | Cleared:
+    """Decode with the default prefix and size limit (see :class:`Codec`)."""
+    return _DEFAULT.decode(topic, payload)

@@ -1,0 +1,73 @@
+"""The envelope every fedmq payload carries, and the shared field types."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.version import SCHEMA_VERSION
+
+__all__ = [
+    "DurableEnvelope",
+    "Envelope",
+    "EpochMs",
+    "Id",
+    "Level",
+    "SeqRange",
+    "SiteId",
+    "now_ms",
+]
+
+SiteId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+Level = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+Id = Level
+EpochMs = Annotated[int, Field(ge=0, le=32_503_680_000_000)]  # until year 3000
+
+
+def now_ms() -> int:
+    """The current time as UTC epoch milliseconds (the only timestamp fedmq uses)."""
+    return time.time_ns() // 1_000_000
+
+
+class Envelope(BaseModel):
+    """Fields common to every message.
+
+    ``session`` is the sender's boot counter (+1 per connect), ``seq`` its per-site
+    sequence number: durable messages each consume one, other messages carry the last
+    one allocated. ``historical`` is true when replayed from the site's outbox.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: str = Field(default=SCHEMA_VERSION, pattern=r"^\d+\.\d+$")
+    site: SiteId
+    session: int = Field(ge=0)
+    seq: int = Field(default=0, ge=0)
+    ts: EpochMs = Field(default_factory=now_ms)
+    historical: bool = False
+
+
+class SeqRange(BaseModel):
+    """An inclusive range of sequence numbers (``first <= last``)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    first: int = Field(ge=1)
+    last: int = Field(ge=1)
+
+    def model_post_init(self, _context: object) -> None:
+        if self.last < self.first:
+            raise ValueError("SeqRange.last must be >= first")
+
+
+class DurableEnvelope(Envelope):
+    """A message kept in the site outbox until the coordinator acks its ``seq``.
+
+    ``gaps`` announces ranges the site dropped by its overflow policy and that the
+    coordinator will therefore never receive, so its contiguous ack can move past them.
+    """
+
+    seq: int = Field(ge=1)
+    gaps: tuple[SeqRange, ...] = ()

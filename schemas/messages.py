@@ -1,0 +1,93 @@
+"""The union of every wire message, discriminated by ``kind``, and where each may travel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field, TypeAdapter
+
+from schemas.commands import (
+    Ack,
+    CancelCommand,
+    CoordinatorStatus,
+    PingCommand,
+    RebirthCommand,
+    TrainChunk,
+    TrainCommand,
+)
+from schemas.jobs import JobResult, JobStatus, ResultChunk
+from schemas.site_messages import Heartbeat, Registration, SiteStatus
+from schemas.telemetry import TelemetryBatch
+from schemas.topics import Channel
+
+__all__ = [
+    "ALL_MODELS",
+    "CHANNEL_KINDS",
+    "COMMAND_KINDS",
+    "DURABLE_KINDS",
+    "KINDS",
+    "MESSAGE_ADAPTER",
+    "Message",
+]
+
+Message = Annotated[
+    Union[
+        SiteStatus,
+        Registration,
+        Heartbeat,
+        TelemetryBatch,
+        JobStatus,
+        JobResult,
+        ResultChunk,
+        Ack,
+        TrainCommand,
+        TrainChunk,
+        CancelCommand,
+        RebirthCommand,
+        PingCommand,
+        CoordinatorStatus,
+    ],
+    Field(discriminator="kind"),
+]
+
+MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+
+ALL_MODELS = (
+    SiteStatus,
+    Registration,
+    Heartbeat,
+    TelemetryBatch,
+    JobStatus,
+    JobResult,
+    ResultChunk,
+    Ack,
+    TrainCommand,
+    TrainChunk,
+    CancelCommand,
+    RebirthCommand,
+    PingCommand,
+    CoordinatorStatus,
+)
+
+KINDS: dict[str, type] = {m.model_fields["kind"].default: m for m in ALL_MODELS}
+
+# Which kinds may arrive on which channel; for commands, keyed by the command level.
+CHANNEL_KINDS: dict[Channel, frozenset[str]] = {
+    Channel.STATUS: frozenset({"site_status"}),
+    Channel.REGISTRATION: frozenset({"registration"}),
+    Channel.HEARTBEAT: frozenset({"heartbeat"}),
+    Channel.TELEMETRY: frozenset({"telemetry"}),
+    Channel.JOB_STATUS: frozenset({"job_status"}),
+    Channel.JOB_RESULT: frozenset({"job_result", "result_chunk"}),
+    Channel.ACK: frozenset({"ack"}),
+    Channel.COORDINATOR_STATUS: frozenset({"coordinator_status"}),
+}
+COMMAND_KINDS: dict[str, frozenset[str]] = {
+    "train": frozenset({"train", "train_chunk"}),
+    "cancel": frozenset({"cancel"}),
+    "rebirth": frozenset({"rebirth"}),
+    "ping": frozenset({"ping"}),
+}
+
+# Kept in the site outbox until acked; each consumes a seq.
+DURABLE_KINDS = frozenset({"telemetry", "job_status", "job_result", "result_chunk"})
