@@ -32,7 +32,15 @@ from schemas.site_messages import (
     TelemetryDevice,
 )
 from schemas.telemetry import Sample, TelemetryBatch
-from schemas.topics import DEFAULT_PREFIX, Channel, ParsedTopic, Topics, validate_site_id
+from schemas.topics import (
+    DEFAULT_PREFIX,
+    QOS,
+    RETAINED,
+    Channel,
+    ParsedTopic,
+    Topics,
+    validate_site_id,
+)
 from schemas.version import MAJOR, MINOR, SCHEMA_VERSION
 from schemas.weights import ChunkFields, WeightsBlob, assemble, make_blob, sha256_hex
 
@@ -46,6 +54,8 @@ __all__ = [
     "MAJOR",
     "MESSAGE_ADAPTER",
     "MINOR",
+    "QOS",
+    "RETAINED",
     "SCHEMA_VERSION",
     "Ack",
     "CancelCommand",

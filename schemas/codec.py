@@ -13,13 +13,12 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.errors import DecodeError, Reason, TopicError
 from schemas.messages import CHANNEL_KINDS, COMMAND_KINDS, KINDS, MESSAGE_ADAPTER, Message
-from schemas.topics import Channel, ParsedTopic, Topics
+from schemas.topics import RETAINED, Channel, ParsedTopic, Topics
 from schemas.version import MAJOR, major_of
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "Cleared", "Codec", "decode", "encode"]
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
-_RETAINED = (Channel.STATUS, Channel.REGISTRATION, Channel.COORDINATOR_STATUS)
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class Codec:
                 Reason.TOO_LARGE, f"{len(payload)} bytes exceeds limit {self.max_payload}"
             )
         if not payload:
-            if parsed.channel in _RETAINED:
+            if parsed.channel in RETAINED:
                 return Cleared(parsed)
             raise DecodeError(Reason.EMPTY, "empty payload on a non-retained topic")
         try:

@@ -39,7 +39,9 @@ class Envelope(BaseModel):
     one allocated. ``historical`` is true when replayed from the site's outbox.
     """
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # JSON has no NaN/Infinity: pydantic would encode them as null, which then fails to
+    # decode (or decodes as None), so non-finite floats are refused when a message is built.
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     v: str = Field(default=SCHEMA_VERSION, pattern=r"^\d+\.\d+$")
     site: SiteId

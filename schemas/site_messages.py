@@ -22,7 +22,7 @@ __all__ = [
     "TelemetryDevice",
 ]
 
-_frozen = ConfigDict(frozen=True, extra="ignore")
+_frozen = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
 
 class SiteStatus(Envelope):

@@ -23,6 +23,8 @@ from schemas.errors import TopicError
 __all__ = [
     "COMMANDS",
     "DEFAULT_PREFIX",
+    "QOS",
+    "RETAINED",
     "Channel",
     "ParsedTopic",
     "Topics",
@@ -52,16 +54,22 @@ class Channel(str, Enum):
     COORDINATOR_STATUS = "coordinator_status"
 
 
+# Delivery per channel (DESIGN.md topic table): the MQTT QoS, and which topics are
+# retained (status and coordinator status are also the Last Will).
+QOS: dict[Channel, int] = {c: 0 if c is Channel.HEARTBEAT else 1 for c in Channel}
+RETAINED = frozenset({Channel.STATUS, Channel.REGISTRATION, Channel.COORDINATOR_STATUS})
+
+
 def validate_site_id(site: str) -> str:
     """Return ``site`` if it is a valid site id, else raise TopicError."""
-    if not isinstance(site, str) or not _SITE_RE.match(site):
+    if not isinstance(site, str) or not _SITE_RE.fullmatch(site):
         raise TopicError(f"invalid site id {site!r}: must match {_SITE_RE.pattern}")
     return site
 
 
 def validate_level(value: str, what: str = "topic level") -> str:
     """Return ``value`` if it is one portable topic level, else raise TopicError."""
-    if not isinstance(value, str) or not _LEVEL_RE.match(value):
+    if not isinstance(value, str) or not _LEVEL_RE.fullmatch(value):
         raise TopicError(f"invalid {what} {value!r}: use 1-128 of [A-Za-z0-9_-]")
     return value
 
