@@ -26,7 +26,11 @@ EXIT = {
 }
 
 # name -> "module:command". Each command lives in its own module; add one line here.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "broker": "coordinator.cli_broker:broker",
+    "schema": "coordinator.cli_schema:schema",
+    "serve": "coordinator.cli_serve:serve",
+}
 
 
 @click.group(
