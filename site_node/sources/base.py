@@ -110,13 +110,20 @@ class ThreadedSource:
     failing callback from killing the reader.
     """
 
-    def __init__(self, device: str, sensors: tuple[SensorSpec, ...]) -> None:
+    def __init__(
+        self,
+        device: str,
+        sensors: tuple[SensorSpec, ...],
+        counters: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.device = device
         self._sensors = sensors
+        self._clock = clock
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._emit: Emit | None = None
-        self._counts: dict[str, int] = {"samples": 0, "emit_errors": 0}
+        self._counts: dict[str, int] = dict.fromkeys(("samples", "emit_errors", *counters), 0)
         self._counts_lock = threading.Lock()
         self._ratelog = RateLimitedLog(logging.getLogger(type(self).__module__))
 
@@ -165,7 +172,20 @@ class ThreadedSource:
         with self._counts_lock:
             self._counts[key] = self._counts.get(key, 0) + n
 
+    def _malformed(self, why: str, snippet: object) -> None:
+        self._count("malformed")
+        self._ratelog(
+            logging.WARNING,
+            "malformed",
+            "device %s: skipped malformed line (%s): %r",
+            self.device,
+            why,
+            snippet,
+        )
+
     def _emit_sample(self, sample: Sample) -> None:
+        if sample.q == "bad":
+            self._count("bad_values")
         assert self._emit is not None
         try:
             self._emit(sample)

@@ -39,9 +39,9 @@ class FileSource(ThreadedSource):
         cfg: FileDeviceConfig,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(cfg.name, cfg.sensors())
+        counters = ("rows", "filtered", "malformed", "bad_values", "loops", "open_failures")
+        super().__init__(cfg.name, cfg.sensors(), (*counters, "finished"), clock)
         self.cfg = cfg
-        self._clock = clock
         self._columns = cfg.resolved_columns()
         self._delimiter = " " if cfg.format == "whitespace" else cfg.delimiter
         names = [c.name for c in self._columns]
@@ -49,9 +49,6 @@ class FileSource(ThreadedSource):
             (names.index(col), rule if isinstance(rule, RangeFilter) else frozenset(rule))
             for col, rule in cfg.include.items()
         ]
-        for key in ("rows", "filtered", "malformed", "bad_values", "loops", "open_failures"):
-            self._counts[key] = 0
-        self._counts["finished"] = 0
 
     def _parser(self, header: str | None) -> CsvLineParser:
         positions = None
@@ -130,15 +127,7 @@ class FileSource(ThreadedSource):
             try:
                 values = parser.values(text)
             except MalformedLine as exc:
-                self._count("malformed")
-                self._ratelog(
-                    logging.WARNING,
-                    "malformed",
-                    "device %s: skipped malformed row (%s): %r",
-                    self.device,
-                    exc,
-                    text[:80],
-                )
+                self._malformed(str(exc), text[:80])
                 continue
             if not self._keep(values):
                 self._count("filtered")
@@ -157,8 +146,6 @@ class FileSource(ThreadedSource):
                 log.debug("row rejected: %s", exc)
                 continue
             for sample in samples:
-                if sample.q == "bad":
-                    self._count("bad_values")
                 self._emit_sample(sample)
             self._count("rows")
             emitted += 1

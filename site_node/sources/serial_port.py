@@ -35,9 +35,9 @@ class SerialSource(ThreadedSource):
         cfg: SerialDeviceConfig,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(cfg.name, cfg.sensors())
+        counters = ("lines", "malformed", "bad_values", "opens", "reopens", "disconnects")
+        super().__init__(cfg.name, cfg.sensors(), (*counters, "open_failures"), clock)
         self.cfg = cfg
-        self._clock = clock
         self._parser: CsvLineParser | JsonLineParser
         if cfg.format == "csv":
             self._parser = CsvLineParser(
@@ -49,9 +49,6 @@ class SerialSource(ThreadedSource):
             )
         self._port: serial.Serial | None = None
         self._port_lock = threading.Lock()
-        for key in ("lines", "malformed", "bad_values", "opens", "reopens", "disconnects"):
-            self._counts[key] = 0
-        self._counts["open_failures"] = 0
 
     def stop(self) -> None:
         """Stop reading; a blocked read is cancelled so this returns promptly."""
@@ -70,7 +67,7 @@ class SerialSource(ThreadedSource):
         try:
             text = raw.decode(self.cfg.encoding).strip()
         except UnicodeDecodeError:
-            self._malformed("undecodable bytes", raw)
+            self._malformed("undecodable bytes", raw[:80])
             return
         if not text:
             return
@@ -78,23 +75,10 @@ class SerialSource(ThreadedSource):
         try:
             samples = self._parser.parse(text, now_ms())
         except MalformedLine as exc:
-            self._malformed(str(exc), raw)
+            self._malformed(str(exc), raw[:80])
             return
         for sample in samples:
-            if sample.q == "bad":
-                self._count("bad_values")
             self._emit_sample(sample)
-
-    def _malformed(self, why: str, raw: bytes) -> None:
-        self._count("malformed")
-        self._ratelog(
-            logging.WARNING,
-            "malformed",
-            "device %s: skipped malformed line (%s): %r",
-            self.device,
-            why,
-            raw[:80],
-        )
 
     def _open(self) -> serial.Serial | None:
         cfg = self.cfg
@@ -193,6 +177,9 @@ class SerialSource(ThreadedSource):
                 del buf[: end + 1]
                 if discarding:
                     discarding = False
+                    continue
+                if len(line) > limit:
+                    self._malformed(f"line longer than {limit} bytes", line[:80])
                     continue
                 self.handle_line(line)
                 # Only a device that delivers lines is healthy enough to forget its backoff.

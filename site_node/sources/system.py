@@ -63,10 +63,9 @@ class SystemSource(ThreadedSource):
     """
 
     def __init__(self, cfg: SystemDeviceConfig) -> None:
-        super().__init__(cfg.name, cfg.sensors())
+        super().__init__(cfg.name, cfg.sensors(), ("polls", "bad_values"))
         self.cfg = cfg
         self._readers = _readers(cfg.disk_path)
-        self._counts.update(polls=0, bad_values=0)
 
     def poll(self) -> list[Sample]:
         """Read every configured metric once."""
@@ -102,8 +101,6 @@ class SystemSource(ThreadedSource):
             samples = self.poll()
             self._count("polls")
             for sample in samples:
-                if sample.q == "bad":
-                    self._count("bad_values")
                 self._emit_sample(sample)
             if self._stopping.wait(self.cfg.interval_s):
                 return
