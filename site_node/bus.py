@@ -1,0 +1,330 @@
+"""The site's MQTT connection: the only site module that imports paho.
+
+One thread owns the connection loop. Each attempt uses a fresh paho client (so the Last
+Will can carry the new session, and no stale in-memory queue survives a reconnect), with
+exponential backoff and full jitter between attempts; a broker that is down at start is
+retried forever. paho callbacks only put :class:`Connected`, :class:`Disconnected` and
+:class:`Inbound` events into the inbound queue. QoS 1 publishes are held to a bounded
+in-flight window (paho's message ids wrap at 65,535): :meth:`SiteBus.publish` refuses
+when the window is full and :meth:`SiteBus.wait_room` blocks until it has room.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from schemas import MqttSettings
+
+__all__ = [
+    "BusError",
+    "BusEvent",
+    "Connected",
+    "Disconnected",
+    "Inbound",
+    "SiteBus",
+    "WillFactory",
+    "publish_once",
+]
+
+log = logging.getLogger(__name__)
+
+# Broker-side session lifetime (MQTT 5): commands sent while the site is briefly away wait.
+SESSION_EXPIRY_S = 3600
+
+
+class BusError(RuntimeError):
+    """The broker could not be reached or refused us (one line, for the CLI)."""
+
+
+@dataclass(frozen=True)
+class Connected:
+    """CONNACK success for the attempt that used ``session``."""
+
+    session: int
+    session_present: bool
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    session: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+BusEvent = Connected | Disconnected | Inbound
+# Called before each attempt: (session, will topic, will payload); the will is retained QoS 1.
+WillFactory = Callable[[], tuple[int, str, bytes]]
+
+
+def _make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
+    v5 = settings.protocol == "5"
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        # 3.1.1 path: a persistent session so commands queued while away are delivered.
+        clean_session=None if v5 else False,
+        reconnect_on_failure=False,
+    )
+    client.connect_timeout = 5.0
+    client.max_inflight_messages_set(65_000)  # our own window is the real bound
+    client.max_queued_messages_set(0)
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.resolved_password())
+    if settings.tls:
+        client.tls_set(
+            ca_certs=str(settings.ca_file) if settings.ca_file else None,
+            certfile=str(settings.cert_file) if settings.cert_file else None,
+            keyfile=str(settings.key_file) if settings.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+        if settings.tls_insecure:
+            log.warning("TLS hostname verification is DISABLED (mqtt.tls_insecure = true)")
+            client.tls_insecure_set(True)
+    elif settings.tls_insecure:
+        raise BusError("mqtt.tls_insecure is set but mqtt.tls is not")
+    return client
+
+
+def _connect(client: mqtt.Client, settings: MqttSettings) -> None:
+    if settings.protocol == "5":
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        client.connect(
+            settings.host, settings.port, settings.keepalive, clean_start=False, properties=props
+        )
+    else:
+        client.connect(settings.host, settings.port, settings.keepalive)
+
+
+class SiteBus:
+    """A self-reconnecting MQTT connection with a bounded QoS 1 in-flight window."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        will_factory: WillFactory,
+        inbound: queue.Queue[BusEvent],
+        window: int = 1000,
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.inbound = inbound
+        self.window = window
+        self._will_factory = will_factory
+        self._backoff = (backoff_min_s, max(backoff_min_s, backoff_max_s))
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._cond = threading.Condition()
+        self._pending: set[int] = set()
+        self._early: set[int] = set()
+        self._client: mqtt.Client | None = None
+        self._connected = False
+        self._session = 0
+        self._thread: threading.Thread | None = None
+
+    # -- public --------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        """Start the connection thread; returns at once (the broker may be down)."""
+        self._thread = threading.Thread(target=self._run, name="site-bus", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect cleanly (no Will) and end the thread."""
+        self._stop.set()
+        client = self._client
+        if client is not None:
+            client.disconnect()
+        self._lost.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def has_room(self) -> bool:
+        return self._connected and len(self._pending) < self.window
+
+    def wait_room(self, timeout: float) -> bool:
+        """Block until the QoS 1 window has room (or ``timeout``); True if it has."""
+        with self._cond:
+            return self._cond.wait_for(self.has_room, timeout)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until every QoS 1 publish is acknowledged by the broker."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending, timeout)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Hand one message to paho; False when disconnected or the QoS 1 window is full."""
+        client = self._client
+        if client is None or not self._connected:
+            return False
+        if qos and len(self._pending) >= self.window:
+            return False
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        if qos:
+            with self._cond:
+                # PUBACK may have beaten us here; on_publish then left the mid in _early.
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                else:
+                    self._pending.add(info.mid)
+        return True
+
+    def subscribe(self, topics: list[str], qos: int = 1) -> bool:
+        client = self._client
+        if client is None or not self._connected:
+            return False
+        rc, _mid = client.subscribe([(t, qos) for t in topics])
+        return bool(rc == mqtt.MQTT_ERR_SUCCESS)
+
+    # -- connection thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            session, will_topic, will_payload = self._will_factory()
+            client = _make_client(self.settings, self.client_id)
+            client.will_set(will_topic, will_payload, qos=1, retain=True)
+            client.on_connect = self._on_connect
+            client.on_disconnect = self._on_disconnect
+            client.on_publish = self._on_publish
+            client.on_message = self._on_message
+            client.user_data_set(session)
+            self._lost.clear()
+            started = time.monotonic()
+            try:
+                _connect(client, self.settings)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning(
+                    "broker %s:%s unreachable: %s",
+                    self.settings.host,
+                    self.settings.port,
+                    exc.strerror if isinstance(exc, OSError) and exc.strerror else exc,
+                )
+            else:
+                self._client = client
+                client.loop_start()
+                self._lost.wait()
+                client.loop_stop()
+                self._client = None
+                self._set_connected(False)
+            if time.monotonic() - started > 60:
+                attempt = 0  # a connection that held a while resets the backoff
+            delay = self._delay(attempt)
+            attempt += 1
+            if not self._stop.is_set():
+                log.info("reconnecting in %.1f s", delay)
+            self._stop.wait(delay)
+
+    def _delay(self, attempt: int) -> float:
+        low, high = self._backoff
+        ceiling = min(high, low * 2.0**attempt)
+        return ceiling * (0.5 + 0.5 * random.random())
+
+    def _set_connected(self, value: bool) -> None:
+        with self._cond:
+            self._connected = value
+            if not value:
+                self._pending.clear()
+                self._early.clear()
+            self._cond.notify_all()
+
+    # -- paho callbacks: translate and enqueue only ----------------------------------------
+
+    def _on_connect(self, client, session, flags, reason_code, properties=None):  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        self._set_connected(True)
+        log.info("connected to %s:%s (session %d)", self.settings.host, self.settings.port, session)
+        self.inbound.put(Connected(session, bool(flags.session_present)))
+
+    def _on_disconnect(self, client, session, flags, reason_code, properties=None):  # type: ignore[no-untyped-def]
+        was = self._connected
+        self._set_connected(False)
+        self._lost.set()
+        if was:
+            log.warning("disconnected from broker: %s", reason_code)
+            self.inbound.put(Disconnected(session, str(reason_code)))
+
+    def _on_publish(self, client, session, mid, reason_code, properties=None):  # type: ignore[no-untyped-def]
+        with self._cond:
+            if mid in self._pending:
+                self._pending.discard(mid)
+            else:
+                self._early.add(mid)
+            self._cond.notify_all()
+
+    def _on_message(self, client, session, msg):  # type: ignore[no-untyped-def]
+        self.inbound.put(Inbound(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+
+def publish_once(
+    settings: MqttSettings,
+    client_id: str,
+    messages: list[tuple[str, bytes, bool]],
+    timeout: float = 10.0,
+) -> None:
+    """Connect, publish ``(topic, payload, retain)`` at QoS 1, wait for PUBACKs, disconnect.
+
+    Raises:
+        BusError: unreachable, refused, or not acknowledged within ``timeout``.
+    """
+    client = _make_client(settings, client_id)
+    done = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(c, u, flags, reason_code, properties=None):  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            refused.append(str(reason_code))
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(settings.host, settings.port, settings.keepalive)
+    except (OSError, ssl.SSLError) as exc:
+        raise BusError(f"broker {settings.host}:{settings.port} unreachable: {exc}") from None
+    client.loop_start()
+    try:
+        if not done.wait(timeout) or refused:
+            raise BusError(f"broker refused the connection: {refused[0] if refused else 'timeout'}")
+        infos = [client.publish(t, p, qos=1, retain=r) for t, p, r in messages]
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            if not info.is_published():
+                raise BusError("the broker did not acknowledge the publish in time")
+    finally:
+        client.disconnect()
+        client.loop_stop()

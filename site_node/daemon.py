@@ -1,0 +1,285 @@
+"""The site daemon: wires sources, batcher, outbox, bus, heartbeat and commands together.
+
+Threads: the bus connection thread (paho callbacks enqueue into ``inbound``), the outbox
+thread (owns ``outbox.db``), one thread per telemetry source, the heartbeat thread, and
+the daemon's own loop (the thread calling :meth:`SiteDaemon.run`), which handles every
+inbound event: connects, acks, the coordinator's status and commands. Command handlers run
+on that loop and must return quickly (hand long work to an own thread).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from pydantic import BaseModel
+
+from schemas import (
+    Ack,
+    Cleared,
+    Codec,
+    Command,
+    CoordinatorStatus,
+    DecodeError,
+    Sample,
+    TaskOffer,
+    TelemetryBatch,
+    TelemetryDevice,
+    Topics,
+    encode,
+)
+from site_node import lifecycle
+from site_node.batcher import Batcher
+from site_node.bus import BusEvent, Connected, Disconnected, Inbound, SiteBus
+from site_node.command_guard import CommandGuard, CommandRefused, load_public_key
+from site_node.heartbeat import HeartbeatSender
+from site_node.outbox import Outbox
+from site_node.settings import SiteSettings
+from site_node.sources import Source, build_source
+from site_node.state import SiteState
+
+__all__ = ["CommandHandler", "SiteDaemon"]
+
+log = logging.getLogger(__name__)
+
+# handler(message, raw payload); ``message`` is a verified Command, or a TrainChunk
+# (unsigned: the signed train command carries the sha256 of the whole).
+CommandHandler = Callable[[BaseModel, bytes], None]
+
+
+class SiteDaemon:
+    """One site: see the module docstring. Build, then :meth:`run` on the main thread."""
+
+    def __init__(self, settings: SiteSettings) -> None:
+        self.settings = settings
+        self.site_id = settings.site_id
+        self.topics = Topics(settings.mqtt.prefix)
+        self.codec = Codec(self.topics, settings.mqtt.max_payload)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.state = SiteState(settings.state_path)
+        self.session = self.state.current.session
+        self.inbound: queue.Queue[BusEvent] = queue.Queue()
+        self.bus = SiteBus(
+            settings.mqtt,
+            settings.site_id,
+            self._will,
+            self.inbound,
+            window=settings.outbox.inflight_window,
+            backoff_min_s=settings.reconnect_min_s,
+            backoff_max_s=settings.reconnect_max_s,
+        )
+        self.outbox = Outbox(settings.outbox_path, settings.outbox, self.bus)
+        self.sources: list[Source] = [build_source(cfg) for cfg in settings.devices]
+        self._device_sources = {cfg.name: cfg.source for cfg in settings.devices}
+        self.batcher = Batcher(
+            self._flush_batch, settings.batch_max_samples, settings.batch_max_wait_s
+        )
+        key = None
+        if settings.coordinator_public_key_file is not None:
+            key = load_public_key(settings.coordinator_public_key_file)
+        self.guard = CommandGuard(settings.commands_path, key, settings.command_clock_skew_s)
+        self.heartbeat = HeartbeatSender(settings.heartbeat_interval_s, self.send_heartbeat)
+        self._handlers: dict[str, CommandHandler] = {
+            "rebirth": lambda _m, _r: self.announce(),
+            "ping": lambda _m, _r: self.send_heartbeat(),
+        }
+        self._tasks: Callable[[], tuple[TaskOffer, ...]] = tuple
+        self._jobs_running: Callable[[], int] = lambda: 0
+        self._coordinator: tuple[str, int] | None = None
+        self._stop = threading.Event()
+
+    # -- API for extensions (training) ---------------------------------------------------
+
+    def register_command(self, name: str, handler: CommandHandler) -> None:
+        """Run ``handler`` for verified commands of kind ``name`` (or ``train_chunk``)."""
+        self._handlers[name] = handler
+
+    def set_tasks_provider(self, tasks: Callable[[], tuple[TaskOffer, ...]]) -> None:
+        """What the registration advertises as ``tasks``; call :meth:`announce` on change."""
+        self._tasks = tasks
+
+    def set_jobs_running(self, count: Callable[[], int]) -> None:
+        self._jobs_running = count
+
+    def send_durable(self, kind: str, topic: str, make: Callable[[int], BaseModel]) -> Future[int]:
+        """Store then publish a durable message; ``make(seq)`` builds it (any thread).
+
+        Example: ``daemon.send_durable("job_status", daemon.topics.job_status(site, job),
+        lambda seq: JobStatus.for_command(cmd, site=site, session=daemon.session, seq=seq,
+        state="running"))``. The future resolves to the seq once the row is committed.
+        """
+        return self.outbox.append(kind, topic, lambda seq: encode(make(seq)))
+
+    def announce(self) -> None:
+        """Publish the retained online status and registration (on connect and rebirth)."""
+        seq = self.outbox.stats().last_seq
+        s = self.settings
+        self.bus.publish(
+            self.topics.status(s.site_id),
+            lifecycle.status(s, self.session, "online", seq),
+            retain=True,
+        )
+        telemetry = tuple(
+            TelemetryDevice(
+                device=src.device,
+                source=self._device_sources[src.device],  # type: ignore[arg-type]
+                sensors=src.sensors(),
+            )
+            for src in self.sources
+        )
+        self.bus.publish(
+            self.topics.registration(s.site_id),
+            lifecycle.registration(s, self.session, seq, telemetry, self._tasks()),
+            retain=True,
+        )
+
+    def send_heartbeat(self) -> None:
+        payload = lifecycle.heartbeat(
+            self.settings, self.session, self.outbox.stats(), self._jobs_running()
+        )
+        self.bus.publish(self.topics.heartbeat(self.site_id), payload, qos=0)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- run -----------------------------------------------------------------------------
+
+    def run(self, install_signals: bool = True) -> int:
+        """Run until SIGTERM/SIGINT or :meth:`request_stop`; return the exit code (0)."""
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda _s, _f: self._stop.set())
+        self._load_extensions()
+        self.outbox.start()
+        self.bus.start()
+        for src in self.sources:
+            src.start(self._emitter(src.device))
+        self.heartbeat.start()
+        log.info("site %s running with %d device(s)", self.site_id, len(self.sources))
+        while not self._stop.is_set():
+            due = self.batcher.next_due_in()
+            timeout = 0.2 if due is None else min(0.2, max(0.01, due))
+            try:
+                event = self.inbound.get(timeout=timeout)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                self._handle(event)
+            self.batcher.poll()
+        self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        log.info("shutting down")
+        self.heartbeat.stop()
+        for src in self.sources:
+            src.stop()
+        self.batcher.flush_all()
+        self.outbox.stop(flush_s=2.0)
+        if self.bus.connected:
+            self.bus.wait_idle(2.0)
+            seq = self.outbox.stats().last_seq
+            payload = lifecycle.status(self.settings, self.session, "offline", seq, "shutdown")
+            self.bus.publish(self.topics.status(self.site_id), payload, retain=True)
+            if not self.bus.wait_idle(3.0):
+                log.warning("offline status not acknowledged by the broker")
+        self.bus.stop()
+        self.guard.close()
+        self.state.mark_stopped()
+        log.info("stopped")
+
+    def _load_extensions(self) -> None:
+        for target in self.settings.extensions:
+            module, _, attr = target.partition(":")
+            getattr(importlib.import_module(module), attr)(self)
+
+    def _emitter(self, device: str) -> Callable[[Sample], None]:
+        add = self.batcher.add
+        return lambda sample: add(device, sample)
+
+    def _flush_batch(self, device: str, samples: list[Sample]) -> None:
+        site, session = self.site_id, self.session
+        self.send_durable(
+            "telemetry",
+            self.topics.telemetry(site, device),
+            lambda seq: TelemetryBatch(
+                site=site, session=session, seq=seq, device=device, samples=tuple(samples)
+            ),
+        )
+
+    def _will(self) -> tuple[int, str, bytes]:
+        # Runs on the bus thread before each attempt: the Will carries the new session.
+        session = self.state.next_session()
+        seq = self.outbox.stats().last_seq
+        payload = lifecycle.status(self.settings, session, "offline", seq, "connection lost")
+        return session, self.topics.status(self.site_id), payload
+
+    # -- inbound events --------------------------------------------------------------------
+
+    def _handle(self, event: BusEvent) -> None:
+        if isinstance(event, Connected):
+            self.session = event.session
+            self.state.set_connected(True)
+            self.bus.subscribe(
+                [
+                    self.topics.ack(self.site_id),
+                    self.topics.site_commands(self.site_id),
+                    self.topics.coordinator_status(),
+                ]
+            )
+            self.announce()
+            self.outbox.connected()
+        elif isinstance(event, Disconnected):
+            self.state.set_connected(False)
+        elif isinstance(event, Inbound):
+            self._on_message(event)
+
+    def _on_message(self, event: Inbound) -> None:
+        try:
+            msg = self.codec.decode(event.topic, event.payload)
+        except DecodeError as exc:
+            log.warning("rejected message on %s: %s", event.topic, exc)
+            return
+        if isinstance(msg, Cleared):
+            return
+        if isinstance(msg, Ack):
+            self.outbox.ack(msg.acked)
+        elif isinstance(msg, CoordinatorStatus):
+            self._on_coordinator(msg)
+        elif isinstance(msg, Command):
+            self._on_command(msg, event.payload)
+        elif msg.kind == "train_chunk" and "train_chunk" in self._handlers:
+            self._handlers["train_chunk"](msg, event.payload)
+
+    def _on_coordinator(self, msg: CoordinatorStatus) -> None:
+        before, self._coordinator = self._coordinator, (msg.state, msg.session)
+        if msg.state != "online":
+            log.info("coordinator is offline")
+            return
+        # The connect replay already covers the retained "online" seen on (re)subscribe;
+        # replay again only when the coordinator came back or restarted meanwhile.
+        if before is not None and before != self._coordinator:
+            log.info("coordinator online (session %d): replaying unacked rows", msg.session)
+            self.outbox.replay()
+
+    def _on_command(self, cmd: Command, raw: bytes) -> None:
+        kind = str(getattr(cmd, "kind", ""))
+        try:
+            self.guard.check(cmd, raw)
+        except CommandRefused as exc:
+            log.warning("refused %s command %s: %s", kind, cmd.cmd_id, exc)
+            return
+        handler = self._handlers.get(kind)
+        if handler is None:
+            log.warning("no handler for %s command %s", kind, cmd.cmd_id)
+            return
+        log.info("running %s command %s", kind, cmd.cmd_id)
+        try:
+            handler(cmd, raw)
+        except Exception:
+            log.exception("%s command %s failed", kind, cmd.cmd_id)

@@ -1,0 +1,157 @@
+"""Site lifecycle against a real Mosquitto, the site running as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas import (
+    Codec,
+    RebirthCommand,
+    Registration,
+    SiteStatus,
+    Topics,
+    TrainCommand,
+    encode,
+    now_ms,
+)
+from site_node.state import SiteState
+from tests.helpers.broker import Broker
+from tests.helpers.mqtt import TestClient, wait_for
+from tests.helpers.site_proc import SiteProc, site_settings
+
+
+@pytest.fixture
+def make_site(tmp_path: Path) -> Iterator[Callable[..., SiteProc]]:
+    procs: list[SiteProc] = []
+
+    def make(port: int, prefix: str, **overrides: object) -> SiteProc:
+        settings = site_settings(tmp_path, port, prefix, **overrides)  # type: ignore[arg-type]
+        proc = SiteProc(tmp_path / f"proc{len(procs)}", settings)
+        procs.append(proc)
+        return proc.start()
+
+    yield make
+    for p in procs:
+        p.kill()
+
+
+def _decode(prefix: str, topic: str, payload: bytes) -> object:
+    return Codec(Topics(prefix)).decode(topic, payload)
+
+
+def wait_connected(site: SiteProc, timeout: float = 15.0) -> int:
+    path = site.data_dir / "state.json"
+    wait_for(lambda: SiteState.read(path).connected, timeout, "site connected")
+    return SiteState.read(path).session
+
+
+def test_late_subscriber_sees_retained_registration_and_status(
+    broker: Broker,
+    prefix: str,
+    make_site: Callable[..., SiteProc],
+    mqtt_client: Callable[..., TestClient],
+) -> None:
+    site = make_site(broker.port, prefix, hierarchy={"enterprise": "acme", "line": "l1"})
+    session = wait_connected(site)
+    t = Topics(prefix)
+    time.sleep(0.3)
+    sub = mqtt_client().subscribe(t.status("site-a")).subscribe(t.registration("site-a"))
+    got = {m.topic: m for m in sub.collect(timeout=1.0)}
+    status_msg, reg_msg = got[t.status("site-a")], got[t.registration("site-a")]
+    assert status_msg.retain and reg_msg.retain
+    status = _decode(prefix, status_msg.topic, status_msg.payload)
+    reg = _decode(prefix, reg_msg.topic, reg_msg.payload)
+    assert isinstance(status, SiteStatus) and status.state == "online"
+    assert status.session == session >= 1
+    assert isinstance(reg, Registration) and reg.session == session
+    assert reg.hierarchy.enterprise == "acme" and reg.heartbeat_interval_s == 1.0
+    assert reg.software_version and reg.schema_version.startswith("1.")
+    assert [(d.device, d.source) for d in reg.telemetry] == [("counter", "file")]
+    assert [(s.name, s.unit) for s in reg.telemetry[0].sensors] == [("n", "count")]
+    assert reg.device.cuda is False and reg.tasks == ()
+
+
+def test_sigterm_publishes_offline_and_exits_zero(
+    broker: Broker,
+    prefix: str,
+    make_site: Callable[..., SiteProc],
+    mqtt_client: Callable[..., TestClient],
+) -> None:
+    t = Topics(prefix)
+    sub = mqtt_client().subscribe(t.status("site-a"))
+    site = make_site(broker.port, prefix)
+    session = wait_connected(site)
+    assert site.terminate() == 0
+    offline = sub.expect(lambda m: b'"offline"' in m.payload)
+    msg = _decode(prefix, offline.topic, offline.payload)
+    assert isinstance(msg, SiteStatus) and msg.session == session and msg.reason == "shutdown"
+    late = mqtt_client().subscribe(t.status("site-a")).expect(lambda m: m.retain)
+    assert json.loads(late.payload)["state"] == "offline"
+    assert not SiteState.read(site.data_dir / "state.json").connected
+
+
+def test_rebirth_republishes_and_unsigned_train_is_refused(
+    broker: Broker,
+    prefix: str,
+    make_site: Callable[..., SiteProc],
+    mqtt_client: Callable[..., TestClient],
+) -> None:
+    t = Topics(prefix)
+    site = make_site(broker.port, prefix)
+    session = wait_connected(site)
+    sub = mqtt_client().subscribe(t.status("site-a")).subscribe(t.registration("site-a"))
+    sub.collect(timeout=0.5)  # the retained copies
+    expires = now_ms() + 60_000
+    rebirth = RebirthCommand(site="site-a", session=1, cmd_id=uuid.uuid4().hex, expires_at=expires)
+    mqtt_client().publish(t.cmd("site-a", "rebirth"), encode(rebirth))
+    fresh = {m.topic for m in sub.collect(timeout=1.5) if not m.retain}
+    assert fresh == {t.status("site-a"), t.registration("site-a")}
+    # The same cmd_id again is a replay: nothing is republished.
+    mqtt_client().publish(t.cmd("site-a", "rebirth"), encode(rebirth))
+    assert [m for m in sub.collect(timeout=1.0) if not m.retain] == []
+    train = TrainCommand(
+        site="site-a",
+        session=1,
+        cmd_id="t1",
+        expires_at=expires,
+        job_id="j1",
+        run_id="r",
+        round=0,
+        task="rul",
+        code_hash="0" * 64,
+    )
+    mqtt_client().publish(t.cmd("site-a", "train"), encode(train))
+    site.wait_log("refused train command t1")
+    site.wait_log(f"replayed cmd_id {rebirth.cmd_id}")
+    assert SiteState.read(site.data_dir / "state.json").session == session
+
+
+@pytest.mark.slow
+def test_kill9_delivers_retained_offline_will_within_1_5x_keepalive(
+    broker: Broker,
+    prefix: str,
+    make_site: Callable[..., SiteProc],
+    mqtt_client: Callable[..., TestClient],
+) -> None:
+    t = Topics(prefix)
+    site = make_site(broker.port, prefix)  # keepalive 5 s
+    session = wait_connected(site)
+    sub = mqtt_client().subscribe(t.status("site-a"))
+    sub.collect(timeout=0.5)
+    killed = time.monotonic()
+    site.kill()
+    will = sub.expect(lambda m: b'"offline"' in m.payload, timeout=15)
+    elapsed = time.monotonic() - killed
+    msg = _decode(prefix, will.topic, will.payload)
+    assert isinstance(msg, SiteStatus) and msg.session == session
+    assert msg.reason == "connection lost"
+    # Mosquitto gives up on a silent client after 1.5 x keepalive; 0.5 s for scheduling.
+    assert elapsed <= 1.5 * 5 + 0.5, elapsed
+    late = mqtt_client().subscribe(t.status("site-a")).expect(lambda m: m.retain)
+    assert json.loads(late.payload)["state"] == "offline"
