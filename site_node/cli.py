@@ -16,7 +16,12 @@ __all__ = ["EXIT", "cli", "main"]
 EXIT = {"ok": 0, "error": 1, "usage": 2, "not_found": 3, "broker": 4, "interrupted": 130}
 
 # name -> "module:command". Each command lives in its own module; add one line here.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "run": "site_node.cli_run:run",
+    "init": "site_node.cli_init:init",
+    "status": "site_node.cli_status:status",
+    "deregister": "site_node.cli_deregister:deregister",
+}
 
 
 @click.group(
