@@ -30,6 +30,11 @@ COMMANDS: dict[str, str] = {
     "broker": "coordinator.cli_broker:broker",
     "schema": "coordinator.cli_schema:schema",
     "serve": "coordinator.cli_serve:serve",
+    "sites": "coordinator.cli_sites:sites",
+    "site": "coordinator.cli_site:site",
+    "telemetry": "coordinator.cli_telemetry:telemetry",
+    "events": "coordinator.cli_events:events",
+    "dead-letters": "coordinator.cli_dead_letters:dead_letters",
 }
 
 

@@ -1,0 +1,76 @@
+"""``fedmq sites``: which sites are online, stale or offline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from coordinator.cli_output import ago, connect, db_option, echo_json, table
+from coordinator.db_read import now_ms
+from coordinator.db_read import sites as list_sites
+
+__all__ = ["sites"]
+
+_HEADER = ("SITE", "STATE", "LAST SEEN", "SESSION", "DEVICE", "OUTBOX", "TASKS", "LOCATION")
+
+
+def _render(db: Path, state: str | None, as_json: bool) -> None:
+    conn = connect(db)
+    now = now_ms()
+    rows, info = list_sites(conn, state, now)
+    conn.close()
+    if as_json:
+        echo_json({"coordinator": info, "sites": rows})
+        return
+    if not info["running"]:
+        # States below are still computed from stored heartbeats, so nothing shows online
+        # that has not been heard from recently; say why nothing is being updated.
+        click.echo(
+            f"note: coordinator not running (last active {ago(info['alive_at'], now)} ago)",
+            err=True,
+        )
+    body = [
+        (
+            r["site"],
+            r["state"],
+            ago(r["last_seen"], now),
+            r["session"],
+            r["device"] or "-",
+            r["outbox_depth"],
+            ",".join(r["tasks"]) or "-",
+            r["location"] or "-",
+        )
+        for r in rows
+    ]
+    click.echo(table(body, _HEADER))
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("online", "stale", "offline")}
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+@click.command()
+@db_option
+@click.option("--state", type=click.Choice(["online", "stale", "offline"]), help="Only this state.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", is_flag=True, help="Refresh every --every seconds until Ctrl-C.")
+@click.option("--every", type=float, default=2.0, show_default=True, help="Watch period, s.")
+def sites(db: Path, state: str | None, as_json: bool, watch: bool, every: float) -> None:
+    """List sites with their liveness (computed now from the stored status and heartbeats).
+
+    A site is online while its retained status is online and its last heartbeat is within
+    PATIENCE x interval; stale when heartbeats stopped; offline after its Will.
+
+    \b
+    Example:
+        fedmq sites --db fedmq.db
+        fedmq sites --state stale --json
+        fedmq sites --watch --every 1
+    """
+    if not watch:
+        _render(db, state, as_json)
+        return
+    while True:
+        click.clear()
+        _render(db, state, as_json)
+        time.sleep(every)

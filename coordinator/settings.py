@@ -1,0 +1,43 @@
+"""Typed settings of the coordinator daemon (``fedmq serve``).
+
+Built once at the CLI edge with :func:`schemas.load_settings` (TOML < ``FEDMQ_...`` env <
+flags) and passed down explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas import MqttSettings
+
+__all__ = ["CoordinatorSettings"]
+
+
+class CoordinatorSettings(BaseModel):
+    """Everything ``fedmq serve`` needs; nested ``mqtt`` as in the site settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mqtt: MqttSettings = MqttSettings()
+    db: Path = Path("fedmq.db")
+    client_id: str = Field(default="fedmq-coordinator", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # MQTT 5 session expiry: the broker keeps our subscription and queued QoS 1 messages
+    # this long while the coordinator is down (3.1.1 brokers keep it until cleaned).
+    session_expiry_s: int = Field(default=24 * 3600, ge=0)
+    # MQTT 5 Receive Maximum: unacked deliveries in flight, i.e. our backpressure window.
+    receive_maximum: int = Field(default=20_000, ge=1, le=65_535)
+    patience: float = Field(default=3.0, gt=0)
+    batch_size: int = Field(default=2_000, ge=1)
+    batch_time_s: float = Field(default=0.05, gt=0)
+    liveness_interval_s: float = Field(default=0.5, gt=0)
+    rebirth_interval_s: float = Field(default=10.0, ge=0)
+    heartbeat_retention_days: float = Field(default=7.0, gt=0)
+    telemetry_retention_days: float = Field(default=90.0, gt=0)
+    purge_interval_s: float = Field(default=3600.0, gt=0)
+    signing_key_file: Path | None = None
+    log_file: Path | None = None
+    log_format: Literal["text", "json"] = "text"
+    verbose: bool = False
