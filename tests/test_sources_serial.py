@@ -173,7 +173,6 @@ def test_device_timestamp_column(pty: PtyDevice, started) -> None:
     assert (sample.name, sample.ts, sample.value) == ("temp", 1700000000250, 20.0)
 
 
-@pytest.mark.slow
 def test_port_vanishes_and_reading_resumes_on_a_new_pty(pty: PtyDevice, started) -> None:
     src, got = started()
     pty.write(b"1.0,2.0\n")
@@ -245,3 +244,11 @@ def test_failing_emit_is_counted_and_reader_survives(pty: PtyDevice) -> None:
         assert src.stats()["emit_errors"] == 2
     finally:
         src.stop()
+
+
+def test_silent_device_is_reopened_when_idle_reopen_set(pty: PtyDevice, started) -> None:
+    src, got = started(idle_reopen_s=0.3)
+    wait_for(lambda: src.stats()["reopens"] >= 1)
+    assert src.stats()["disconnects"] >= 1
+    pty.write(b"5,6\n")
+    assert [s.value for s in take(got, 2)] == [5.0, 6.0]
