@@ -250,20 +250,21 @@ class SiteDaemon:
         if isinstance(msg, Ack):
             self.outbox.ack(msg.acked)
         elif isinstance(msg, CoordinatorStatus):
-            self._on_coordinator(msg)
+            self._on_coordinator(msg, event.retain)
         elif isinstance(msg, Command):
             self._on_command(msg, event.payload)
         elif msg.kind == "train_chunk" and "train_chunk" in self._handlers:
             self._handlers["train_chunk"](msg, event.payload)
 
-    def _on_coordinator(self, msg: CoordinatorStatus) -> None:
+    def _on_coordinator(self, msg: CoordinatorStatus, retained: bool) -> None:
         before, self._coordinator = self._coordinator, (msg.state, msg.session)
         if msg.state != "online":
             log.info("coordinator is offline")
             return
-        # The connect replay already covers the retained "online" seen on (re)subscribe;
-        # replay again only when the coordinator came back or restarted meanwhile.
-        if before is not None and before != self._coordinator:
+        # The connect replay already covers the retained "online" seen on (re)subscribe.
+        # A live (not retained) online means the coordinator has just (re)connected and may
+        # have missed what we sent meanwhile; so does a retained one from a new session.
+        if not retained or (before is not None and before != self._coordinator):
             log.info("coordinator online (session %d): replaying unacked rows", msg.session)
             self.outbox.replay()
 

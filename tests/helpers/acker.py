@@ -18,7 +18,16 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from schemas import DURABLE_KINDS, Ack, Cleared, Codec, DecodeError, Topics, encode
+from schemas import (
+    DURABLE_KINDS,
+    Ack,
+    Cleared,
+    Codec,
+    CoordinatorStatus,
+    DecodeError,
+    Topics,
+    encode,
+)
 
 __all__ = ["Acker", "Stored"]
 
@@ -49,6 +58,9 @@ class Acker:
             CallbackAPIVersion.VERSION2, client_id=f"acker-{uuid.uuid4().hex[:8]}"
         )
         self._client.reconnect_delay_set(0.1, 1.0)
+        self.session = 0
+        will = CoordinatorStatus(site="coordinator", session=0, state="offline")
+        self._client.will_set(self.topics.coordinator_status(), encode(will), qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_message = lambda c, u, m: self._q.put((m.topic, bytes(m.payload)))
         self._thread = threading.Thread(target=self._run, name="acker", daemon=True)
@@ -57,7 +69,11 @@ class Acker:
         self.connected = threading.Event()
 
     def _on_connect(self, client, userdata, flags, rc, properties=None):  # type: ignore[no-untyped-def]
+        # Like the coordinator: a retained online status per connection, so sites replay.
+        self.session += 1
         client.subscribe(f"{self.topics.prefix}/site/+/#", qos=1)
+        online = CoordinatorStatus(site="coordinator", session=self.session, state="online")
+        client.publish(self.topics.coordinator_status(), encode(online), qos=1, retain=True)
         self.connected.set()
 
     def start(self) -> Acker:
@@ -69,6 +85,11 @@ class Acker:
         return self
 
     def stop(self) -> None:
+        offline = CoordinatorStatus(site="coordinator", session=self.session, state="offline")
+        info = self._client.publish(
+            self.topics.coordinator_status(), encode(offline), qos=1, retain=True
+        )
+        info.wait_for_publish(2)
         self._client.disconnect()
         self._client.loop_stop()
         self._q.put(None)
