@@ -53,13 +53,14 @@ class SerialSource(ThreadedSource):
     def stop(self) -> None:
         """Stop reading; a blocked read is cancelled so this returns promptly."""
         self._stopping.set()
+        # Under the lock: the reader closes the port under it too, so the abort pipe that
+        # cancel_read writes to cannot be closed (and its fd number reused) meanwhile.
         with self._port_lock:
-            port = self._port
-        if port is not None:
-            try:
-                port.cancel_read()
-            except Exception:  # the port may be closing under us; the timeout still bounds it
-                log.debug("cancel_read failed", exc_info=True)
+            if self._port is not None:
+                try:
+                    self._port.cancel_read()
+                except Exception:  # a vanished device; the read timeout still bounds it
+                    log.debug("cancel_read failed", exc_info=True)
         super().stop()
 
     def handle_line(self, raw: bytes) -> None:
@@ -110,10 +111,10 @@ class SerialSource(ThreadedSource):
     def _close(self, port: serial.Serial) -> None:
         with self._port_lock:
             self._port = None
-        try:
-            port.close()
-        except Exception:  # closing a vanished device may fail; nothing left to do with it
-            log.debug("close failed", exc_info=True)
+            try:
+                port.close()
+            except Exception:  # closing a vanished device may fail; nothing left to do with it
+                log.debug("close failed", exc_info=True)
 
     def _run(self) -> None:
         backoff = Backoff(self.cfg.reopen_min_s, self.cfg.reopen_max_s)
