@@ -127,3 +127,22 @@ def test_include_list_and_range_forms() -> None:
     rng = cfg.include["cycle"]
     assert isinstance(rng, sources.RangeFilter)
     assert rng.contains(10) and rng.contains(1e6) and not rng.contains(9.9)
+
+
+def test_unique_device_names_in_a_settings_model() -> None:
+    from pydantic import BaseModel, field_validator
+
+    from site_node.sources import DeviceConfig, unique_device_names
+
+    class Settings(BaseModel):
+        devices: list[DeviceConfig] = []
+
+        @field_validator("devices")
+        @classmethod
+        def _unique(cls, value: list[DeviceConfig]) -> list[DeviceConfig]:
+            return unique_device_names(value)
+
+    host = {"name": "host", "source": "system"}
+    assert len(Settings.model_validate({"devices": [host, {**host, "name": "h2"}]}).devices) == 2
+    with pytest.raises(ValidationError, match=r"duplicate device names \['host'\]"):
+        Settings.model_validate({"devices": [host, host]})

@@ -81,6 +81,7 @@ from site_node.sources.config import (
     SerialDeviceConfig,
     SystemDeviceConfig,
     parse_devices,
+    unique_device_names,
 )
 
 __all__ = [
@@ -99,6 +100,7 @@ __all__ = [
     "ThreadedSource",
     "build_source",
     "parse_devices",
+    "unique_device_names",
 ]
 
 

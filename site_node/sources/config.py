@@ -24,6 +24,7 @@ __all__ = [
     "SerialDeviceConfig",
     "SystemDeviceConfig",
     "parse_devices",
+    "unique_device_names",
 ]
 
 _strict = ConfigDict(frozen=True, extra="forbid")
@@ -254,11 +255,18 @@ DeviceConfig = Annotated[
 DEVICE_ADAPTER: TypeAdapter[list[DeviceConfig]] = TypeAdapter(list[DeviceConfig])
 
 
-def parse_devices(raw: object) -> list[DeviceConfig]:
-    """Validate a list of ``[[devices]]`` tables; also rejects duplicate device names."""
-    devices = DEVICE_ADAPTER.validate_python(raw)
+def unique_device_names(devices: list[DeviceConfig]) -> list[DeviceConfig]:
+    """Return ``devices`` if no two share a name (each is one topic level), else ValueError.
+
+    Call it from the settings model's ``@field_validator("devices")`` classmethod.
+    """
     names = [d.name for d in devices]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"duplicate device names {dupes}: each device is one topic level")
     return devices
+
+
+def parse_devices(raw: object) -> list[DeviceConfig]:
+    """Validate a list of ``[[devices]]`` tables; also rejects duplicate device names."""
+    return unique_device_names(DEVICE_ADAPTER.validate_python(raw))
