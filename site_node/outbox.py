@@ -307,13 +307,13 @@ class Outbox:
             db.execute("ROLLBACK")
             self._load()
             raise
-        for a, seq in done:
-            a.future.set_result(seq)
+        self._snapshot()
         if self._pub.connected:
             self._live.extend((s, t, p) for s, _k, t, p, _c in rows)
         if refused:
             log.warning("outbox full: dropped %d new rows (drop_newest)", len(refused))
-        self._snapshot()
+        for a, seq in done:
+            a.future.set_result(seq)
 
     def _must_refuse(self, kind: str, size: int) -> bool:
         if self.limits.policy != "drop_newest" or kind in PROTECTED_KINDS:
