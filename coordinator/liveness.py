@@ -77,10 +77,11 @@ class SiteLiveness:
 
     def _transition(self, rec: SiteRecord, at: int, reason: str | None) -> list[EventRow]:
         state, why = evaluate(rec.status, rec.last_alive, rec.interval_s, self.patience, at)
-        if state == rec.state and rec.state_since:
+        evaluated = bool(rec.state_reason)  # a new record has never been evaluated
+        if state == rec.state and evaluated:
             return []
         why = reason or why
-        old = rec.state if rec.state_since else None
+        old = rec.state if evaluated else None
         rec.state, rec.state_reason, rec.state_since = state, why, at
         log.info("site %s: %s -> %s (%s)", rec.site, old, state, why)
         return [EventRow(rec.site, at, "state", old, state, why, rec.session)]

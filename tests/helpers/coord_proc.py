@@ -54,6 +54,22 @@ class Coordinator:
         self.proc = subprocess.Popen([*FEDMQ, *args], stdout=out, stderr=out, cwd=REPO, env=env)
         return self
 
+    def wait_ready(self, timeout: float = 20) -> Coordinator:
+        """Until the database answers ``fedmq sites`` (created and migrated)."""
+
+        def ready() -> bool:
+            assert self.alive(), f"fedmq serve exited: {self.log_text()[-2000:]}"
+            return (
+                self.db.exists()
+                and fedmq("sites", "--db", str(self.db), check=False).returncode == 0
+            )
+
+        wait_until(ready, timeout, "fedmq serve ready", step=0.2)
+        return self
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -72,6 +88,22 @@ class Coordinator:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def start_fake_site(port: int, prefix: str, site: str, workdir: Path, *args: str) -> Any:
+    """``python -m tests.helpers.fake_site`` as a subprocess (state file in ``workdir``)."""
+    cmd = [sys.executable, "-m", "tests.helpers.fake_site", "--port", str(port)]
+    cmd += ["--prefix", prefix, "--site", site, "--state", str(workdir / f"{site}.json"), *args]
+    log = (workdir / f"{site}.log").open("ab")
+    return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=log)
+
+
+def site_state(workdir: Path, site: str) -> dict[str, int] | None:
+    """What a fake site last reported about its outbox (None before its first report)."""
+    try:
+        return json.loads((workdir / f"{site}.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
 
 
 def wait_until(predicate: Any, timeout: float, what: str, step: float = 0.1) -> Any:

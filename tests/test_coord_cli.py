@@ -1,0 +1,114 @@
+"""The read CLI: help everywhere, one-line errors, liveness at read time, and speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import pytest
+
+from coordinator.cli import cli
+from coordinator.store import SiteRecord, SqliteStore
+from tests.helpers.coord_proc import FEDMQ, REPO, fedmq
+
+
+def _walk(group: click.Group, ctx: click.Context, path: str) -> list[tuple[str, click.Command]]:
+    out = []
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, f"{path} {name} cannot be loaded"
+        out.append((f"{path} {name}", cmd))
+        if isinstance(cmd, click.Group):
+            out += _walk(cmd, click.Context(cmd, parent=ctx), f"{path} {name}")
+    return out
+
+
+def test_every_fedmq_command_has_help_with_an_example() -> None:
+    commands = _walk(cli, click.Context(cli), "fedmq")
+    names = {n for n, _ in commands}
+    assert {"fedmq serve", "fedmq sites", "fedmq site", "fedmq telemetry"} <= names
+    assert {"fedmq events", "fedmq dead-letters"} <= names
+    for name, cmd in commands:
+        assert cmd.help and "Example:" in cmd.help, f"{name} has no help with an example"
+
+
+def test_missing_database_is_one_line_saying_how_to_start(tmp_path: Path) -> None:
+    for args in (["sites"], ["site", "x"], ["telemetry", "x"], ["events"], ["dead-letters"]):
+        proc = fedmq(*args, "--db", str(tmp_path / "none.db"), check=False)
+        assert proc.returncode == 3, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "fedmq serve --db" in lines[0], proc.stderr
+        assert not (tmp_path / "none.db").exists()
+
+
+def _fill(db: Path, n: int) -> None:
+    store = SqliteStore(db)
+    now = time.time_ns() // 1_000_000
+    recs = []
+    for i in range(n):
+        reg = {
+            "name": f"Site {i}",
+            "hierarchy": {"enterprise": "acme", "site": "detroit", "line": f"l{i}"},
+            "device": {"hostname": f"host{i}"},
+            "tasks": [{"name": "rul", "code_hash": "a" * 64}],
+        }
+        alive = now if i % 3 == 0 else now - 60_000  # 2/3 stopped heartbeating a minute ago
+        status = "offline" if i % 10 == 9 else "online"
+        recs.append(
+            SiteRecord(f"s{i:04d}", json.dumps(reg), status, 1, "online", "x", now, now, now,
+                       alive, 1.0, 0, i % 7)
+        )  # fmt: skip
+    store.save_sites(recs)
+    store.meta_set("patience", "3")
+    store.commit()
+    store.close()
+
+
+def test_sites_states_are_computed_at_read_time_when_serve_is_stopped(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    _fill(db, 30)
+    out = json.loads(fedmq("sites", "--db", str(db), "--json").stdout)
+    states = {r["site"]: r["state"] for r in out["sites"]}
+    assert out["coordinator"]["running"] is False
+    # Stored state says online for all; only recent heartbeats may show online.
+    assert states["s0000"] == "online" and states["s0001"] == "stale"
+    assert states["s0009"] == "offline"
+    stale = fedmq("sites", "--db", str(db), "--state", "stale")
+    assert "note: coordinator not running" in stale.stderr
+    body = stale.stdout.splitlines()
+    assert body[0].split()[:3] == ["SITE", "STATE", "LAST"]
+    assert all(" stale " in line for line in body[1:-1]) and len(body) > 3
+
+
+def test_sites_with_1000_sites_is_fast_and_imports_no_heavy_module(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    _fill(db, 1000)
+    probe = (
+        "import sys, time; t=time.perf_counter(); from coordinator.cli import cli; "
+        f"cli.main(['sites', '--db', {str(db)!r}], standalone_mode=False); "
+        "heavy=[m for m in ('paho', 'pydantic', 'sqlite_utils', 'torch', 'syft') "
+        "if m in sys.modules]; print('HEAVY', heavy, file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert "HEAVY []" in proc.stderr
+    assert len(proc.stdout.splitlines()) == 1002  # header + 1000 + summary
+    best = 99.0
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run([*FEDMQ, "sites", "--db", str(db)], capture_output=True, check=True)
+        best = min(best, time.perf_counter() - t)
+    # Target 0.3 s (bench measures it); generous here because 2 shared cores vary.
+    assert best < 1.0, best
+
+
+@pytest.mark.parametrize("since", ["10m", "1700000000000", "2023-11-14T22:13:20"])
+def test_telemetry_since_forms_parse(since: str) -> None:
+    from coordinator.cli_telemetry import parse_since
+
+    assert parse_since(since, now=1_700_000_600_000) == 1_700_000_000_000

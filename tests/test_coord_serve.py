@@ -1,0 +1,116 @@
+"""``fedmq serve`` end to end: real Mosquitto, real site processes, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import SiteStatus, Topics, encode
+from tests.helpers.broker import Broker
+from tests.helpers.coord_proc import (
+    Coordinator,
+    fedmq,
+    site_state,
+    sites_json,
+    start_fake_site,
+    wait_until,
+)
+from tests.helpers.mqtt import TestClient
+
+
+def _states(db: Path) -> dict[str, str]:
+    return {s: row["state"] for s, row in sites_json(db).items()}
+
+
+@pytest.fixture
+def procs() -> Any:
+    started: list[Any] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGCONT)
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.slow
+def test_twenty_sites_online_then_kill_stop_and_continue(
+    own_broker: Broker, prefix: str, tmp_path: Path, procs: list[Any]
+) -> None:
+    db = tmp_path / "c.db"
+    coord = Coordinator(db, own_broker.port, prefix).start()
+    procs.append(coord.proc)
+    coord.wait_ready()
+    names = [f"site-{i:02d}" for i in range(20)]
+    launched = time.monotonic()
+    for i, name in enumerate(names):
+        # site-01 gets a long keepalive so a SIGSTOP shows stale long before its Will.
+        keepalive = "30" if i == 1 else "2"
+        procs.append(
+            start_fake_site(own_broker.port, prefix, name, tmp_path, "--keepalive", keepalive)
+        )
+    wait_until(lambda: all(site_state(tmp_path, n) for n in names), 30, "sites running")
+    running = time.monotonic()
+    wait_until(lambda: set(_states(db).values()) == {"online"} and len(_states(db)) == 20, 5,
+               "all 20 online")  # fmt: skip
+    online = time.monotonic()
+    print(f"20 sites: processes up {running - launched:.1f}s, all online +{online - running:.1f}s")
+
+    # kill -9: the broker publishes the Will after 1.5 x keepalive (3 s).
+    victim, frozen = procs[1], procs[2]
+    victim.kill()
+    killed = time.monotonic()
+    wait_until(lambda: _states(db)["site-00"] == "offline", 1.5 * 2 + 1.5, "site-00 offline")
+    print(f"kill -9 -> offline in {time.monotonic() - killed:.1f}s (keepalive 2 s)")
+
+    # SIGSTOP: socket open, no heartbeats -> stale after PATIENCE x interval (3 x 0.5 s).
+    os.kill(frozen.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    wait_until(lambda: _states(db)["site-01"] == "stale", 1.5 + 2.5, "site-01 stale")
+    assert time.monotonic() - stopped >= 1.5
+    os.kill(frozen.pid, signal.SIGCONT)
+    wait_until(lambda: _states(db)["site-01"] == "online", 5, "site-01 online again")
+    states = _states(db)
+    assert states["site-00"] == "offline"
+    assert all(states[n] == "online" for n in names[1:])
+    events = fedmq("events", "--db", str(db), "--site", "site-01", "--json").stdout
+    assert '"stale"' in events and "no heartbeat for" in events
+    assert coord.stop() == 0
+
+
+def test_late_will_of_older_session_and_rebirth(
+    own_broker: Broker, prefix: str, tmp_path: Path, procs: list[Any]
+) -> None:
+    db = tmp_path / "c.db"
+    coord = Coordinator(db, own_broker.port, prefix).start()
+    procs.append(coord.proc)
+    coord.wait_ready()
+    # This site publishes no registration until the coordinator asks (cmd/rebirth).
+    procs.append(
+        start_fake_site(own_broker.port, prefix, "late", tmp_path, "--session", "5",
+                        "--no-register", "--keepalive", "30")
+    )  # fmt: skip
+    wait_until(lambda: _states(db).get("late") == "online", 20, "online")
+    wait_until(lambda: sites_json(db)["late"]["registered"], 10, "registration after rebirth")
+    # A Will of session 4 that arrives after session 5 is online (published by hand).
+    t = Topics(prefix)
+    client = TestClient(own_broker.port).connect()
+    late = SiteStatus(site="late", session=4, state="offline")
+    client.publish(t.status("late"), encode(late), qos=1, retain=True)
+    wait_until(
+        lambda: "ignored" in fedmq("events", "--db", str(db), "--site", "late").stdout,
+        10,
+        "ignored event",
+    )
+    assert _states(db)["late"] == "online"
+    # The same Will of the current session does count.
+    now = SiteStatus(site="late", session=5, state="offline")
+    client.publish(t.status("late"), encode(now), qos=1, retain=True)
+    wait_until(lambda: _states(db)["late"] == "offline", 10, "offline")
+    client.close()
+    assert coord.stop() == 0
