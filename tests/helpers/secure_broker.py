@@ -42,6 +42,7 @@ __all__ = [
     "publish_rc",
     "secure_config",
     "secure_setup",
+    "stay_user_line",
     "subscribe_rc",
 ]
 
@@ -65,7 +66,12 @@ def secure_config(
     text = _sub(text, "persistence_location /mosquitto/data/", f"persistence_location {data_dir}/")
     if plain_port is not None:
         text = _sub(text, "#listener 1883 127.0.0.1", f"listener {plain_port} 127.0.0.1")
-    return text + f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
+    return text + stay_user_line()
+
+
+def stay_user_line() -> str:
+    """``user <current user>``: a broker started by root keeps access to 0700 temp dirs."""
+    return f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
 
 
 @dataclass
