@@ -101,15 +101,15 @@ samples = st.builds(
     unit=st.text(max_size=32),
     q=st.sampled_from(["good", "uncertain", "bad"]),
 )
-_command = {"cmd_id": levels, "expires_at": epoch_ms, "signature": short_text}
-_chunk = {
+_command: dict[str, Any] = {"cmd_id": levels, "expires_at": epoch_ms, "signature": short_text}
+_chunk: dict[str, Any] = {
     "job_id": levels,
     "index": st.integers(0, 10_000),
     "total": st.integers(1, 10_000),
     "sha256": hex64,
     "data": short_text,
 }
-_job = {
+_job: dict[str, Any] = {
     "job_id": levels,
     "run_id": st.text(max_size=128),
     "round": counters,
