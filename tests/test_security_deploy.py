@@ -17,8 +17,14 @@ import pytest
 import yaml
 
 from coordinator.broker_init import init_broker
+from coordinator.passwords import (
+    generate_password,
+    hash_password,
+    read_password_file,
+    write_password_file,
+)
 from tests.helpers.broker import REPO, Broker, dev_config
-from tests.helpers.mqtt import wait_for
+from tests.helpers.mqtt import TestClient, wait_for
 from tests.helpers.secure_broker import secure_setup, stay_user_line
 
 if sys.version_info >= (3, 11):
@@ -147,3 +153,50 @@ def test_bridge_example_is_accepted_by_mosquitto(
     log = b.log.read_text()
     # The CA file loaded and TLS was set up; only the (closed) remote port fails.
     assert "Unable to load" not in log and "Unknown configuration" not in log
+
+
+def test_bridge_example_remaps_both_ways_over_tls(
+    tmp_path: Path, broker_factory: Callable[..., Broker]
+) -> None:
+    """A plant broker with the example bridge, a central broker on the shipped TLS config."""
+    central_setup = secure_setup(tmp_path / "central", ["site-a"], prefix="fedmq/v1")
+    layout = central_setup.layout
+    bridge_password = generate_password()
+    entries = read_password_file(layout.passwd)
+    entries["detroit-bridge"] = hash_password(bridge_password)
+    write_password_file(layout.passwd, entries)
+    with layout.acl.open("a") as acl:  # the central ACL block the example's comment asks for
+        acl.write("\nuser detroit-bridge\ntopic readwrite fedmq/v1/site/site-a/#\n")
+        acl.write("topic read fedmq/v1/coordinator/status\n")
+    central = broker_factory(config_text=central_setup.config_text)
+    bridge = (REPO / "broker_config" / "bridge-plant.conf.example").read_text()
+    for old, new in [
+        ("/etc/mosquitto/certs/central-ca.crt", str(layout.broker / "tls" / "ca.crt")),
+        ("central-broker.example.com:8883", f"127.0.0.1:{central.port}"),
+        ("remote_password CHANGE-ME", f"remote_password {bridge_password}"),
+    ]:
+        assert old in bridge
+        bridge = bridge.replace(old, new)
+    plant = broker_factory(
+        config_text=dev_config(0).replace("listener 0 ", "listener {port} ")
+        + bridge
+        + stay_user_line()
+    )
+    coord = central_setup.client(central.port, "coordinator").subscribe("fedmq/v1/#")
+    local = TestClient(plant.port).connect()
+    try:
+        local.subscribe("acme/detroit/pdm/fedmq/v1/site/site-a/cmd/#")
+        plant_topic = "acme/detroit/pdm/fedmq/v1/site/site-a/telemetry/d1"
+        # The bridge connects and subscribes asynchronously: publish until it carries one.
+        for _ in range(40):
+            local.publish(plant_topic, b"t")
+            if coord.collect(timeout=0.25):
+                break
+        else:
+            raise AssertionError("bridged telemetry never reached the central broker")
+        coord.publish("fedmq/v1/site/site-a/cmd/ping", b"c")
+        got = local.expect(lambda m: m.topic.endswith("/cmd/ping"), timeout=5)
+        assert got.topic == "acme/detroit/pdm/fedmq/v1/site/site-a/cmd/ping"
+    finally:
+        local.close()
+        central_setup.close()
