@@ -41,6 +41,7 @@ class Coordinator:
     prefix: str
     extra: tuple[str, ...] = ()
     log: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Coordinator:
@@ -50,7 +51,7 @@ class Coordinator:
         ]  # fmt: skip
         self.log = self.log or self.db.with_suffix(".log")
         out = self.log.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen([*FEDMQ, *args], stdout=out, stderr=out, cwd=REPO, env=env)
         return self
 
