@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -215,3 +216,17 @@ def test_mtls_certificate_cn_is_the_username_for_the_acl(
     assert publish_rc(coord, t.cmd("site-a", "ping"), b"x") == 0
     got = [m.topic for m in coord.collect(timeout=1.0)]
     assert got == [t.telemetry("site-a", "d"), t.cmd("site-a", "ping")]
+
+
+@pytest.mark.slow
+def test_retained_state_survives_kill_9_after_autosave(setup: SecureSetup, secure: Broker) -> None:
+    """autosave_interval 10: a crash loses seconds, not the default half hour."""
+    t = Topics(setup.prefix)
+    coord = setup.client(secure.port, COORDINATOR_USER)
+    assert publish_rc(coord, t.coordinator_status(), b"online", retain=True) in (0, 16)
+    time.sleep(12)  # one autosave interval plus margin
+    secure.kill()
+    secure.start()
+    site_a = setup.client(secure.port, "site-a").subscribe(t.coordinator_status())
+    got = site_a.expect(lambda m: m.topic == t.coordinator_status(), timeout=5)
+    assert got.retain and got.payload == b"online"
