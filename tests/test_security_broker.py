@@ -133,10 +133,13 @@ def test_weights_chunk_passes_and_oversized_is_not_relayed(
     assert [(m.topic, len(m.payload)) for m in got] == [(t.job_result("site-a", "j1"), len(chunk))]
 
 
+@pytest.mark.slow
 def test_added_site_connects_after_sighup(setup: SecureSetup, secure: Broker) -> None:
+    # Connected first: a SIGHUP that arrives before mosquitto installs its handler (the
+    # port opens slightly earlier) would terminate it.
+    coord = _coordinator_watching(setup, secure)
     add_site(setup.deploy, "site-c")
     secure.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
-    coord = _coordinator_watching(setup, secure)
     site_c = None
     for _ in range(50):  # the reload is asynchronous
         site_c = setup.client(secure.port, "site-c")
