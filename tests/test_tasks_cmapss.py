@@ -1,0 +1,93 @@
+"""The cmapss-rul task on a few FD001 engines, and the registry's import hygiene."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from site_node.tasks import TASKS, UnknownTaskError, get_task
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TRAIN = DATA / "cmapss_fd001" / "train_FD001.txt"
+pytestmark = pytest.mark.skipif(not TRAIN.exists(), reason="shared FD001 data not present")
+
+
+def test_registry_hashes_code_without_importing_torch() -> None:
+    code = (
+        "import sys, site_node.tasks as t\n"
+        "print(t.get_task('cmapss-rul').code_hash)\n"
+        "assert 'torch' not in sys.modules and 'syft' not in sys.modules, 'heavy import'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    here = Path(__file__).resolve().parents[1] / "site_node" / "tasks"
+    expected = hashlib.sha256(
+        (here / "cmapss_rul.py").read_bytes() + (here / "common.py").read_bytes()
+    ).hexdigest()
+    assert out.stdout.strip() == expected
+    assert TASKS["ai4i-failure"].code_hash != expected
+    with pytest.raises(UnknownTaskError, match="nope"):
+        get_task("nope")
+
+
+@pytest.fixture(scope="module")
+def small() -> object:
+    task = get_task("cmapss-rul")
+    return task.load_dataset(TRAIN, {"units": [1, 2, 3, 4, 5]})
+
+
+def test_dataset_windows_and_split_by_engine(small: object) -> None:
+    from site_node.tasks.cmapss_rul import RUL_CAP, WINDOW, CmapssData
+
+    assert isinstance(small, CmapssData)
+    assert len(small.val_units) == 1 and len(small.train_units) == 4
+    assert not set(small.val_units) & set(small.train_units)
+    assert small.x_train.shape[1:] == (WINDOW, 14) and small.x_train.dtype == np.float32
+    assert small.y_train.max() == RUL_CAP and small.y_train.min() == 0
+    # Fixed FD001 constants: the scaled training data stays (about) within [0, 1].
+    assert small.x_train.min() >= -0.01 and small.x_train.max() <= 1.01
+
+
+def test_train_then_evaluate_matches_and_is_deterministic(small: object) -> None:
+    task = get_task("cmapss-rul")
+    start = task.initial_weights(seed=3)
+    seen: list[float] = []
+    w1, n, metrics = task.train(start, small, {"epochs": 1, "seed": 1}, seen.append)
+    w2, _, _ = task.train(start, small, {"epochs": 1, "seed": 1})
+    assert w1 == w2 and w1 != start
+    assert n == len(small.x_train)  # type: ignore[attr-defined]
+    assert set(metrics) == {"train_loss", "loss", "rmse"} and metrics["rmse"] > 0
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    assert task.evaluate(w1, small) == pytest.approx(
+        {"loss": metrics["loss"], "rmse": metrics["rmse"]}
+    )
+
+
+def test_fedprox_pulls_towards_the_global_model(small: object) -> None:
+    from site_node.weights_io import load_npz
+
+    task = get_task("cmapss-rul")
+    start = task.initial_weights(seed=0)
+    hp = {"epochs": 1, "lr": 0.01}
+    avg, _, _ = task.train(start, small, {**hp, "strategy": "fedavg"})
+    prox, _, _ = task.train(start, small, {**hp, "strategy": "fedprox", "mu": 100.0})
+
+    def drift(raw: bytes) -> float:
+        a, b = load_npz(raw), load_npz(start)
+        return sum(float(np.sum((a[k] - b[k]) ** 2)) for k in a)
+
+    assert drift(prox) < drift(avg)
+
+
+def test_bad_hyperparams_and_weights_are_refused(small: object) -> None:
+    task = get_task("cmapss-rul")
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        task.train(None, small, {"epochs": 1, "momentum": 0.9})
+    with pytest.raises(ValueError, match="strategy"):
+        task.train(None, small, {"strategy": "sgd"})
+    with pytest.raises(ValueError, match="keys differ"):
+        task.train(get_task("ai4i-failure").initial_weights(), small, {"epochs": 1})
