@@ -32,7 +32,7 @@ class TestClient:
         client_id: str | None = None,
         username: str | None = None,
         password: str | None = None,
-        protocol: int = mqtt.MQTTv5,
+        protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
         tls: dict[str, object] | None = None,
     ) -> None:
         self.messages: queue.Queue[Received] = queue.Queue()
