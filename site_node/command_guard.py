@@ -16,12 +16,12 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from schemas import Command, signing_bytes
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["UNSIGNED_SAFE", "CommandGuard", "CommandRefused", "load_public_key"]
 
@@ -34,6 +34,10 @@ class CommandRefused(Exception):
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Read a PEM SubjectPublicKeyInfo Ed25519 key; ValueError if it is not one."""
+    # Imported only when a key is pinned: cryptography costs ~8 MB of RSS.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except OSError as exc:
@@ -82,6 +86,8 @@ class CommandGuard:
         self._db.execute("DELETE FROM seen WHERE expires_at < ?", (now - 2 * self._skew_ms,))
 
     def _verify(self, raw: bytes, signature: str) -> None:
+        from cryptography.exceptions import InvalidSignature
+
         assert self._key is not None
         if not signature:
             raise CommandRefused("unsigned")
