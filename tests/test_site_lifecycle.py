@@ -51,13 +51,20 @@ def wait_connected(site: SiteProc, timeout: float = 15.0) -> int:
     return SiteState.read(path).session
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_late_subscriber_sees_retained_registration_and_status(
     broker: Broker,
     prefix: str,
     make_site: Callable[..., SiteProc],
     mqtt_client: Callable[..., TestClient],
+    protocol: str,
 ) -> None:
-    site = make_site(broker.port, prefix, hierarchy={"enterprise": "acme", "line": "l1"})
+    site = make_site(
+        broker.port,
+        prefix,
+        hierarchy={"enterprise": "acme", "line": "l1"},
+        mqtt={"protocol": protocol},
+    )
     session = wait_connected(site)
     t = Topics(prefix)
     time.sleep(0.3)
@@ -155,3 +162,16 @@ def test_kill9_delivers_retained_offline_will_within_1_5x_keepalive(
     assert elapsed <= 1.5 * 5 + 0.5, elapsed
     late = mqtt_client().subscribe(t.status("site-a")).expect(lambda m: m.retain)
     assert json.loads(late.payload)["state"] == "offline"
+
+
+def test_site_started_while_the_broker_is_down_keeps_trying(
+    own_broker: Broker, prefix: str, make_site: Callable[..., SiteProc]
+) -> None:
+    own_broker.stop()
+    site = make_site(own_broker.port, prefix)
+    site.wait_log("unreachable")
+    time.sleep(1.5)
+    assert site.alive()
+    own_broker.start()
+    assert wait_connected(site) >= 1
+    assert site.alive()
