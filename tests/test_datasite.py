@@ -1,0 +1,58 @@
+"""A real PySyft 0.9.5 datasite: hosted asset, DS code request, admin approval, run."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("syft")
+
+from site_node.datasite import ROOT_EMAIL, Datasite, DatasiteError  # noqa: E402
+from site_node.tasks import get_task  # noqa: E402
+
+TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmapss_fd001" / "train_FD001.txt"
+
+
+@pytest.mark.train
+@pytest.mark.slow
+@pytest.mark.skipif(not TRAIN.exists(), reason="shared FD001 data not present")
+def test_job_runs_as_an_approved_code_request_and_state_persists(tmp_path: Path) -> None:
+    site = Datasite.open(tmp_path, "t-site")
+    pw_file = tmp_path / "syft" / "root_password"
+    assert stat.S_IMODE(os.stat(pw_file).st_mode) == 0o600
+    assert pw_file.read_text() != "changethis"
+    with pytest.raises(Exception):  # noqa: B017 - syft's own login error type
+        site._handle.login(email=ROOT_EMAIL, password="changethis")
+
+    hosted = site.host_dataset("fd001", "cmapss-rul", [TRAIN], {"units": [1, 2, 3]})
+    assert hosted.rows > 0 and [d.name for d in site.list_datasets()] == ["fd001"]
+    mock = site.ds.datasets["fd001"].assets[0].mock
+    assert mock.shape == (hosted.rows, 26)
+
+    task = get_task("cmapss-rul")
+    start = task.initial_weights()
+    site.submit_job("job-1", "cmapss-rul", start, {"epochs": 1})
+    assert site.job_state("job-1") == "pending"
+    with pytest.raises(DatasiteError):  # not approved yet: the DS cannot run it
+        site.run("job-1")
+    site.approve("job-1")
+    seen: list[float] = []
+    weights, n, metrics = site.run("job-1", seen.append)
+    assert n > 0 and metrics["rmse"] > 0 and seen[-1] == 1.0
+    assert weights != start and set(metrics) == {"train_loss", "loss", "rmse"}
+
+    # The same code for another job is a distinct request; a rejected one never runs.
+    site.submit_job("job-2", "cmapss-rul", start, {"epochs": 1})
+    site.reject("job-2", "operator said no")
+    assert site.job_state("job-2") == "rejected"
+    with pytest.raises(DatasiteError):
+        site.run("job-2")
+    site.close()
+
+    again = Datasite.open(tmp_path, "t-site")  # restart: same password, data still hosted
+    assert [d.name for d in again.list_datasets()] == ["fd001"]
+    assert again.job_state("job-1") == "approved"
+    again.close()
