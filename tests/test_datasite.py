@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("syft")
 
-from site_node.datasite import ROOT_EMAIL, Datasite, DatasiteError  # noqa: E402
-from site_node.tasks import get_task  # noqa: E402
+from site_node.datasite import ROOT_EMAIL, Datasite, DatasiteError
+from site_node.tasks import get_task
 
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmapss_fd001" / "train_FD001.txt"
 
