@@ -275,7 +275,8 @@ class SiteBus:
         self._set_connected(False)
         self._lost.set()
         if was:
-            log.warning("disconnected from broker: %s", reason_code)
+            level = logging.INFO if self._stop.is_set() else logging.WARNING
+            log.log(level, "disconnected from broker: %s", reason_code)
             self.inbound.put(Disconnected(session, str(reason_code)))
 
     def _on_publish(self, client, session, mid, reason_code, properties=None):  # type: ignore[no-untyped-def]

@@ -11,7 +11,6 @@ in the ``gaps`` field of every durable message until the coordinator acks past t
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import sqlite3
@@ -25,9 +24,11 @@ from pathlib import Path
 from typing import Protocol
 
 from schemas import now_ms
+from site_node.outbox_store import OutboxStats, connect, load_meta, read_stats, with_flags
 from site_node.settings import OutboxSettings
 
 __all__ = ["PROTECTED_KINDS", "Outbox", "OutboxStats", "PayloadBuilder", "Publisher", "read_stats"]
+
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,6 @@ log = logging.getLogger(__name__)
 PROTECTED_KINDS = frozenset({"job_status", "job_result", "result_chunk"})
 PayloadBuilder = Callable[[int], bytes]
 _BATCH = 2000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, topic TEXT NOT NULL,
-    payload BLOB NOT NULL, created_ms INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS gaps (first INTEGER PRIMARY KEY, last INTEGER NOT NULL);
-"""
 
 
 class Publisher(Protocol):
@@ -58,76 +51,12 @@ class Publisher(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool: ...
 
 
-@dataclass(frozen=True)
-class OutboxStats:
-    """A snapshot; ``oldest_ms`` is the creation time of the oldest unacked row."""
-
-    depth: int = 0
-    bytes: int = 0
-    dropped: int = 0
-    last_acked: int = 0
-    last_seq: int = 0
-    oldest_ms: int | None = None
-
-    def oldest_age_s(self, now: int | None = None) -> float | None:
-        if self.oldest_ms is None:
-            return None
-        return max(0.0, ((now_ms() if now is None else now) - self.oldest_ms) / 1000.0)
-
-
 @dataclass
 class _Append:
     kind: str
     topic: str
     build: PayloadBuilder
     future: Future[int]
-
-
-def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={synchronous}")
-    db.executescript(_SCHEMA)
-    return db
-
-
-def _meta(db: sqlite3.Connection) -> dict[str, int]:
-    return {k: int(v) for k, v in db.execute("SELECT key, value FROM meta")}
-
-
-def read_stats(path: Path) -> OutboxStats:
-    """Stats read straight from the database file (works with the daemon down)."""
-    if not Path(path).exists():
-        return OutboxStats()
-    db = _connect(Path(path))
-    try:
-        meta = _meta(db)
-        depth, size = db.execute(
-            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox"
-        ).fetchone()
-        first = db.execute("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
-        oldest = None if first is None else first[0]
-        return OutboxStats(
-            depth,
-            size,
-            meta.get("dropped", 0),
-            meta.get("last_acked", 0),
-            meta.get("next_seq", 1) - 1,
-            oldest,
-        )
-    finally:
-        db.close()
-
-
-def _rewrite(payload: bytes, historical: bool, gaps: list[list[int]]) -> bytes:
-    if not historical and not gaps:
-        return payload
-    body = json.loads(payload)
-    body["historical"] = historical or body.get("historical", False)
-    if gaps:
-        body["gaps"] = [{"first": a, "last": b} for a, b in gaps]
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 class Outbox:
@@ -195,7 +124,7 @@ class Outbox:
 
     def _main(self) -> None:
         try:
-            self._db = _connect(self.path, self.limits.synchronous)
+            self._db = connect(self.path, self.limits.synchronous)
             self._load()
         except sqlite3.Error:
             log.exception("cannot open outbox %s", self.path)
@@ -220,7 +149,7 @@ class Outbox:
             self._stopped.set()
 
     def _load(self) -> None:
-        meta = _meta(self._db)
+        meta = load_meta(self._db)
         self._next_seq = meta.get("next_seq", 1)
         self._last_acked = meta.get("last_acked", 0)
         self._dropped = meta.get("dropped", 0)
@@ -407,7 +336,7 @@ class Outbox:
         pub = self._pub
         while self._live and pub.has_room():
             seq, topic, payload = self._live[0]
-            if not pub.publish(topic, _rewrite(payload, False, self._gaps)):
+            if not pub.publish(topic, with_flags(payload, False, self._gaps)):
                 return
             self._live.popleft()
             self._sent[seq] = time.monotonic()
@@ -436,7 +365,7 @@ class Outbox:
                 if sent_before != float("inf") and (last is None or last > sent_before):
                     cursor = seq + 1
                     continue
-                if not self._pub.publish(topic, _rewrite(payload, True, self._gaps)):
+                if not self._pub.publish(topic, with_flags(payload, True, self._gaps)):
                     budget = 0
                     break
                 self._sent.pop(seq, None)
