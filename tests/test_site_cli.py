@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from site_node.outbox import read_stats
 from site_node.settings import SiteSettings
 from tests.helpers.broker import Broker
 from tests.helpers.mqtt import TestClient, wait_for
-from tests.helpers.site_proc import SITE_BIN, SiteProc, site_settings
+from tests.helpers.site_proc import SITE_BIN, SiteProc, make_site_fixture  # noqa: F401 (fixture)
 
 MINE = ("run", "init", "status", "deregister")
 
@@ -31,22 +31,6 @@ def fedmq_site(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     return subprocess.run(
         [str(SITE_BIN), *args], capture_output=True, text=True, timeout=30, env=env
     )
-
-
-@pytest.fixture
-def site_proc(tmp_path: Path) -> Iterator[Callable[..., SiteProc]]:
-    procs: list[SiteProc] = []
-
-    def make(port: int, prefix: str, **overrides: object) -> SiteProc:
-        proc = SiteProc(
-            tmp_path / f"p{len(procs)}", site_settings(tmp_path, port, prefix, **overrides)
-        )  # type: ignore[arg-type]
-        procs.append(proc)
-        return proc
-
-    yield make
-    for p in procs:
-        p.kill()
 
 
 @pytest.mark.parametrize("name", MINE)
@@ -92,9 +76,9 @@ def test_bad_config_is_one_line_with_usage_exit_code(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_status_works_with_daemon_and_broker_down(
-    own_broker: Broker, prefix: str, site_proc: Callable[..., SiteProc]
+    own_broker: Broker, prefix: str, make_site: Callable[..., SiteProc]
 ) -> None:
-    site = site_proc(own_broker.port, prefix, rate_hz=50.0).start()
+    site = make_site(own_broker.port, prefix, rate_hz=50.0)
     wait_for(lambda: read_stats(site.data_dir / "outbox.db").depth >= 20, 20, "rows")
     live = site.status()
     assert live["running"] and live["connected"] and live["session"] >= 1
@@ -111,11 +95,11 @@ def test_status_works_with_daemon_and_broker_down(
 def test_deregister_clears_retained_status_and_registration(
     broker: Broker,
     prefix: str,
-    site_proc: Callable[..., SiteProc],
+    make_site: Callable[..., SiteProc],
     mqtt_client: Callable[..., TestClient],
 ) -> None:
     t = Topics(prefix)
-    site = site_proc(broker.port, prefix).start()
+    site = make_site(broker.port, prefix)
     sub = mqtt_client().subscribe(t.registration("site-a"))
     sub.expect(lambda m: m.payload != b"", timeout=15)
     assert site.terminate() == 0

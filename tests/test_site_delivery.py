@@ -19,24 +19,9 @@ from site_node.outbox import read_stats
 from tests.helpers.acker import Acker, Stored
 from tests.helpers.broker import Broker
 from tests.helpers.mqtt import TestClient, wait_for
-from tests.helpers.site_proc import SiteProc, site_settings
+from tests.helpers.site_proc import SiteProc, make_site_fixture  # noqa: F401 (fixture)
 
 SITE = "site-a"
-
-
-@pytest.fixture
-def make_site(tmp_path: Path) -> Iterator[Callable[..., SiteProc]]:
-    procs: list[SiteProc] = []
-
-    def make(port: int, prefix: str, **overrides: object) -> SiteProc:
-        settings = site_settings(tmp_path, port, prefix, **overrides)  # type: ignore[arg-type]
-        proc = SiteProc(tmp_path / f"proc{len(procs)}", settings)
-        procs.append(proc)
-        return proc.start()
-
-    yield make
-    for p in procs:
-        p.kill()
 
 
 @pytest.fixture

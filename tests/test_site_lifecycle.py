@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -23,22 +22,7 @@ from schemas import (
 from site_node.state import SiteState
 from tests.helpers.broker import Broker
 from tests.helpers.mqtt import TestClient, wait_for
-from tests.helpers.site_proc import SiteProc, site_settings
-
-
-@pytest.fixture
-def make_site(tmp_path: Path) -> Iterator[Callable[..., SiteProc]]:
-    procs: list[SiteProc] = []
-
-    def make(port: int, prefix: str, **overrides: object) -> SiteProc:
-        settings = site_settings(tmp_path, port, prefix, **overrides)  # type: ignore[arg-type]
-        proc = SiteProc(tmp_path / f"proc{len(procs)}", settings)
-        procs.append(proc)
-        return proc.start()
-
-    yield make
-    for p in procs:
-        p.kill()
+from tests.helpers.site_proc import SiteProc, make_site_fixture  # noqa: F401 (fixture)
 
 
 def _decode(prefix: str, topic: str, payload: bytes) -> object:

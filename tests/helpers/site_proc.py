@@ -8,8 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SITE_BIN = REPO / ".venv" / "bin" / "fedmq-site"
@@ -171,3 +174,20 @@ def site_settings(
         else:
             settings[key] = value
     return settings
+
+
+@pytest.fixture(name="make_site")
+def make_site_fixture(tmp_path: Path) -> Iterator[Callable[..., SiteProc]]:
+    """Factory of started site processes (same site id -> same data dir); all killed after."""
+    procs: list[SiteProc] = []
+
+    def make(port: int, prefix: str, start: bool = True, **overrides: Any) -> SiteProc:
+        proc = SiteProc(
+            tmp_path / f"proc{len(procs)}", site_settings(tmp_path, port, prefix, **overrides)
+        )
+        procs.append(proc)
+        return proc.start() if start else proc
+
+    yield make
+    for p in procs:
+        p.kill()
