@@ -88,14 +88,21 @@ def _make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
     client.max_inflight_messages_set(65_000)  # our own window is the real bound
     client.max_queued_messages_set(0)
     if settings.username is not None:
-        client.username_pw_set(settings.username, settings.resolved_password())
+        try:
+            password = settings.resolved_password()
+        except ValueError as exc:
+            raise BusError(str(exc)) from None
+        client.username_pw_set(settings.username, password)
     if settings.tls:
-        client.tls_set(
-            ca_certs=str(settings.ca_file) if settings.ca_file else None,
-            certfile=str(settings.cert_file) if settings.cert_file else None,
-            keyfile=str(settings.key_file) if settings.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
+        try:
+            client.tls_set(
+                ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                certfile=str(settings.cert_file) if settings.cert_file else None,
+                keyfile=str(settings.key_file) if settings.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise BusError(f"TLS setup failed (ca/cert/key files): {exc}") from None
         if settings.tls_insecure:
             log.warning("TLS hostname verification is DISABLED (mqtt.tls_insecure = true)")
             client.tls_insecure_set(True)
@@ -143,6 +150,8 @@ class SiteBus:
         self._connected = False
         self._session = 0
         self._thread: threading.Thread | None = None
+        # Fail at start, not on the connection thread: bad TLS files, password file, flags.
+        _make_client(settings, client_id)
 
     # -- public --------------------------------------------------------------------------
 

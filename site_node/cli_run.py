@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from schemas import masked
-from site_node.cli_options import settings_from, site_options
+from site_node.cli_options import ConfigError, settings_from, site_options
 
 __all__ = ["run"]
 
@@ -49,12 +49,13 @@ def run(
     if print_config:
         click.echo(json.dumps(masked(settings), indent=2))
         return
+    from site_node.bus import BusError
     from site_node.daemon import SiteDaemon
     from site_node.log_setup import setup_logging
 
     setup_logging(settings.log.file, settings.log.format, settings.log.verbose)
     try:
         daemon = SiteDaemon(settings)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except (OSError, ValueError, BusError) as exc:
+        raise ConfigError(str(exc)) from None
     sys.exit(daemon.run())

@@ -114,3 +114,20 @@ def test_deregister_with_broker_down_exits_4(tmp_path: Path) -> None:
 
     out = fedmq_site("deregister", "--site-id", "x1", "--port", str(free_port()))
     assert out.returncode == 4 and "unreachable" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "needle"),
+    [
+        ('tls = true\nca_file = "/nonexistent/ca.crt"', "TLS setup failed"),
+        ("tls_insecure = true", "tls_insecure is set but mqtt.tls is not"),
+        ('username = "u"\npassword_file = "/nonexistent/pw"', "cannot read password file"),
+    ],
+)
+def test_bad_connection_settings_fail_at_start_not_later(
+    tmp_path: Path, mqtt: str, needle: str
+) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'site_id = "a1"\ndata_dir = "{tmp_path / "d"}"\n[mqtt]\n{mqtt}\n')
+    out = fedmq_site("run", "-c", str(cfg))
+    assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr
