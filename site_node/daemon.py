@@ -82,7 +82,8 @@ class SiteDaemon:
         key = None
         if settings.coordinator_public_key_file is not None:
             key = load_public_key(settings.coordinator_public_key_file)
-        self.guard = CommandGuard(settings.commands_path, key, settings.command_clock_skew_s)
+        self._key = key
+        self.guard: CommandGuard | None = None  # opened on the thread that runs the loop
         self.heartbeat = HeartbeatSender(settings.heartbeat_interval_s, self.send_heartbeat)
         self._handlers: dict[str, CommandHandler] = {
             "rebirth": lambda _m, _r: self.announce(),
@@ -150,10 +151,15 @@ class SiteDaemon:
     # -- run -----------------------------------------------------------------------------
 
     def run(self, install_signals: bool = True) -> int:
-        """Run until SIGTERM/SIGINT or :meth:`request_stop`; return the exit code (0)."""
+        """Run until SIGTERM/SIGINT or :meth:`request_stop`; return the exit code (0).
+
+        Pass ``install_signals=False`` when running off the main thread (e.g. in tests).
+        """
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda _s, _f: self._stop.set())
+        s = self.settings
+        self.guard = CommandGuard(s.commands_path, self._key, s.command_clock_skew_s)
         self._load_extensions()
         self.outbox.start()
         self.bus.start()
@@ -189,7 +195,8 @@ class SiteDaemon:
             if not self.bus.wait_idle(3.0):
                 log.warning("offline status not acknowledged by the broker")
         self.bus.stop()
-        self.guard.close()
+        if self.guard is not None:
+            self.guard.close()
         self.state.mark_stopped()
         log.info("stopped")
 
@@ -270,6 +277,7 @@ class SiteDaemon:
 
     def _on_command(self, cmd: Command, raw: bytes) -> None:
         kind = str(getattr(cmd, "kind", ""))
+        assert self.guard is not None
         try:
             self.guard.check(cmd, raw)
         except CommandRefused as exc:
