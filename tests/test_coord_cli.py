@@ -112,3 +112,34 @@ def test_telemetry_since_forms_parse(since: str) -> None:
     from coordinator.cli_telemetry import parse_since
 
     assert parse_since(since, now=1_700_000_600_000) == 1_700_000_000_000
+
+
+def test_serve_settings_layering_and_masked_print_config(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('patience = 4.0\n[mqtt]\nhost = "broker.plant"\npassword = "s3cret"\n')
+    env = {"FEDMQ_PATIENCE": "5", "FEDMQ_MQTT__PORT": "1999", "FEDMQ_BATCH_SIZE": "10"}
+    proc = subprocess.run(
+        [*FEDMQ, "serve", "--config", str(toml), "--batch-size", "77", "--print-config"],
+        capture_output=True, text=True, cwd=REPO, env={**_clean_env(), **env}, check=True,
+    )  # fmt: skip
+    cfg = json.loads(proc.stdout)
+    assert cfg["mqtt"]["host"] == "broker.plant"  # TOML
+    assert cfg["patience"] == 5.0 and cfg["mqtt"]["port"] == 1999  # env over TOML
+    assert cfg["batch_size"] == 77  # flag over env
+    assert cfg["mqtt"]["password"] == "***" and "s3cret" not in proc.stdout
+
+
+def test_serve_bad_setting_is_one_line_usage_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*FEDMQ, "serve", "--db", str(tmp_path / "x.db"), "--patience", "-1"],
+        capture_output=True, text=True, cwd=REPO, env=_clean_env(),
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: invalid setting patience")
+    assert "Traceback" not in proc.stderr
+
+
+def _clean_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("FEDMQ_")}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import time
@@ -10,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from schemas import SiteStatus, Topics, encode
+from coordinator.signing import generate_keypair, load_public_key
+from schemas import SiteStatus, Topics, encode, signing_bytes
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import (
     Coordinator,
@@ -87,7 +90,11 @@ def test_late_will_of_older_session_and_rebirth(
     own_broker: Broker, prefix: str, tmp_path: Path, procs: list[Any]
 ) -> None:
     db = tmp_path / "c.db"
-    coord = Coordinator(db, own_broker.port, prefix).start()
+    key, pub = tmp_path / "cmd.key", tmp_path / "cmd.pub"
+    generate_keypair(key, pub)
+    t = Topics(prefix)
+    cmds = TestClient(own_broker.port).connect().subscribe(t.cmd("late", "rebirth"))
+    coord = Coordinator(db, own_broker.port, prefix, extra=("--signing-key", str(key))).start()
     procs.append(coord.proc)
     coord.wait_ready()
     # This site publishes no registration until the coordinator asks (cmd/rebirth).
@@ -97,8 +104,12 @@ def test_late_will_of_older_session_and_rebirth(
     )  # fmt: skip
     wait_until(lambda: _states(db).get("late") == "online", 20, "online")
     wait_until(lambda: sites_json(db)["late"]["registered"], 10, "registration after rebirth")
+    # The rebirth was signed with the configured key, over signing_bytes of the payload.
+    raw = cmds.expect(lambda m: True).payload
+    signature = base64.b64decode(json.loads(raw)["signature"])
+    load_public_key(pub).verify(signature, signing_bytes(raw))
+    cmds.close()
     # A Will of session 4 that arrives after session 5 is online (published by hand).
-    t = Topics(prefix)
     client = TestClient(own_broker.port).connect()
     late = SiteStatus(site="late", session=4, state="offline")
     client.publish(t.status("late"), encode(late), qos=1, retain=True)
