@@ -125,3 +125,33 @@ def test_late_will_of_older_session_and_rebirth(
     wait_until(lambda: _states(db)["late"] == "offline", 10, "offline")
     client.close()
     assert coord.stop() == 0
+
+
+def test_coordinator_status_retained_online_will_on_kill_and_offline_on_stop(
+    own_broker: Broker, prefix: str, tmp_path: Path, procs: list[Any]
+) -> None:
+    t = Topics(prefix)
+    db = tmp_path / "c.db"
+
+    def status(client: TestClient, state: str) -> dict[str, Any]:
+        msg = client.expect(lambda m: json.loads(m.payload)["state"] == state, timeout=20)
+        assert msg.topic == t.coordinator_status()
+        return dict(json.loads(msg.payload))
+
+    coord = Coordinator(db, own_broker.port, prefix).start()
+    procs.append(coord.proc)
+    coord.wait_ready()
+    watcher = TestClient(own_broker.port).connect().subscribe(t.coordinator_status())
+    assert status(watcher, "online")["session"] == 1
+    coord.kill()  # the broker publishes the retained Last Will
+    assert status(watcher, "offline")["session"] == 1
+    late = TestClient(own_broker.port).connect().subscribe(t.coordinator_status())
+    retained = late.expect(lambda m: True)
+    assert retained.retain and json.loads(retained.payload)["state"] == "offline"
+    coord = Coordinator(db, own_broker.port, prefix).start()
+    procs.append(coord.proc)
+    assert status(watcher, "online")["session"] == 2  # a new coordinator session
+    assert coord.stop() == 0
+    assert status(watcher, "offline")["session"] == 2  # clean shutdown says so itself
+    watcher.close()
+    late.close()
