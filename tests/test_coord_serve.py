@@ -75,7 +75,8 @@ def test_twenty_sites_online_then_kill_stop_and_continue(
     os.kill(frozen.pid, signal.SIGSTOP)
     stopped = time.monotonic()
     wait_until(lambda: _states(db)["site-01"] == "stale", 1.5 + 2.5, "site-01 stale")
-    assert time.monotonic() - stopped >= 1.5
+    # The last heartbeat may have left up to one interval before the SIGSTOP.
+    assert time.monotonic() - stopped >= 1.5 - 0.5
     os.kill(frozen.pid, signal.SIGCONT)
     wait_until(lambda: _states(db)["site-01"] == "online", 5, "site-01 online again")
     states = _states(db)
