@@ -21,6 +21,10 @@ COMMANDS: dict[str, str] = {
     "init": "site_node.cli_init:init",
     "status": "site_node.cli_status:status",
     "deregister": "site_node.cli_deregister:deregister",
+    "data": "site_node.cli_data:data",
+    "jobs": "site_node.cli_jobs:jobs",
+    "approve": "site_node.cli_approve:approve",
+    "reject": "site_node.cli_reject:reject",
 }
 
 

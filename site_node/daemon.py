@@ -16,6 +16,7 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -26,6 +27,7 @@ from schemas import (
     Command,
     CoordinatorStatus,
     DecodeError,
+    Registration,
     Sample,
     TaskOffer,
     TelemetryBatch,
@@ -43,13 +45,17 @@ from site_node.settings import SiteSettings
 from site_node.sources import Source, build_source
 from site_node.state import SiteState
 
-__all__ = ["CommandHandler", "SiteDaemon"]
+__all__ = ["TRAINING_EXTENSION", "CommandHandler", "RefusalHandler", "SiteDaemon"]
 
 log = logging.getLogger(__name__)
 
 # handler(message, raw payload); ``message`` is a verified Command, or a TrainChunk
 # (unsigned: the signed train command carries the sha256 of the whole).
 CommandHandler = Callable[[BaseModel, bytes], None]
+# refusal(command, raw payload, reason): a command the guard refused (never executed).
+RefusalHandler = Callable[[BaseModel, bytes, str], None]
+# Loaded when the config has a [training] table (torch/syft stay unimported otherwise).
+TRAINING_EXTENSION = "site_node.jobs.service:install"
 
 
 class SiteDaemon:
@@ -91,6 +97,10 @@ class SiteDaemon:
         }
         self._tasks: Callable[[], tuple[TaskOffer, ...]] = tuple
         self._jobs_running: Callable[[], int] = lambda: 0
+        self._registration_extra: Callable[[], dict[str, Any]] = dict
+        self._refusal: RefusalHandler | None = None
+        self._on_stop: list[Callable[[], None]] = []
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._coordinator: tuple[str, int] | None = None
         self._stop = threading.Event()
 
@@ -106,6 +116,22 @@ class SiteDaemon:
 
     def set_jobs_running(self, count: Callable[[], int]) -> None:
         self._jobs_running = count
+
+    def set_registration_extra(self, extra: Callable[[], dict[str, Any]]) -> None:
+        """Extra registration fields (e.g. ``datasets``, ``approval_mode``) at announce."""
+        self._registration_extra = extra
+
+    def register_refusal(self, handler: RefusalHandler) -> None:
+        """Call ``handler`` (on the loop) for every command the guard refuses."""
+        self._refusal = handler
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the daemon loop (from any thread), within ~0.2 s."""
+        self._calls.put(fn)
+
+    def on_stop(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` at shutdown, before the outbox is flushed and closed."""
+        self._on_stop.append(fn)
 
     def send_durable(self, kind: str, topic: str, make: Callable[[int], BaseModel]) -> Future[int]:
         """Store then publish a durable message; ``make(seq)`` builds it (any thread).
@@ -133,11 +159,12 @@ class SiteDaemon:
             )
             for src in self.sources
         )
-        self.bus.publish(
-            self.topics.registration(s.site_id),
-            lifecycle.registration(s, self.session, seq, telemetry, self._tasks()),
-            retain=True,
-        )
+        payload = lifecycle.registration(s, self.session, seq, telemetry, self._tasks())
+        extra = self._registration_extra()
+        if extra:
+            reg = Registration.model_validate_json(payload).model_copy(update=extra)
+            payload = encode(reg)
+        self.bus.publish(self.topics.registration(s.site_id), payload, retain=True)
 
     def send_heartbeat(self) -> None:
         payload = lifecycle.heartbeat(
@@ -176,12 +203,29 @@ class SiteDaemon:
                 event = None
             if event is not None:
                 self._handle(event)
+            self._run_calls()
             self.batcher.poll()
         self._shutdown()
         return 0
 
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("scheduled call failed")
+
     def _shutdown(self) -> None:
         log.info("shutting down")
+        for fn in self._on_stop:
+            try:
+                fn()
+            except Exception:
+                log.exception("stop hook failed")
         self.heartbeat.stop()
         for src in self.sources:
             src.stop()
@@ -201,7 +245,10 @@ class SiteDaemon:
         log.info("stopped")
 
     def _load_extensions(self) -> None:
-        for target in self.settings.extensions:
+        targets = list(self.settings.extensions)
+        if self.settings.training is not None and TRAINING_EXTENSION not in targets:
+            targets.append(TRAINING_EXTENSION)
+        for target in targets:
             module, _, attr = target.partition(":")
             getattr(importlib.import_module(module), attr)(self)
 
@@ -282,6 +329,11 @@ class SiteDaemon:
             self.guard.check(cmd, raw)
         except CommandRefused as exc:
             log.warning("refused %s command %s: %s", kind, cmd.cmd_id, exc)
+            if self._refusal is not None:
+                try:
+                    self._refusal(cmd, raw, str(exc))
+                except Exception:
+                    log.exception("refusal handler failed")
             return
         handler = self._handlers.get(kind)
         if handler is None:

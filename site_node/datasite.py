@@ -40,6 +40,7 @@ __all__ = [
     "HostedDataset",
     "JobNotFoundError",
     "execute_job",
+    "read_hosted",
 ]
 
 log = logging.getLogger(__name__)
@@ -329,6 +330,18 @@ class Datasite:
         if not path.exists():
             raise JobNotFoundError(f"no job {job_id!r} submitted at this site")
         return dict(json.loads(path.read_text()))
+
+
+def read_hosted(data_dir: Path | str) -> list[HostedDataset]:
+    """Datasets fedmq hosted in the datasite under ``data_dir``, from its local registry.
+
+    Reads a JSON file only (no syft): for ``fedmq-site data list`` while the daemon runs.
+    """
+    path = Path(data_dir) / "syft" / "datasets.json"
+    if not path.exists():
+        return []
+    registry = json.loads(path.read_text())
+    return [_hosted(name, entry) for name, entry in sorted(registry.items())]
 
 
 def execute_job(spec_json: str, data: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas import Location, MqttSettings, PlantHierarchy, load_settings, validate_site_id
+from site_node.jobs.config import TrainingSettings
 from site_node.sources import DeviceConfig
 
 __all__ = ["LogSettings", "OutboxSettings", "SiteSettings", "load_site_settings"]
@@ -75,10 +76,11 @@ class SiteSettings(BaseModel):
     # Reconnect backoff: doubles from min to max, with full jitter.
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
-    # "module:function" hooks called with the daemon at start (training plugs in here);
-    # ``training`` is their raw table, parsed by the extension's own typed model.
+    # "module:function" hooks called with the daemon at start. A ``[training]`` table
+    # loads the training extension (site_node.jobs) by itself; without one, the site never
+    # imports torch or syft.
     extensions: list[str] = []
-    training: dict[str, Any] = {}
+    training: TrainingSettings | None = None
 
     @field_validator("site_id")
     @classmethod
@@ -97,6 +99,10 @@ class SiteSettings(BaseModel):
     @property
     def commands_path(self) -> Path:
         return self.data_dir / "commands.db"
+
+    @property
+    def jobs_path(self) -> Path:
+        return self.data_dir / "jobs.db"
 
 
 def load_site_settings(

@@ -1,0 +1,241 @@
+"""The training worker: one thread that owns the site's syft datasite and runs jobs.
+
+It opens the datasite and hosts the configured datasets first (importing syft takes
+5-25 s; the daemon's MQTT lifecycle does not wait for it), then works through its queue
+one operation at a time: submit a job's code request (manual approval), approve and run
+one, or deny one. It reports back through ``report`` (the job controller's queue); it never
+touches the job store. syft and torch are imported here, on this thread, only.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from site_node.jobs.config import TrainingSettings
+
+__all__ = [
+    "Cancelled",
+    "DatasiteDown",
+    "DatasiteReady",
+    "Deny",
+    "Failed",
+    "Finished",
+    "Prepare",
+    "Progress",
+    "Run",
+    "Runner",
+    "Started",
+]
+
+log = logging.getLogger(__name__)
+
+
+# -- operations (controller -> runner) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """Submit the job's code request so it waits in the datasite for the operator."""
+
+    job_id: str
+    task: str
+    weights: bytes | None
+    hyperparams: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Run(Prepare):
+    """Submit if needed, approve as the site admin, run; ``cancel`` stops it."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class Deny:
+    job_id: str
+    reason: str
+
+
+# -- reports (runner -> controller) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasiteReady:
+    datasets: tuple[tuple[str, str, int], ...]  # (name, task, rows) of hosted datasets
+
+
+@dataclass(frozen=True)
+class DatasiteDown:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: str
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    job_id: str
+    weights: bytes
+    n_samples: int
+    metrics: dict[str, float]
+    train_time_s: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    job_id: str
+
+
+class _CancelledError(Exception):
+    """Raised from the progress callback to stop a cancelled job's training loop."""
+
+
+Report = Callable[[object], None]
+
+
+class Runner:
+    """See the module docstring. ``start()``, ``submit(op)``, ``stop()``."""
+
+    def __init__(
+        self, data_dir: Path, site_id: str, training: TrainingSettings, report: Report
+    ) -> None:
+        self._data_dir = data_dir
+        self._site_id = site_id
+        self._training = training
+        self._report = report
+        self._q: queue.Queue[Prepare | Deny | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._main, name="site-trainer", daemon=True)
+        self._site: Any = None
+        self._down: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, op: Prepare | Deny) -> None:
+        self._q.put(op)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current operation (a running job is not waited for)."""
+        self._q.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("training worker still busy at shutdown; leaving it")
+
+    # -- worker thread --------------------------------------------------------------
+
+    def _main(self) -> None:
+        self._open()
+        while True:
+            op = self._q.get()
+            if op is None:
+                break
+            try:
+                self._do(op)
+            except Exception as exc:  # one bad job must not stop the worker
+                log.exception("training operation %s failed", type(op).__name__)
+                if not isinstance(op, Deny):
+                    self._report(Failed(op.job_id, f"{type(exc).__name__}: {exc}"[:400]))
+        if self._site is not None:
+            self._site.close()
+
+    def _open(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            from site_node.datasite import Datasite
+
+            site = Datasite.open(self._data_dir, self._site_id)
+        except Exception as exc:
+            self._down = f"datasite unavailable: {type(exc).__name__}: {exc}"[:400]
+            log.error("%s", self._down)
+            self._report(DatasiteDown(self._down))
+            return
+        hosted = []
+        for ds in self._training.datasets:
+            try:
+                h = site.host_dataset(ds.name, ds.task, ds.paths, ds.params)
+                hosted.append((h.name, h.task, h.rows))
+            except Exception as exc:
+                log.error("cannot host dataset %s: %s: %s", ds.name, type(exc).__name__, exc)
+        self._site = site
+        log.info(
+            "datasite ready in %.1f s hosting %s", time.perf_counter() - t0, [h[0] for h in hosted]
+        )
+        self._report(DatasiteReady(tuple(hosted)))
+
+    def _do(self, op: Prepare | Deny) -> None:
+        if isinstance(op, Deny):
+            if self._site is not None and self._submitted(op.job_id):
+                self._site.reject(op.job_id, op.reason)
+            return
+        if self._site is None:
+            self._report(Failed(op.job_id, self._down or "datasite unavailable"))
+            return
+        if isinstance(op, Run) and op.cancel.is_set():
+            self._report(Cancelled(op.job_id))  # cancelled while queued
+            return
+        if not self._submitted(op.job_id):
+            dataset = self._dataset(op.task)
+            self._site.submit_job(op.job_id, op.task, op.weights, op.hyperparams, dataset)
+        if isinstance(op, Run):
+            self._run(op)
+
+    def _run(self, op: Run) -> None:
+        site = self._site
+        if site.job_state(op.job_id) == "pending":
+            site.approve(op.job_id)
+        self._report(Started(op.job_id))
+
+        def progress(fraction: float) -> None:
+            if op.cancel.is_set():
+                raise _CancelledError("cancelled")
+            self._report(Progress(op.job_id, float(fraction)))
+
+        t0 = time.perf_counter()
+        try:
+            weights, n, metrics = site.run(op.job_id, progress)
+        except Exception as exc:
+            if op.cancel.is_set():
+                self._report(Cancelled(op.job_id))
+            else:
+                self._report(Failed(op.job_id, str(exc)[:400]))
+            return
+        if op.cancel.is_set():
+            self._report(Cancelled(op.job_id))
+            return
+        self._report(Finished(op.job_id, weights, n, metrics, time.perf_counter() - t0))
+
+    def _submitted(self, job_id: str) -> bool:
+        from site_node.datasite import JobNotFoundError
+
+        try:
+            self._site.job_state(job_id)
+        except JobNotFoundError:
+            return False
+        return True
+
+    def _dataset(self, task: str) -> str:
+        cfg = self._training.dataset_for(task)
+        if cfg is None:
+            raise RuntimeError(f"no dataset configured for task {task}")
+        return cfg.name
