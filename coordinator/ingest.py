@@ -98,7 +98,7 @@ class Ingestor:
         self._rebirth = RateLimiter(settings.rebirth_interval_s, clock=time.monotonic)
         self._site_prefix = self.topics.prefix + "/site/"
         self._thread: threading.Thread | None = None
-        self._last_purge = 0.0
+        self._last_purge: float | None = None  # first tick purges
         self.failed: BaseException | None = None
         self.stored_messages = 0
         self.load()
@@ -290,7 +290,8 @@ class Ingestor:
                 b.events += events
                 b.touched[rec.site] = rec
         self.store.meta_set("alive_at", str(now))
-        if time.monotonic() - self._last_purge >= self.settings.purge_interval_s:
+        last = self._last_purge
+        if last is None or time.monotonic() - last >= self.settings.purge_interval_s:
             self._last_purge = time.monotonic()
             s = self.settings
             hb, tel = self.store.purge(

@@ -120,6 +120,7 @@ def test_events_heartbeats_dead_letters_and_retention(make: Any) -> None:
     store.add_heartbeats([hb, hb._replace(received_at=300)])
     store.add_messages([tel("a", 1), tel("a", 2000)])  # sample ts 10_001.. and 12_000..
     store.add_dead_letters([DeadLetterRow("t", "x", 1, "not_json", "bad", 5)])
+    store.save_sites([SiteRecord("a")])  # retention applies to the sites the store knows
     store.commit()
     assert store.purge(heartbeats_before=200, telemetry_before=11_000) == (1, 3)
     store.commit()
