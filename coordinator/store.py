@@ -17,10 +17,12 @@ Other modules add their own tables with named migrations::
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
+
+from coordinator.migrations import MIGRATIONS, Migration, apply_migrations
 
 __all__ = [
     "MIGRATIONS",
@@ -157,129 +159,6 @@ class Store(Protocol):
     def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int]: ...
     def commit(self) -> None: ...
     def close(self) -> None: ...
-
-
-class Migration(NamedTuple):
-    """A named, run-once schema change; ``apply`` gets a ``sqlite_utils.Database``."""
-
-    name: str
-    apply: Callable[[Any], None]
-
-
-def _m0001_core(db: Any) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["sites"].create(
-        {
-            "site": str,
-            "registration": str,
-            "status": str,
-            "session": int,
-            "state": str,
-            "state_reason": str,
-            "state_since": int,
-            "first_seen": int,
-            "last_seen": int,
-            "last_alive": int,
-            "interval_s": float,
-            "acked": int,
-            "outbox_depth": int,
-            "outbox_dropped": int,
-            "last_acked_reported": int,
-            "cpu_percent": float,
-            "mem_percent": float,
-            "disk_percent": float,
-            "jobs_running": int,
-        },
-        pk="site",
-    )
-    db["site_events"].create(
-        {
-            "id": int,
-            "site": str,
-            "at": int,
-            "event": str,
-            "state_from": str,
-            "state_to": str,
-            "reason": str,
-            "session": int,
-        },
-        pk="id",
-    )
-    db["site_events"].create_index(["site", "at"])
-    db["site_events"].create_index(["at"])
-    db["heartbeats"].create(
-        {name: typ for name, typ in zip(HeartbeatRow._fields, _HB_TYPES, strict=True)},
-    )
-    db["heartbeats"].create_index(["site", "received_at"])
-    db["heartbeats"].create_index(["received_at"])
-    # One row per durable message: the unique (site, seq) makes a replay a no-op.
-    db["messages"].create(
-        {
-            "site": str,
-            "seq": int,
-            "kind": str,
-            "session": int,
-            "ts": int,
-            "received_at": int,
-            "historical": int,
-            "device": str,
-            "job_id": str,
-            "payload": str,
-        },
-        pk=("site", "seq"),
-    )
-    db["telemetry"].create(
-        {
-            "site": str,
-            "device": str,
-            "name": str,
-            "ts": int,
-            "value": float,
-            "unit": str,
-            "quality": str,
-            "historical": int,
-            "seq": int,
-        }
-    )
-    db["telemetry"].create_index(["site", "ts"])
-    db["dead_letters"].create(
-        {
-            "id": int,
-            "topic": str,
-            "payload": str,
-            "size": int,
-            "reason": str,
-            "detail": str,
-            "received_at": int,
-        },
-        pk="id",
-    )
-    db["gaps"].create(
-        {"site": str, "first": int, "last": int, "received_at": int}, pk=("site", "first")
-    )
-
-
-_HB_TYPES = (str, int, int, int, float, float, float, float, float, int, int, int, int, int)
-
-MIGRATIONS: tuple[Migration, ...] = (Migration("core_0001", _m0001_core),)
-
-
-def apply_migrations(conn: sqlite3.Connection, migrations: Iterable[Migration]) -> list[str]:
-    """Run each migration not yet recorded in ``_migrations``; return the names applied."""
-    import sqlite_utils  # 0.5 s to import: only the daemon pays it, never `fedmq sites`
-
-    db = sqlite_utils.Database(conn)
-    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-    done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
-    applied = []
-    for migration in migrations:
-        if migration.name in done:
-            continue
-        with conn:
-            migration.apply(db)
-            conn.execute("INSERT INTO _migrations VALUES (?, datetime('now'))", (migration.name,))
-        applied.append(migration.name)
-    return applied
 
 
 def connect(path: Path | str) -> sqlite3.Connection:

@@ -125,6 +125,8 @@ def test_events_heartbeats_dead_letters_and_retention(make: Any) -> None:
     assert store.purge(heartbeats_before=200, telemetry_before=11_000) == (1, 3)
     store.commit()
     assert count(store, "SELECT count(*) FROM heartbeats") == 1
+    columns = [c[1] for c in store.conn.execute("PRAGMA table_info(heartbeats)")]
+    assert columns == list(HeartbeatRow._fields)  # rows are inserted positionally
     assert count(store, "SELECT count(*) FROM telemetry") == 3
     assert count(store, "SELECT count(*) FROM site_events") == 1
     assert count(store, "SELECT count(*) FROM dead_letters") == 1
