@@ -161,3 +161,22 @@ def test_coordinator_status_retained_online_will_on_kill_and_offline_on_stop(
     assert status(watcher, "offline")["session"] == 2  # clean shutdown says so itself
     watcher.close()
     late.close()
+
+
+def test_json_log_file_has_no_secret(own_broker: Broker, prefix: str, tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('[mqtt]\nusername = "coordinator"\npassword = "s3cret-pw"\n')
+    log = tmp_path / "logs" / "coord.jsonl"
+    coord = Coordinator(
+        tmp_path / "c.db", own_broker.port, prefix,
+        extra=("--config", str(toml), "--log-format", "json", "--log-file", str(log)),
+    ).start()  # fmt: skip
+    try:
+        coord.wait_ready()
+        wait_until(lambda: log.exists() and "connected to" in log.read_text(), 10, "log")
+    finally:
+        assert coord.stop() == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"ts", "level", "logger", "msg"} <= set(lines[0])
+    assert any(line["msg"] == "coordinator stopped" for line in lines)
+    assert "s3cret-pw" not in log.read_text() + coord.log_text()
