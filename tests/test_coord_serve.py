@@ -180,3 +180,21 @@ def test_json_log_file_has_no_secret(own_broker: Broker, prefix: str, tmp_path: 
     assert {"ts", "level", "logger", "msg"} <= set(lines[0])
     assert any(line["msg"] == "coordinator stopped" for line in lines)
     assert "s3cret-pw" not in log.read_text() + coord.log_text()
+
+
+def test_mqtt_311_session_acks_and_ignores_its_own_acks(
+    own_broker: Broker, prefix: str, tmp_path: Path, procs: list[Any]
+) -> None:
+    # 3.1.1 has no noLocal: our own acks and commands under P/site/# come back to us.
+    db = tmp_path / "c.db"
+    coord = Coordinator(db, own_broker.port, prefix, extra=("--protocol", "3.1.1")).start()
+    procs.append(coord.proc)
+    coord.wait_ready()
+    procs.append(
+        start_fake_site(own_broker.port, prefix, "old", tmp_path, "--messages", "300",
+                        "--no-register", "--keepalive", "30")
+    )  # fmt: skip
+    wait_until(lambda: (site_state(tmp_path, "old") or {}).get("acked") == 300, 30, "acked")
+    wait_until(lambda: sites_json(db).get("old", {}).get("registered"), 10, "rebirth answered")
+    assert json.loads(fedmq("dead-letters", "--db", str(db), "--json").stdout) == []
+    assert coord.stop() == 0
