@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from schemas import Ack, Heartbeat, Sample, TelemetryBatch, Topics, encode
+from schemas import Ack, Heartbeat, Sample, TelemetryBatch, Topics, encode, now_ms
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import Coordinator, fedmq, wait_until
 from tests.helpers.mqtt import TestClient
@@ -13,7 +13,11 @@ from tests.helpers.mqtt import TestClient
 
 def _batch(site: str, seq: int, **extra: object) -> dict[str, object]:
     body = TelemetryBatch(
-        site=site, session=1, seq=seq, device="dev", samples=(Sample(ts=1, name="t", value=1.0),)
+        site=site,
+        session=1,
+        seq=seq,
+        device="dev",
+        samples=(Sample(ts=now_ms(), name="t", value=1.0),),
     ).model_dump(mode="json")
     return {**body, **extra}
 

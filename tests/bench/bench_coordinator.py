@@ -39,7 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
-from schemas import Ack, Sample, TelemetryBatch, Topics, encode  # noqa: E402
+from schemas import Ack, Sample, TelemetryBatch, Topics, encode, now_ms  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.coord_proc import FEDMQ, Coordinator  # noqa: E402
 
@@ -50,10 +50,10 @@ def _publisher(port: int, prefix: str, site: str, n: int, ready: Any, go: Any) -
     t = Topics(prefix)
     topic = t.telemetry(site, "dev")
     payloads = []
+    base = now_ms()  # recent: serve purges samples older than the retention at startup
     for seq in range(1, n + 1):
         samples = tuple(
-            Sample(ts=1_700_000_000_000 + seq, name=f"s{i}", value=seq + i / 10)
-            for i in range(SAMPLES)
+            Sample(ts=base + seq, name=f"s{i}", value=seq + i / 10) for i in range(SAMPLES)
         )
         payloads.append(
             encode(TelemetryBatch(site=site, session=1, seq=seq, device="dev", samples=samples))

@@ -31,6 +31,7 @@ from schemas import (
     TelemetryBatch,
     Topics,
     encode,
+    now_ms,
 )
 from schemas.codec import Codec
 
@@ -150,7 +151,7 @@ class FakeSite:
         a = self.a
         out = open(a.produced, "a") if a.produced else None  # noqa: SIM115
         topic = self.t.telemetry(a.site, "dev")
-        base_ts = 1_700_000_000_000
+        base_ts = now_ms()  # recent: older samples would fall to the retention purge
         for seq in range(1, a.messages + 1):
             if self.stop.is_set():
                 break
