@@ -113,8 +113,13 @@ class Datasite:
         # An absolute SYFT_TEMP_ROOT replaces syft's /tmp/syft: db and blobs go under state.
         os.environ["SYFT_TEMP_ROOT"] = str(state / "server")
         t0 = time.perf_counter()
+        root = logging.getLogger()
+        level = root.level
         with _quiet():
             handle = sy.orchestra.launch(name=name, reset=False, dev_mode=False)
+        # syft sets the root logger to CRITICAL, which would silence the whole site daemon.
+        root.setLevel(level)
+        logging.getLogger("syft").setLevel(max(level, logging.WARNING))
         timings["launch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         admin = cls._login_admin(handle, state / "root_password")
