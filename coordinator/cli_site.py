@@ -13,6 +13,10 @@ from coordinator.db_read import now_ms, site_detail
 __all__ = ["site"]
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
 @click.command()
 @click.argument("site_id")
 @db_option
@@ -42,8 +46,9 @@ def site(site_id: str, db: Path, n_events: int, as_json: bool) -> None:
     hb = detail["heartbeat"]
     if hb:
         click.echo(
-            f"heartbeat {fmt_ts(hb['received_at'])}: cpu {hb['cpu_percent']}% mem "
-            f"{hb['mem_percent']}% disk {hb['disk_percent']}% outbox {hb['outbox_depth']} "
+            f"heartbeat {fmt_ts(hb['received_at'])}: cpu {_pct(hb['cpu_percent'])} mem "
+            f"{_pct(hb['mem_percent'])} disk {_pct(hb['disk_percent'])} "
+            f"outbox {hb['outbox_depth']} "
             f"(dropped {hb['outbox_dropped']}) jobs {hb['jobs_running']}"
         )
     click.echo("registration:")
