@@ -33,8 +33,15 @@ def refusal(cmd: TrainCommand, training: TrainingSettings, hosted: set[str] | No
 
 
 def hyperparams_for(cmd: TrainCommand) -> dict[str, Any]:
-    """The task's hyperparameters: the command's own plus its ``strategy`` (fedavg/fedprox).
+    """The task's hyperparameters: the command's own, its ``strategy`` and its ``round``.
 
-    Unknown names are refused by the task itself (the job then fails with the reason).
+    ``strategy`` (fedavg/fedprox, with ``mu``) always comes from the command's field;
+    ``round`` (the tasks' learning-rate schedule counts 0-based rounds) from the command
+    unless its hyperparameters set one. Unknown names are refused by the task itself (the
+    job then fails with the reason).
     """
-    return {**cmd.hyperparams, "strategy": cmd.strategy}
+    return {
+        **cmd.hyperparams,
+        "strategy": cmd.strategy,
+        "round": cmd.hyperparams.get("round", cmd.round),
+    }
