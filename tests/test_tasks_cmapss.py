@@ -1,4 +1,4 @@
-"""The cmapss-rul task on a few FD001 engines, and the registry's import hygiene."""
+"""The cmapss-rul task on a few FD001 engines (lr schedule, split), the registry's imports."""
 
 from __future__ import annotations
 
@@ -91,3 +91,32 @@ def test_bad_hyperparams_and_weights_are_refused(small: object) -> None:
         task.train(None, small, {"strategy": "sgd"})
     with pytest.raises(ValueError, match="keys differ"):
         task.train(get_task("ai4i-failure").initial_weights(), small, {"epochs": 1})
+
+
+def test_lr_schedule_follows_the_round(small: object) -> None:
+    from site_node.weights_io import load_npz
+
+    task = get_task("cmapss-rul")
+    start = task.initial_weights(seed=0)
+    hp = {"epochs": 1, "lr": 0.01, "seed": 2}
+
+    def drift(raw: bytes) -> float:
+        a, b = load_npz(raw), load_npz(start)
+        return sum(float(np.sum((a[k] - b[k]) ** 2)) for k in a)
+
+    flat0, _, _ = task.train(start, small, {**hp, "lr_decay": 1.0, "round": 0})
+    flat9, _, _ = task.train(start, small, {**hp, "lr_decay": 1.0, "round": 9})
+    assert flat0 == flat9  # no decay: the round changes nothing
+    late, _, _ = task.train(start, small, {**hp, "lr_decay": 0.5, "round": 9})
+    # lr * 0.5**9 in round 9: the model barely moves from the global weights.
+    assert drift(late) < 0.01 * drift(flat0)
+    for bad in ({"lr_decay": 0.0}, {"lr_decay": 1.5}, {"round": -1}, {"weight_decay": -1}):
+        with pytest.raises(ValueError, match="lr_decay"):
+            task.train(start, small, {**hp, **bad})
+
+
+def test_val_fraction_zero_trains_on_every_engine() -> None:
+    task = get_task("cmapss-rul")
+    data = task.load_dataset(TRAIN, {"units": [1, 2, 3], "val_fraction": 0})
+    assert data.train_units == (1, 2, 3) and data.val_units == ()
+    assert len(data.x_val) == 0 and task.evaluate(task.initial_weights(), data) == {}

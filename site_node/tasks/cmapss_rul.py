@@ -123,15 +123,17 @@ def load_dataset(source: Any, params: Mapping[str, Any]) -> CmapssData:
     """Windows from a table (or a file path), split by engine into train and validation.
 
     ``params``: ``units`` (engines to keep), ``val_fraction`` (default 0.2 of the engines,
-    at least one when there are two or more), ``split_seed`` (default 0).
+    at least one when there are two or more; 0 keeps every engine for training and leaves
+    the validation split empty), ``split_seed`` (default 0).
     """
     table = source if hasattr(source, "groupby") else read_table(source, params)
     if "units" in params:
         table = table[table["unit"].isin([int(u) for u in params["units"]])]
     units = sorted(int(u) for u in table["unit"].unique())
     rng = np.random.default_rng(int(params.get("split_seed", 0)))
-    n_val = round(len(units) * float(params.get("val_fraction", 0.2)))
-    n_val = min(max(n_val, 1), len(units) - 1) if len(units) >= 2 else 0
+    fraction = float(params.get("val_fraction", 0.2))
+    n_val = round(len(units) * fraction)
+    n_val = min(max(n_val, 1), len(units) - 1) if len(units) >= 2 and fraction > 0 else 0
     val_units = sorted(int(u) for u in rng.permutation(units)[:n_val])
     train_units = [u for u in units if u not in val_units]
     x_tr, y_tr, _ = windows(table[table["unit"].isin(train_units)])

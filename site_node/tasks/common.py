@@ -1,4 +1,4 @@
-"""The training loop every task shares: seeding, Adam, FedAvg/FedProx, progress.
+"""The training loop every task shares: seeding, AdamW and its lr schedule, FedProx.
 
 Part of every task's code hash. Imports torch: load it only from a task module.
 """
@@ -32,6 +32,13 @@ BASE_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "strategy": "fedavg",
     "mu": 0.01,
+    # Decoupled (AdamW) weight decay; 0 is plain Adam.
+    "weight_decay": 0.0,
+    # The learning rate of epoch e of this job is lr * lr_decay ** (round * epochs + e), so
+    # a coordinator passing the 0-based round number decays it over the whole run, and a
+    # centralized run with round 0 follows the same schedule epoch for epoch.
+    "lr_decay": 1.0,
+    "round": 0,
 }
 
 
@@ -47,8 +54,12 @@ def merge_hyperparams(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> 
         int(hp["seed"]),
     )
     hp["lr"], hp["mu"] = float(hp["lr"]), float(hp["mu"])
+    hp["weight_decay"], hp["lr_decay"] = float(hp["weight_decay"]), float(hp["lr_decay"])
+    hp["round"] = int(hp["round"])
     if hp["epochs"] < 1 or hp["batch_size"] < 1 or hp["lr"] <= 0 or hp["mu"] < 0:
         raise ValueError("epochs, batch_size and lr must be positive, mu non-negative")
+    if hp["weight_decay"] < 0 or not 0 < hp["lr_decay"] <= 1 or hp["round"] < 0:
+        raise ValueError("weight_decay must be >= 0, lr_decay in (0, 1], round >= 0")
     if hp["strategy"] not in ("fedavg", "fedprox"):
         raise ValueError(f"strategy must be fedavg or fedprox, not {hp['strategy']!r}")
     return hp
@@ -98,20 +109,26 @@ def fit(
 ) -> float:
     """Train ``model`` in place from its current weights; returns the last epoch's loss.
 
-    With ``strategy == "fedprox"`` the loss gets ``mu/2 * ||w - w_start||^2``, where
-    ``w_start`` are the weights training started from (the global model).
+    The learning rate follows ``lr * lr_decay ** (round * epochs + epoch)`` (AdamW with
+    ``weight_decay``). With ``strategy == "fedprox"`` the loss gets
+    ``mu/2 * ||w - w_start||^2``, where ``w_start`` are the weights training started from
+    (the global model).
     """
     gen = seeded(int(hp["seed"]))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     anchor = (
         [p.detach().clone() for p in model.parameters()] if hp["strategy"] == "fedprox" else None
     )
-    opt = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"])
+    )
     n, bs, epochs = len(xt), int(hp["batch_size"]), int(hp["epochs"])
     steps = max(1, -(-n // bs)) * epochs
     step, last = 0, float("nan")
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = float(hp["lr"]) * float(hp["lr_decay"]) ** (hp["round"] * epochs + epoch)
         order = torch.randperm(n, generator=gen)
         total = 0.0
         for start in range(0, n, bs):
