@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.signing import generate_keypair
-from schemas import Registration, Topics, encode
+from schemas import CancelCommand, Registration, Topics, encode
 from site_node.tasks import get_task
 from tests.helpers.acker import Acker
 from tests.helpers.broker import Broker
@@ -80,7 +80,7 @@ def fed(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fe
         settings = site_settings(
             tmp, broker.port, prefix, site_id=site_id, devices=[],
             coordinator_public_key_file=str(tmp / "coord.pub"),
-            training={**training, "approval": approval},
+            training={**training, "approval": approval, "chunk_timeout_s": 5.0},
         )  # fmt: skip
         sites[site_id] = SiteProc(tmp / site_id, settings).start()
     topics = Topics(prefix)
@@ -207,6 +207,34 @@ def test_unsigned_forged_and_expired_commands_are_refused_and_reported(
         )
         assert view.results == [] and not _submitted_to_datasite(fed.sites["auto"], job_id)
     assert not set(_jobs(fed.sites["auto"])) & {j for j, _ in cases}
+
+
+def test_missing_or_tampered_weight_chunks_fail_the_job_with_a_reason(fed: Federation) -> None:
+    c = fed.coord
+    cmd, chunks = c.train_command("auto", "lost-chunk", fed.code_hash, weights=fed.start_weights)
+    c.publish("auto", "train", encode(c.signed(cmd)))
+    c.publish("auto", "train", encode(chunks[0]))  # the second chunk never comes
+    cmd2, chunks2 = c.train_command("auto", "bad-chunk", fed.code_hash, weights=fed.start_weights)
+    c.publish("auto", "train", encode(c.signed(cmd2)))
+    for chunk in (chunks2[0], chunks2[1].model_copy(update={"data": chunks2[0].data})):
+        c.publish("auto", "train", encode(chunk))
+    bad = c.wait_state("auto", "bad-chunk", "failed", timeout=20)
+    assert bad.states == ["accepted", "failed"]
+    assert (bad.statuses[-1].reason or "").startswith("weights failed verification")
+    lost = c.wait_state("auto", "lost-chunk", "failed", timeout=30)
+    assert lost.statuses[-1].reason == "weights incomplete: 1 of 2 chunks missing after 5 s"
+    assert lost.results == [] and not _submitted_to_datasite(fed.sites["auto"], "lost-chunk")
+
+    # An unsigned cancel for a finished job is refused and reported without touching its state.
+    cancel, _ = c.train_command("auto", "bad-chunk", fed.code_hash)
+    forged = CancelCommand(
+        site="auto", session=1, cmd_id=cancel.cmd_id, expires_at=cancel.expires_at,
+        job_id="bad-chunk",
+    )  # fmt: skip
+    c.publish("auto", "cancel", encode(forged))
+    wait_for(lambda: len(c.job("auto", "bad-chunk").statuses) == 3, 10, "cancel refusal")
+    last = c.job("auto", "bad-chunk").statuses[-1]
+    assert (last.state, last.reason) == ("failed", "command refused: unsigned")
 
 
 def test_cancel_stops_a_running_job(fed: Federation) -> None:
