@@ -8,6 +8,7 @@ import queue
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,22 @@ def serve(config: Path | None, print_config: bool, **opts: Any) -> None:
     sys.exit(run(settings))
 
 
-def run(settings: Any, stop: threading.Event | None = None) -> int:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT); return the exit code."""
+def run(
+    settings: Any,
+    stop: threading.Event | None = None,
+    extra_migrations: Iterable[Any] = (),
+    on_start: Callable[[Any, Any], None] | None = None,
+) -> int:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT); return the exit code.
+
+    Args:
+        settings: a ``CoordinatorSettings``.
+        stop: set it to stop (tests, embedding).
+        extra_migrations: ``store.Migration`` items of other modules (e.g. training tables).
+        on_start: called as ``on_start(bus, ingestor)`` once both run, so another module
+            can ``bus.subscribe``/``bus.publish`` commands and ``ingestor.call(fn)`` to
+            read or write the store on the writer thread.
+    """
     from coordinator.bus import Bus, BusOptions
     from coordinator.cli import EXIT
     from coordinator.ingest import Ingestor
@@ -82,7 +97,7 @@ def run(settings: Any, stop: threading.Event | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     try:
-        store = SqliteStore(settings.db)
+        store = SqliteStore(settings.db, extra_migrations)
     except Exception as exc:  # sqlite3 errors: unwritable path, not a database, ...
         log.error("cannot open database %s: %s", settings.db, exc)
         return EXIT["error"]
@@ -99,6 +114,8 @@ def run(settings: Any, stop: threading.Event | None = None) -> int:
     bus.subscribe(bus.topics.all_sites(), 1)
     bus.start()
     checker.start()
+    if on_start is not None:
+        on_start(bus, ingest)
     log.info(
         "coordinator session %d: db %s, broker %s:%s, prefix %s",
         session,
