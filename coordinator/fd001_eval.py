@@ -52,7 +52,8 @@ def build_model() -> Any:
             )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.conv(x.transpose(1, 2))).squeeze(-1) * RUL_CAP
+            rul = self.head(self.conv(x.transpose(1, 2))).squeeze(-1) * RUL_CAP
+            return rul if self.training else rul.clamp(0.0, RUL_CAP)
 
     return RulCnn()
 

@@ -17,6 +17,7 @@ needs_data = pytest.mark.skipif(not DATA.exists(), reason="shared FD001 data not
 
 
 def test_architectures_and_constants_are_identical() -> None:
+    torch.manual_seed(0)
     site, coord = cmapss_rul.RulCnn(), fd001_eval.build_model()
     s_state, c_state = site.state_dict(), coord.state_dict()
     assert [(k, v.shape, v.dtype) for k, v in s_state.items()] == [
@@ -27,6 +28,16 @@ def test_architectures_and_constants_are_identical() -> None:
     site.eval(), coord.eval()
     with torch.no_grad():
         assert torch.equal(site(x), coord(x))
+        # Large inputs push raw outputs outside [0, cap]: both clip the same way in eval...
+        wide = (x - 0.5) * 200
+        out = site(wide)
+        assert torch.equal(out, coord(wide))
+        assert out.min() >= 0 and out.max() <= cmapss_rul.RUL_CAP
+        # ...and neither clips in training mode (a clipped output would get no gradient).
+        site.train(), coord.train()
+        raw = site(wide)
+        assert torch.equal(raw, coord(wide))
+        assert raw.min() < 0 or raw.max() > cmapss_rul.RUL_CAP
     np.testing.assert_array_equal(fd001_eval.SENSOR_MIN, cmapss_rul.SENSOR_MIN)
     np.testing.assert_array_equal(fd001_eval.SENSOR_MAX, cmapss_rul.SENSOR_MAX)
     names = [cmapss_rul.COLUMNS[i] for i in fd001_eval.SENSOR_COLUMNS]

@@ -40,7 +40,7 @@ TARGET_RATIO = 1.05
 
 def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--local-epochs", type=int, default=None, help="default: the task's")
     ap.add_argument("--sites", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0, help="engine split, init and shuffling")
