@@ -17,8 +17,8 @@ from coordinator.fedavg import load_npz
 
 __all__ = ["DEFAULT_DATA_DIR", "build_model", "fd001_test_rmse", "fd001_test_set"]
 
-# <repo>/../shared/data; the demo will ship a copy in the package and pass its path.
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmapss_fd001"
+# The copy shipped in the package (package data; attribution in its README.md).
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "cmapss_fd001"
 
 RUL_CAP = 125.0
 WINDOW = 30
