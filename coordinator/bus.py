@@ -46,6 +46,9 @@ class BusOptions:
     session: int = 0
     session_expiry_s: int = 24 * 3600
     receive_maximum: int = 20_000
+    # False for publish-only helpers (``fedmq train``): no retained coordinator status and
+    # no Will, so their coming and going never looks like the coordinator's.
+    announce: bool = True
 
 
 class Bus:
@@ -86,9 +89,10 @@ class Bus:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
             self.client.tls_insecure_set(settings.tls_insecure)
-        self.client.will_set(
-            self.topics.coordinator_status(), self._status("offline"), qos=1, retain=True
-        )
+        if self.options.announce:
+            self.client.will_set(
+                self.topics.coordinator_status(), self._status("offline"), qos=1, retain=True
+            )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -116,7 +120,7 @@ class Bus:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Clean shutdown: retained offline status, then disconnect (no Will is sent)."""
-        if self.connected.is_set():
+        if self.connected.is_set() and self.options.announce:
             info = self.client.publish(
                 self.topics.coordinator_status(), self._status("offline"), qos=1, retain=True
             )
@@ -139,9 +143,12 @@ class Bus:
         else:
             self.client.subscribe(topic, qos)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Queue a publish (thread-safe; paho sends it from its network thread)."""
-        self.client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Any:
+        """Queue a publish (thread-safe; paho sends it from its network thread).
+
+        Returns paho's message info: ``wait_for_publish(timeout)`` waits for the PUBACK.
+        """
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def ack(self, mid: int, qos: int) -> None:
         """Send the PUBACK of a committed message (no-op for QoS 0)."""
@@ -162,7 +169,8 @@ class Bus:
         )
         for topic, qos in self._subscriptions.items():
             self._subscribe(topic, qos)
-        client.publish(self.topics.coordinator_status(), self._status("online"), 1, True)
+        if self.options.announce:
+            client.publish(self.topics.coordinator_status(), self._status("online"), 1, True)
         self.connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
