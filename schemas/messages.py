@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated, Union, get_args
 
-from pydantic import Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from schemas.commands import (
     Ack,
@@ -52,22 +52,7 @@ Message = Annotated[
 
 MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 
-ALL_MODELS = (
-    SiteStatus,
-    Registration,
-    Heartbeat,
-    TelemetryBatch,
-    JobStatus,
-    JobResult,
-    ResultChunk,
-    Ack,
-    TrainCommand,
-    TrainChunk,
-    CancelCommand,
-    RebirthCommand,
-    PingCommand,
-    CoordinatorStatus,
-)
+ALL_MODELS: tuple[type[BaseModel], ...] = get_args(get_args(Message)[0])
 
 KINDS: dict[str, type] = {m.model_fields["kind"].default: m for m in ALL_MODELS}
 
