@@ -35,6 +35,12 @@ COMMANDS: dict[str, str] = {
     "telemetry": "coordinator.cli_telemetry:telemetry",
     "events": "coordinator.cli_events:events",
     "dead-letters": "coordinator.cli_dead_letters:dead_letters",
+    "train": "coordinator.cli_train:train",
+    "runs": "coordinator.cli_runs:runs",
+    "run": "coordinator.cli_run:run",
+    "jobs": "coordinator.cli_jobs:jobs",
+    "models": "coordinator.cli_models:models",
+    "demo": "coordinator.cli_demo:demo",
 }
 
 

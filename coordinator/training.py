@@ -1,0 +1,388 @@
+"""Federated training runs: rounds of signed train commands, quorum, deadline, FedAvg.
+
+Library entry points (``fedmq train`` and ``fedmq demo`` call them)::
+
+    result = run_training(settings, TrainSpec(task="cmapss-rul", rounds=5, min_sites=3))
+    result = resume_training(settings, run_id)
+
+``fedmq serve`` must run on the same database: it stores (and acks) the job statuses and
+results sites send; this process polls them from ``messages`` and publishes commands on
+its own MQTT connection. Round 1 sends no weights (``weights=None``): every site builds
+the task's initial model from the same seed. Later rounds send the previous round's model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from coordinator.train_db import TrainDb, now_ms
+from coordinator.train_events import (
+    JobUpdate,
+    Progress,
+    RoundClosed,
+    RoundStarted,
+    RunFinished,
+    RunResult,
+    RunStarted,
+    TrainError,
+    TrainSpec,
+)
+from coordinator.train_inbox import JobTrack, TrainInbox
+from coordinator.train_round import close_round
+from coordinator.train_select import choose_hash, offers
+from coordinator.train_send import CommandSender, load_key
+
+__all__ = ["resume_training", "run_training"]
+
+log = logging.getLogger(__name__)
+
+
+def _open_db(settings: Any) -> TrainDb:
+    import sqlite3
+
+    from coordinator.db_read import coordinator_info
+
+    if not settings.db.is_file():
+        raise TrainError(
+            f"no database at {settings.db}: start the coordinator with "
+            f"`fedmq serve --db {settings.db}`",
+            "not_found",
+        )
+    try:
+        db = TrainDb(settings.db)
+    except sqlite3.DatabaseError as exc:
+        raise TrainError(f"{settings.db} is not a fedmq database ({exc})", "error") from None
+    if not coordinator_info(db.conn)["running"]:
+        db.close()
+        raise TrainError(
+            f"`fedmq serve` is not running on {settings.db}: it stores the sites' results",
+            "failed",
+        )
+    return db
+
+
+def run_training(
+    settings: Any,
+    spec: TrainSpec,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> RunResult:
+    """Start a new run and drive it to its end; raise TrainError if it cannot start."""
+    if spec.sites is not None and spec.min_sites > len(spec.sites):
+        raise TrainError(f"--min-sites {spec.min_sites} > {len(spec.sites)} sites given", "usage")
+    key = load_key(settings.signing_key_file)
+    db = _open_db(settings)
+    stop = stop or threading.Event()
+    try:
+        sites, code_hash, note = _select(db, spec, stop)
+        run_id = time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+        db.put_run(
+            {
+                "run_id": run_id,
+                "task": spec.task,
+                "code_hash": code_hash,
+                "strategy": spec.strategy,
+                "rounds": spec.rounds,
+                "min_sites": spec.min_sites,
+                "round_timeout_s": spec.round_timeout_s,
+                "sites": list(sites),
+                "hyperparams": spec.hyperparams(),
+                "spec": spec.to_json(),
+                "state": "running",
+                "reason": "",
+                "created_at": now_ms(),
+                "finished_at": None,
+                "last_rowid": db.max_rowid(),
+            }
+        )
+        runner = _Runner(settings, db, key, spec, run_id, code_hash, sites, progress, stop)
+        return runner.run(1, None, note)
+    finally:
+        db.close()
+
+
+def resume_training(
+    settings: Any,
+    run_id: str,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> RunResult:
+    """Continue ``run_id`` after its last aggregated round (an open round restarts)."""
+    key = load_key(settings.signing_key_file)
+    db = _open_db(settings)
+    try:
+        run = db.run(run_id)
+        if run is None:
+            raise TrainError(f"no run {run_id!r} in {settings.db} (see `fedmq runs`)", "not_found")
+        if run["state"] == "done":
+            raise TrainError(f"run {run_id} is already done", "usage")
+        import json
+
+        spec = TrainSpec.from_json(json.loads(run["spec"]))
+        done = [r for r in db.rounds(run_id) if r["state"] == "aggregated"]
+        start = done[-1]["round"] + 1 if done else 1
+        weights = db.model_weights(done[-1]["model_id"]) if done else None
+        db.update_run(run_id, state="running", reason="", finished_at=None)
+        runner = _Runner(
+            settings,
+            db,
+            key,
+            spec,
+            run_id,
+            run["code_hash"],
+            tuple(json.loads(run["sites"])),
+            progress,
+            stop or threading.Event(),
+        )
+        runner.adopt(db.jobs(run_id), start, int(run["last_rowid"] or 0))
+        return runner.run(start, weights, "", resumed=True)
+    finally:
+        db.close()
+
+
+def _select(db: TrainDb, spec: TrainSpec, stop: threading.Event) -> tuple[Any, str, str]:
+    """Wait (up to ``wait_sites_s``) for enough live sites advertising the task."""
+    deadline = time.monotonic() + spec.wait_sites_s
+    while True:
+        found = offers(db.conn, spec.task, spec.sites)
+        enough = len(found) >= (len(spec.sites) if spec.sites else spec.min_sites)
+        if enough or time.monotonic() >= deadline or stop.wait(0.5):
+            break
+    if len(found) < spec.min_sites:
+        names = ", ".join(o.site for o in found) or "none"
+        raise TrainError(
+            f"only {len(found)} live site(s) advertise {spec.task} ({names}); need "
+            f"--min-sites {spec.min_sites} (waited {spec.wait_sites_s:g} s)",
+            "failed",
+        )
+    code_hash, note = choose_hash(found)
+    sites = tuple(o.site for o in found if o.code_hash == code_hash)
+    if len(sites) < spec.min_sites:
+        raise TrainError(f"{note}; fewer than --min-sites {spec.min_sites} remain", "failed")
+    if note:
+        log.warning("%s", note)
+    return sites, code_hash, note
+
+
+class _Runner:
+    """Drives the rounds of one run in this thread (owns ``db``)."""
+
+    def __init__(
+        self,
+        settings: Any,
+        db: TrainDb,
+        key: Any,
+        spec: TrainSpec,
+        run_id: str,
+        code_hash: str,
+        sites: tuple[str, ...],
+        progress: Progress | None,
+        stop: threading.Event,
+    ) -> None:
+        self.settings, self.db, self.key, self.spec = settings, db, key, spec
+        self.run_id, self.code_hash, self.sites = run_id, code_hash, sites
+        self.emit: Callable[[Any], None] = progress or (lambda event: None)
+        self.stop = stop
+        self.inbox = TrainInbox()
+        self.stragglers: set[str] = set()  # jobs unanswered when their round closed
+        self.rowid = db.max_rowid()
+        self.sender = CommandSender(
+            settings.mqtt, key, f"{settings.client_id}-train-{run_id[-12:]}"
+        )
+
+    def adopt(self, jobs: list[dict[str, Any]], start: int, rowid: int) -> None:
+        """Resume: track the run's unfinished jobs; those of restarted rounds are abandoned."""
+        top = self.db.max_rowid()
+        for row in jobs:
+            job = JobTrack(row["job_id"], self.run_id, row["round"], row["site"])
+            job.state, job.late = row["state"], bool(row["late"])
+            job.status_seq = row["status_seq"] or 0
+            self.inbox.track(job)
+            self.stragglers.add(job.job_id)
+        self.inbox.apply(self.db.job_messages([j["job_id"] for j in jobs]))
+        self.rowid = max(rowid, top)
+        self._abandon = [j for j in self.inbox.jobs.values() if j.round >= start]
+
+    def run(self, start: int, weights: bytes | None, note: str, resumed: bool = False) -> RunResult:
+        spec = self.spec
+        if spec.task == "cmapss-rul":
+            import torch  # noqa: F401  (seconds to import: not inside the first round)
+        self.sender.start()
+        closed: list[RoundClosed] = []
+        try:
+            self.emit(
+                RunStarted(
+                    self.run_id,
+                    spec.task,
+                    self.code_hash,
+                    spec.rounds,
+                    self.sites,
+                    start if resumed else None,
+                    note,
+                )
+            )
+            for job in getattr(self, "_abandon", []):
+                if job.state not in ("done", "failed", "rejected", "cancelled"):
+                    self.sender.cancel(job.site, job.job_id, "round restarted by --resume")
+                    job.state, job.reason = (
+                        "abandoned",
+                        "round restarted after a coordinator restart",
+                    )
+                    self.db.put_job(job.row())
+            model_id = None
+            for rnd in range(start, spec.rounds + 1):
+                result = self._round(rnd, weights)
+                closed.append(result)
+                if result.state != "aggregated":
+                    return self._finish("failed", result.reason, model_id, closed)
+                model_id = result.model_id
+                assert model_id is not None
+                weights = self.db.model_weights(model_id)
+            return self._finish("done", "", model_id, closed)
+        except _Interrupted:
+            return self._finish("failed", "interrupted", None, closed, interrupted=True)
+        finally:
+            self.sender.stop()
+
+    def _finish(
+        self,
+        state: str,
+        reason: str,
+        model_id: str | None,
+        closed: list[RoundClosed],
+        interrupted: bool = False,
+    ) -> RunResult:
+        self.db.update_run(
+            self.run_id, state=state, reason=reason, finished_at=now_ms(), last_rowid=self.rowid
+        )
+        self.emit(RunFinished(self.run_id, state, reason, model_id))
+        return RunResult(self.run_id, state, reason, model_id, tuple(closed), interrupted)
+
+    def _participants(self, rnd: int) -> list[str]:
+        """Run sites live now with the run's code hash (waiting ``rejoin_wait_s`` for all)."""
+        if rnd == 1:
+            return list(self.sites)
+        deadline = time.monotonic() + self.spec.rejoin_wait_s
+        while True:
+            found = offers(self.db.conn, self.spec.task, self.sites)
+            live = [o.site for o in found if o.code_hash == self.code_hash]
+            if len(live) == len(self.sites) or time.monotonic() >= deadline:
+                return live
+            if self.stop.wait(0.5):
+                raise _Interrupted
+
+    def _round(self, rnd: int, weights: bytes | None) -> RoundClosed:
+        spec, started = self.spec, time.monotonic()
+        sites = self._participants(rnd)
+        started_at = now_ms()
+        jobs: dict[str, JobTrack] = {}
+        hp = {**spec.hyperparams(), "round": rnd - 1}  # the task's lr schedule is 0-based
+        for site in sites:
+            job_id = f"{self.run_id[4:]}-r{rnd}-{site}-{uuid.uuid4().hex[:6]}"
+            jobs[site] = job = JobTrack(job_id, self.run_id, rnd, site)
+            self.inbox.track(job)
+            self.db.put_job({**job.row(), "created_at": started_at})
+        self.db.put_round(
+            self.run_id,
+            rnd,
+            state="open",
+            started_at=started_at,
+            closed_at=None,
+            selected=sites,
+            n_results=0,
+            reason="",
+            model_id=None,
+            metrics=None,
+            test_rmse=None,
+            job_time_max_s=None,
+            wall_s=None,
+        )
+        for site, job in jobs.items():
+            self.sender.train(
+                site,
+                job.job_id,
+                self.run_id,
+                rnd,
+                spec.task,
+                self.code_hash,
+                spec.strategy,
+                hp,
+                weights,
+                ttl_s=max(spec.round_timeout_s, 60.0),
+            )
+        self.sender.flush()
+        self.emit(
+            RoundStarted(
+                self.run_id,
+                rnd,
+                tuple(sites),
+                {s: j.job_id for s, j in jobs.items()},
+                spec.round_timeout_s,
+            )
+        )
+        deadline = started + spec.round_timeout_s
+        while True:
+            self._poll()
+            ok = sum(j.ok for j in jobs.values())
+            waiting = sum(not j.answered for j in jobs.values())
+            if waiting == 0 or ok + waiting < spec.min_sites or time.monotonic() >= deadline:
+                break
+            if self.stop.wait(spec.poll_s):
+                self._interrupt(rnd, jobs, started, started_at)
+        for job in jobs.values():
+            if not job.answered:
+                self.stragglers.add(job.job_id)
+        closed = close_round(self.db, spec, self.run_id, rnd, jobs, started, started_at)
+        self.db.update_run(self.run_id, last_rowid=self.rowid)
+        self.emit(closed)
+        return closed
+
+    def _poll(self) -> None:
+        rows = self.db.messages_after(self.rowid)
+        if not rows:
+            return
+        self.rowid = rows[-1]["rowid"]
+        for job in self.inbox.apply(rows):
+            if job.job_id in self.stragglers:
+                job.late = True
+            self.db.put_job(job.row())
+            self.emit(
+                JobUpdate(
+                    self.run_id,
+                    job.round,
+                    job.site,
+                    job.job_id,
+                    job.row()["state"],
+                    job.progress,
+                    job.row()["reason"],
+                    job.late,
+                )
+            )
+
+    def _interrupt(
+        self, rnd: int, jobs: dict[str, JobTrack], started: float, started_at: int
+    ) -> None:
+        """Ctrl-C: cancel this round's unfinished jobs, fail the round, stop the run."""
+        for job in jobs.values():
+            if not job.answered:
+                self.sender.cancel(job.site, job.job_id, "run interrupted")
+                self.stragglers.add(job.job_id)
+        self.sender.flush(5.0)
+        self.db.put_round(
+            self.run_id,
+            rnd,
+            state="failed",
+            closed_at=now_ms(),
+            reason="interrupted",
+            wall_s=time.monotonic() - started,
+        )
+        raise _Interrupted
+
+
+class _Interrupted(Exception):
+    pass
