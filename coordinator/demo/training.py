@@ -1,0 +1,127 @@
+"""The demo's federated run: ``coordinator.training.run_training`` on a worker thread.
+
+The run goes on a thread so that Ctrl-C on the main thread can ask it to stop (its
+``stop`` event) and wait for it to close its MQTT client before the processes go down.
+Its events become a progress display: one status line per round, a line per closed round.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from coordinator.demo.console import Console
+from coordinator.demo.report import RoundRow
+
+__all__ = ["RoundProgress", "TrainingThread", "round_row"]
+
+
+def _val_rmse(metrics: dict[str, Any]) -> float | None:
+    # The sites' held-out engines, averaged by the coordinator (weighted by samples).
+    for key in ("val_rmse", "rmse"):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+def round_row(event: Any) -> RoundRow:
+    """A report row from a ``RoundClosed`` event."""
+    return RoundRow(
+        round=int(event.round),
+        state=str(event.state),
+        n_results=int(event.n_results),
+        val_rmse=_val_rmse(dict(event.metrics or {})),
+        test_rmse=None if event.test_rmse is None else float(event.test_rmse),
+        wall_s=float(event.wall_s) if event.wall_s else None,
+    )
+
+
+class RoundProgress:
+    """Turns training events into console output."""
+
+    def __init__(self, console: Console, rounds: int) -> None:
+        self.console = console
+        self.rounds = rounds
+        self.jobs: dict[str, str] = {}
+        self.rows: list[RoundRow] = []
+        self.run_id: str | None = None
+
+    def __call__(self, event: Any) -> None:
+        kind = getattr(event, "kind", "")
+        if kind == "run_started":
+            self.run_id = event.run_id
+            self.console.line(
+                f"run {event.run_id}: task {event.task} on {', '.join(event.sites)} "
+                f"({event.rounds} rounds)"
+            )
+        elif kind == "round_started":
+            self.jobs = {site: "sent" for site in event.sites}
+            self._show(event.round)
+        elif kind == "job":
+            pct = "" if event.progress is None else f" {100 * event.progress:.0f}%"
+            self.jobs[event.site] = f"{event.state}{pct}" + (" (late)" if event.late else "")
+            self._show(event.round, key_state=event.state)
+        elif kind == "round_closed":
+            row = round_row(event)
+            self.rows.append(row)
+            rmse = f"val RMSE {_fmt(row.val_rmse)}, FD001 test RMSE {_fmt(row.test_rmse)}"
+            why = f" ({event.reason})" if event.reason else ""
+            self.console.line(
+                f"round {event.round}/{self.rounds} {event.state}{why}: "
+                f"{event.n_results} site results, {rmse}, {event.wall_s:.1f} s"
+            )
+        elif kind == "run_finished" and event.state != "done":
+            self.console.line(f"run {event.run_id} {event.state}: {event.reason}")
+
+    def _show(self, rnd: int, key_state: str = "") -> None:
+        detail = "  ".join(f"{site} {state}" for site, state in sorted(self.jobs.items()))
+        key = " ".join(s.split()[0] for s in self.jobs.values())
+        self.console.status(f"  round {rnd}/{self.rounds}  {detail}", key=f"{rnd} {key}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+class TrainingThread:
+    """``run_training(settings, spec, progress, stop)`` on a daemon thread."""
+
+    def __init__(self, settings: Any, spec: Any, progress: RoundProgress) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.progress = progress
+        self.stop = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="demo-training", daemon=True)
+
+    def _run(self) -> None:
+        from coordinator.training import run_training
+
+        try:
+            self.result = run_training(self.settings, self.spec, self.progress, self.stop)
+        except BaseException as exc:  # reported on the main thread
+            self.error = exc
+
+    def start(self) -> TrainingThread:
+        self._thread.start()
+        return self
+
+    def wait(self) -> Any:
+        """Join (Ctrl-C still reaches the main thread); re-raise the run's error."""
+        while self._thread.is_alive():
+            self._thread.join(0.2)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def cancel(self, timeout: float = 20.0) -> None:
+        """Ask the run to stop and give it ``timeout`` s to do so."""
+        self.stop.set()
+        self._thread.join(timeout)
+
+    @property
+    def rows(self) -> Sequence[RoundRow]:
+        return self.progress.rows
