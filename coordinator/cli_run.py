@@ -37,7 +37,7 @@ def run(run_id: str, db: Path, as_json: bool) -> None:
         return
     click.echo(
         f"run {detail['run_id']}: {detail['task']} {detail['strategy']}, "
-        f"{detail['rounds']} rounds, min {detail['min_sites']} sites, "
+        f"{detail['rounds_planned']} rounds, min {detail['min_sites']} sites, "
         f"timeout {detail['round_timeout_s']:g} s, state {detail['state']}"
         + (f" ({detail['reason']})" if detail["reason"] else "")
     )

@@ -57,6 +57,7 @@ def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
     rounds = conn.execute(
         "SELECT * FROM rounds WHERE run_id = ? ORDER BY round", (run_id,)
     ).fetchall()
+    out["rounds_planned"] = out["rounds"]  # "rounds" becomes the list of round rows
     out["rounds"] = [_decode(r, "selected", "metrics") for r in rounds]
     return out
 

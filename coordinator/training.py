@@ -338,6 +338,10 @@ class _Runner:
             if not job.answered:
                 self.stragglers.add(job.job_id)
         closed = close_round(self.db, spec, self.run_id, rnd, jobs, started, started_at)
+        if closed.state == "failed":  # the run stops: nothing left to run for it
+            for job in jobs.values():
+                if not job.answered:
+                    self.sender.cancel(job.site, job.job_id, "round failed: quorum missed")
         self.db.update_run(self.run_id, last_rowid=self.rowid)
         self.emit(closed)
         return closed
