@@ -34,6 +34,8 @@ from coordinator.fd001_eval import DEFAULT_DATA_DIR, fd001_test_rmse
 from coordinator.fedavg import fedavg
 from site_node.tasks import get_task
 
+# The packaged copies: training runs ship with the site, the test set with the coordinator.
+TRAIN_FILE = Path(__file__).resolve().parents[2] / "site_node/data/cmapss_fd001/train_FD001.txt"
 TARGET_RMSE = 13.0
 TARGET_RATIO = 1.05
 
@@ -51,7 +53,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=None, help="default: the task's")
     ap.add_argument("--val-fraction", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest here)")
-    ap.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    ap.add_argument("--train-file", default=str(TRAIN_FILE), help="FD001 training runs")
+    ap.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="FD001 test + RUL")
     ap.add_argument("--json", action="store_true", help="also print the report as JSON")
     return ap.parse_args()
 
@@ -63,7 +66,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     task = get_task("cmapss-rul")
     t0 = time.perf_counter()
-    table = task.read_table(Path(args.data_dir) / "train_FD001.txt")
+    table = task.read_table(args.train_file)
     units = np.random.default_rng(args.seed).permutation(np.arange(1, 101))
     sites = [
         task.load_dataset(table, {"units": [int(u) for u in s], "val_fraction": args.val_fraction})
@@ -81,7 +84,8 @@ def main() -> int:
     hp = {**task.defaults, **hp, "strategy": args.strategy}
     epochs = int(hp["epochs"])
 
-    print(f"cmapss-rul {task.code_hash[:12]}  hyperparameters: {hp}")
+    shown = {k: v for k, v in hp.items() if k not in ("seed", "round")}
+    print(f"cmapss-rul {task.code_hash[:12]}  seed {args.seed}  hyperparameters: {shown}")
     print(f"{'round':>5} {'test rmse':>9} {'site jobs s':>11} {'aggregate+eval s':>16}")
     t0 = time.perf_counter()
     weights = task.initial_weights(args.seed)
