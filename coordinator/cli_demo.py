@@ -88,7 +88,7 @@ def demo(keep: bool, out: Path, **opts: object) -> None:  # fmt: skip
     Example:
         fedmq demo                                   # 4 sites, 5 rounds (~4 min)
         fedmq demo --sites 2 --rounds 1 --epochs 1 --out /tmp/demo
-        fedmq demo --keep                            # then: fedmq sites --db fedmq-demo/demo.db
+        fedmq demo --keep                            # then: fedmq sites --db fedmq-demo/fedmq.db
     """
     from coordinator.cli import EXIT
     from coordinator.demo import DemoError, DemoOptions, run_demo

@@ -52,7 +52,7 @@ class DemoLayout:
 
     @property
     def db(self) -> Path:
-        return self.root / "demo.db"
+        return self.root / "fedmq.db"
 
     @property
     def logs(self) -> Path:

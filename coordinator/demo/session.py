@@ -145,13 +145,25 @@ class DemoSession:
         self.console.line(f"summary         {md_path} ({json_path.name})")
 
     def _keep(self) -> None:
-        self.console.line("--keep: broker, coordinator and sites keep running; Ctrl-C stops them")
-        while True:
-            dead = [c.name for c in self.supervisor.dead()]
-            if dead:
-                self.console.line(f"stopped on its own: {', '.join(dead)}; shutting down")
-                return
-            time.sleep(1.0)
+        assert self.federation is not None
+        db, port = self.layout.db, self.federation.port
+        self.console.line("--keep: broker, coordinator and sites keep running; Ctrl-C stops them.")
+        self.console.line("In another shell, e.g.:")
+        self.console.line(f"  fedmq sites --db {db} --watch")
+        self.console.line(
+            f"  fedmq train --db {db} --port {port} --signing-key {self.layout.private_key} "
+            f"--task {self.opts.task} --rounds 2 --min-sites {self.opts.sites}"
+        )
+        try:
+            while True:
+                dead = [c.name for c in self.supervisor.dead()]
+                if dead:
+                    self.console.line(f"stopped on its own: {', '.join(dead)}; shutting down")
+                    return
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            # The way --keep ends: not an interruption of anything.
+            self.console.line("Ctrl-C")
 
     def interrupt(self) -> None:
         """Ctrl-C: stop a run in progress (it closes its own MQTT client)."""
