@@ -21,10 +21,18 @@ from typing import Any
 from coordinator.acks import AckTracker
 from coordinator.bus import Inbound
 from coordinator.deadletters import DeadLetters
+from coordinator.ingest_batch import Batch, durable_row
 from coordinator.liveness import SiteLiveness
 from coordinator.log_setup import RateLimiter
 from coordinator.settings import CoordinatorSettings
-from coordinator.store import DurableRow, EventRow, HeartbeatRow, SiteRecord, Store
+from coordinator.store import EventRow, HeartbeatRow, SiteRecord, Store
+from coordinator.writer_proc import (
+    CachedTopics,
+    Stored,
+    WriterProcess,
+    decode_telemetry,
+    telemetry_row,
+)
 from schemas import (
     Ack,
     Cleared,
@@ -39,7 +47,6 @@ from schemas import (
     encode,
     now_ms,
 )
-from schemas.topics import ParsedTopic
 
 __all__ = ["Ingestor", "Publish"]
 
@@ -48,21 +55,6 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, int, bool], None]
 _STOP = object()
 _DAY_MS = 86_400_000
-
-
-class _CachedTopics(Topics):
-    """Topics whose ``parse`` remembers recent results: a site's topics repeat endlessly,
-    and parsing (regexes per level) cost ~10% of the writer's time per message."""
-
-    def parse(self, topic: str) -> ParsedTopic:
-        cache: dict[str, ParsedTopic] = self.__dict__.setdefault("_cache", {})
-        hit = cache.get(topic)
-        if hit is None:
-            hit = super().parse(topic)  # raises TopicError for bad topics: never cached
-            if len(cache) >= 100_000:
-                cache.clear()
-            cache[topic] = hit
-        return hit
 
 
 class _Tick:
@@ -90,13 +82,17 @@ class Ingestor:
         self.publish, self.ack, self.inbound, self.sign = publish, ack, inbound, sign
         self.clock = clock
         self.topics = Topics(settings.mqtt.prefix)
-        self.codec = Codec(_CachedTopics(settings.mqtt.prefix), settings.mqtt.max_payload)
+        self.codec = Codec(CachedTopics(settings.mqtt.prefix), settings.mqtt.max_payload)
         self.liveness = SiteLiveness(settings.patience)
         self.tracker = AckTracker()
         self.dead = DeadLetters()
         self.sites: dict[str, SiteRecord] = {}
         self._rebirth = RateLimiter(settings.rebirth_interval_s, clock=time.monotonic)
         self._site_prefix = self.topics.prefix + "/site/"
+        db = getattr(store, "path", None)
+        self.writer: WriterProcess | None = None
+        if settings.writer_process and db is not None:
+            self.writer = WriterProcess(db, settings.mqtt.prefix, settings.mqtt.max_payload)
         self._thread: threading.Thread | None = None
         self._last_purge: float | None = None  # first tick purges
         self.failed: BaseException | None = None
@@ -119,6 +115,8 @@ class Ingestor:
     # Thread --------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.writer is not None and not self.writer.started:
+            self.writer.start()
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
         self._thread.start()
 
@@ -127,6 +125,8 @@ class Ingestor:
         self.inbound.put(_STOP)
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.writer is not None:
+            self.writer.stop()
 
     def tick(self, now: int) -> None:
         """Ask for a liveness pass (called by the :class:`LivenessChecker` thread)."""
@@ -169,15 +169,41 @@ class Ingestor:
     # One batch -----------------------------------------------------------------------
 
     def process(self, items: list[Any]) -> None:
-        """Apply ``items``, commit, then ack. Public so tests can drive it directly."""
-        b = _Batch()
+        """Apply ``items``, commit, then ack. Public so tests can drive it directly.
+
+        With a writer process, telemetry goes there first and the rest is decoded here
+        meanwhile; ticks and calls (which write) wait for its commit, as the writer
+        process must never wait for a lock this connection holds.
+        """
+        b = Batch()
+        offload: list[Inbound] = []
+        later: list[Any] = []
+        if self.writer is not None:
+            offload = [i for i in items if isinstance(i, Inbound) and self._offloads(i.topic)]
+            if offload:
+                if not self.writer.started:
+                    self.writer.start()
+                self.writer.submit([(i.topic, i.payload, i.received_at) for i in offload])
         for item in items:
             if isinstance(item, Inbound):
+                if offload and self._offloads(item.topic):
+                    continue
                 b.mids.append((item.mid, item.qos))
                 self._inbound(item, b)
-            elif isinstance(item, _Tick):
+            elif isinstance(item, (_Tick, tuple)):
+                later.append(item)
+        if offload:
+            assert self.writer is not None
+            for item, stored in zip(offload, self.writer.results(), strict=True):
+                b.mids.append((item.mid, item.qos))
+                if stored is None:  # not stored there: rejected, or not telemetry
+                    self._inbound(item, b)
+                else:
+                    self._telemetry(stored, item.received_at, b)
+        for item in later:
+            if isinstance(item, _Tick):
                 self._tick(item.now, b)
-            elif isinstance(item, tuple):
+            else:
                 fn, fut = item
                 try:
                     fut.set_result(fn(self.store))
@@ -185,7 +211,23 @@ class Ingestor:
                     fut.set_exception(exc)
         self._flush(b)
 
-    def _inbound(self, item: Inbound, b: _Batch) -> None:
+    def _offloads(self, topic: str) -> bool:
+        return topic.startswith(self._site_prefix) and "/telemetry/" in topic
+
+    def _telemetry(self, stored: Stored, at: int, b: Batch) -> None:
+        """Account for a telemetry message stored (by the writer process, or in
+        ``b.durable`` for this batch's commit)."""
+        site, seq, gaps = stored
+        rec = self._site(site, at)
+        rec.last_seen = max(rec.last_seen, at)
+        b.touched[site] = rec
+        b.committed.append((site, seq))
+        if gaps:
+            b.gaps.extend((site, first, last, at) for first, last in gaps)
+        if rec.registration is None:
+            b.needs_registration.add(site)
+
+    def _inbound(self, item: Inbound, b: Batch) -> None:
         topic = item.topic
         if (topic.endswith("/ack") or "/cmd/" in topic) and topic.startswith(self._site_prefix):
             levels = topic[len(self._site_prefix) :].split("/")
@@ -195,7 +237,9 @@ class Ingestor:
             ):
                 return
         try:
-            msg = self.codec.decode(topic, item.payload)
+            msg = decode_telemetry(self.codec, topic, item.payload) or self.codec.decode(
+                topic, item.payload
+            )
         except DecodeError as exc:
             b.dead.append(
                 self.dead.reject(
@@ -207,20 +251,18 @@ class Ingestor:
         if isinstance(msg, Cleared):
             self._cleared(msg, at, b)
             return
+        if isinstance(msg, TelemetryBatch):
+            b.durable.append(telemetry_row(msg, at))
+            gaps = tuple((g.first, g.last) for g in msg.gaps)
+            self._telemetry((msg.site, msg.seq, gaps), at, b)
+            return
         rec = self._site(msg.site, at)
         rec.last_seen = max(rec.last_seen, at)
         b.touched[rec.site] = rec
-        if isinstance(msg, TelemetryBatch):
-            samples = [(s.name, s.ts, s.value, s.unit, s.q) for s in msg.samples]
-            b.durable.append(_durable(msg, at, msg.device, None, samples, None))
-            if msg.gaps:
-                b.gaps.extend((msg.site, g.first, g.last, at) for g in msg.gaps)
-            if rec.registration is None:
-                b.needs_registration.add(rec.site)
-            return
-        elif msg.kind in ("job_status", "job_result", "result_chunk"):
+        if msg.kind in ("job_status", "job_result", "result_chunk"):
             payload = item.payload.decode()
-            b.durable.append(_durable(msg, at, None, msg.job_id, (), payload))  # type: ignore[union-attr]
+            b.durable.append(durable_row(msg, at, None, msg.job_id, (), payload))  # type: ignore[union-attr]
+            b.committed.append((msg.site, msg.seq))
             b.gaps.extend((msg.site, g.first, g.last, at) for g in msg.gaps)  # type: ignore[union-attr]
         elif isinstance(msg, Heartbeat):
             self._heartbeat(rec, msg, at, b)
@@ -233,7 +275,7 @@ class Ingestor:
             rec.interval_s = msg.heartbeat_interval_s
         b.needs_registration.add(rec.site)
 
-    def _heartbeat(self, rec: SiteRecord, msg: Heartbeat, at: int, b: _Batch) -> None:
+    def _heartbeat(self, rec: SiteRecord, msg: Heartbeat, at: int, b: Batch) -> None:
         b.heartbeats.append(
             HeartbeatRow(
                 msg.site,
@@ -263,7 +305,7 @@ class Ingestor:
         if msg.last_acked < self.tracker.acked(rec.site):
             b.ack_sites.add(rec.site)  # its last ack may have been lost: say it again
 
-    def _cleared(self, msg: Cleared, at: int, b: _Batch) -> None:
+    def _cleared(self, msg: Cleared, at: int, b: Batch) -> None:
         site = msg.topic.site
         if site is None or site not in self.sites:
             return
@@ -283,7 +325,7 @@ class Ingestor:
             rec = self.sites[site] = SiteRecord(site=site, first_seen=at)
         return rec
 
-    def _tick(self, now: int, b: _Batch) -> None:
+    def _tick(self, now: int, b: Batch) -> None:
         for rec in self.sites.values():
             events = self.liveness.refresh(rec, now)
             if events:
@@ -301,13 +343,13 @@ class Ingestor:
             if hb or tel:
                 log.info("retention: purged %d heartbeats, %d telemetry samples", hb, tel)
 
-    def _flush(self, b: _Batch) -> None:
+    def _flush(self, b: Batch) -> None:
         store = self.store
         store.add_messages(b.durable)
-        self.stored_messages += len(b.durable)
+        self.stored_messages += len(b.committed)
         by_site: dict[str, list[int]] = {}
-        for r in b.durable:
-            by_site.setdefault(r.site, []).append(r.seq)
+        for site, seq in b.committed:
+            by_site.setdefault(site, []).append(seq)
         for site, first, last, at in b.gaps:
             if store.add_gap(site, first, last, at):
                 size = last - first + 1
@@ -350,46 +392,3 @@ class Ingestor:
             cmd = self.sign(cmd)
         log.info("site %s: traffic without a registration, sending cmd/rebirth", site)
         self.publish(self.topics.cmd(site, "rebirth"), encode(cmd), 1, False)
-
-
-class _Batch:
-    __slots__ = (
-        "ack_sites",
-        "dead",
-        "durable",
-        "events",
-        "gaps",
-        "heartbeats",
-        "mids",
-        "needs_registration",
-        "touched",
-    )
-
-    def __init__(self) -> None:
-        self.mids: list[tuple[int, int]] = []
-        self.durable: list[DurableRow] = []
-        self.heartbeats: list[HeartbeatRow] = []
-        self.events: list[EventRow] = []
-        self.dead: list[Any] = []
-        self.gaps: list[tuple[str, int, int, int]] = []
-        self.touched: dict[str, SiteRecord] = {}
-        self.ack_sites: set[str] = set()
-        self.needs_registration: set[str] = set()
-
-
-def _durable(
-    msg: Any, at: int, device: str | None, job: str | None, samples: Any, payload: str | None
-) -> DurableRow:
-    return DurableRow(
-        msg.site,
-        msg.seq,
-        msg.kind,
-        msg.session,
-        msg.ts,
-        at,
-        msg.historical,
-        device,
-        job,
-        samples,
-        payload,
-    )

@@ -1,26 +1,32 @@
 """Benchmark: ``fedmq serve`` persisted-and-acked throughput vs a bare paho subscriber.
 
-Run (from the repository root; takes ~1-2 minutes)::
+Run (from the repository root; takes ~1-3 minutes)::
 
-    .venv/bin/python tests/bench/bench_coordinator.py [--publishers 4] [--messages 15000]
+    .venv/bin/python tests/bench/bench_coordinator.py --publishers 4 --messages 10000 \
+        --compare FEDMQ_WRITER_PROCESS=false
 
-One run, one broker, the same pre-encoded stream twice (telemetry batches of 10 samples,
-QoS 1, from publisher processes so the publisher is not the measured side):
+One run, one broker, the same pre-encoded stream each time (telemetry batches of 10
+samples, QoS 1, from publisher processes so the publisher is not the measured side):
 
-1. a bare paho subscriber (QoS 1, counting only): time from the go signal to the last
-   message received;
-2. ``fedmq serve`` as a subprocess on a fresh SQLite file: time from the go signal until
-   every site's application ack covers its last seq (i.e. committed to disk and acked).
+1. a bare paho subscriber (QoS 1, counting only): first to last message received;
+2. ``fedmq serve`` as a subprocess on a fresh SQLite file: first to last application ack,
+   i.e. until every site's ack covers its last seq (committed to disk and acked); then
+   once more per ``--compare`` with those ``FEDMQ_...`` settings (side by side);
+3. the bare subscriber again: the machine is shared, so two bare runs bracket the others.
 
-Reports msg/s, samples/s, the ratio serve/bare, and ``fedmq sites`` latency with 1,000
-registered sites. Targets: ratio >= 0.9, >= 150,000 samples/s, ``fedmq sites`` <= 0.3 s.
+Reports msg/s, samples/s, the ratio to the mean bare time, CPU microseconds per message
+(all threads and processes of the measured side: less sensitive to other load than wall
+time), the machine's load average, and ``fedmq sites`` latency with 1,000 registered
+sites. Targets: ratio >= 0.9, >= 150,000 samples/s, ``fedmq sites`` <= 0.3 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
+import os
 import statistics
 import subprocess
 import sys
@@ -106,16 +112,20 @@ def _v5_client(client_id: str, port: int, on_message: Any) -> Any:
     return c
 
 
-def bare(port: int, publishers: int, n: int, drain: bool) -> float:
-    """Seconds a counting QoS 1 subscriber needs for the stream."""
+def bare(port: int, publishers: int, n: int, drain: bool) -> tuple[float, float]:
+    """Seconds (wall, CPU) a counting QoS 1 subscriber needs for the stream."""
     prefix = f"bare-{uuid.uuid4().hex[:6]}/fedmq/v1"
     total = publishers * n
     got: list[float] = []
+    cpu: list[float] = []  # this process (paho's thread; the main thread only waits)
     done = threading.Event()
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
         got.append(time.perf_counter())
+        if len(got) == 1:
+            cpu.append(time.process_time())
         if len(got) >= total:
+            cpu.append(time.process_time())
             done.set()
 
     cid = f"bare-{uuid.uuid4().hex[:6]}"
@@ -135,34 +145,41 @@ def bare(port: int, publishers: int, n: int, drain: bool) -> float:
     c.loop_stop()
     if len(got) < total:
         raise SystemExit(f"bare subscriber got {len(got)} of {total}")
-    return elapsed
+    return elapsed, cpu[-1] - cpu[0]
 
 
-def serve(port: int, publishers: int, n: int, workdir: Path, drain: bool) -> float:
-    """Seconds ``fedmq serve`` needs until every site's ack covers its last seq."""
+def serve(
+    port: int, publishers: int, n: int, workdir: Path, drain: bool, env: dict[str, str]
+) -> tuple[float, float]:
+    """Seconds (wall, CPU of serve and its writer process) until every site's ack covers
+    its last seq."""
     prefix = f"serve-{uuid.uuid4().hex[:6]}/fedmq/v1"
     acked: dict[str, int] = {}
     stamps: list[float] = []
+    cpu: list[float] = []
     done = threading.Event()
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
         ack = Ack.model_validate_json(msg.payload)
         stamps.append(time.perf_counter())
+        if len(stamps) == 1:
+            cpu.append(_cpu(coord.proc))
         acked[ack.site] = max(acked.get(ack.site, 0), ack.acked)
         if len(acked) == publishers and all(v >= n for v in acked.values()):
+            cpu.append(_cpu(coord.proc))
             done.set()
 
     c = _v5_client(f"acks-{uuid.uuid4().hex[:6]}", port, on_message)
     c.subscribe(f"{prefix}/site/+/ack", 1)
-    db = workdir / "bench.db"
-    coord = Coordinator(db, port, prefix).start().wait_ready()
+    db = workdir / f"bench-{uuid.uuid4().hex[:6]}.db"
+    coord = Coordinator(db, port, prefix, env=env).start().wait_ready()
     try:
         if not drain:
             elapsed = _run_stream(port, prefix, publishers, n, lambda: done.wait(600))
         else:
             coord.stop()  # its persistent session keeps the subscription and queues
             _run_stream(port, prefix, publishers, n, lambda: None)
-            coord = Coordinator(db, port, prefix).start()
+            coord = Coordinator(db, port, prefix, env=env).start()
             done.wait(600)
             # First ack (first committed batch) to last: startup imports are not ingest.
             elapsed = stamps[-1] - stamps[0]
@@ -172,7 +189,20 @@ def serve(port: int, publishers: int, n: int, workdir: Path, drain: bool) -> flo
         c.loop_stop()
     if not done.is_set():
         raise SystemExit(f"serve did not ack everything: {acked}")
-    return elapsed
+    return elapsed, cpu[-1] - cpu[0]
+
+
+def _cpu(proc: Any) -> float:
+    """User+system CPU seconds of a process and its children (the writer process)."""
+    import psutil
+
+    p = psutil.Process(proc.pid)
+    total = 0.0
+    for q in (p, *p.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            t = q.cpu_times()
+            total += t.user + t.system
+    return total
 
 
 def sites_latency(workdir: Path, n_sites: int = 1000, runs: int = 7) -> list[float]:
@@ -201,6 +231,10 @@ def sites_latency(workdir: Path, n_sites: int = 1000, runs: int = 7) -> list[flo
     return out
 
 
+def _load(avg: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.1f}" for x in avg)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--publishers", type=int, default=4)
@@ -211,24 +245,49 @@ def main() -> None:
         help="measure while publishing (publisher-bound on small machines) instead of "
         "draining a stream queued at the broker",
     )
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="ENV=VALUE[,ENV=VALUE]",
+        help="also run serve with these FEDMQ_... settings (e.g. FEDMQ_WRITER_PROCESS=false)",
+    )
     a = ap.parse_args()
     total = a.publishers * a.messages
+    variants = [("default", {})] + [
+        (c, dict(kv.split("=", 1) for kv in c.split(","))) for c in a.compare
+    ]
+    load_before = os.getloadavg()
+    results: list[tuple[str, tuple[float, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         broker = Broker(work)
         broker.start()
         try:
-            t_bare = bare(broker.port, a.publishers, a.messages, not a.live)
-            t_serve = serve(broker.port, a.publishers, a.messages, work, not a.live)
+            results.append(("bare", bare(broker.port, a.publishers, a.messages, not a.live)))
+            for name, env in variants:
+                got = serve(broker.port, a.publishers, a.messages, work, not a.live, env)
+                results.append((f"serve {name}", got))
+            # Bare again: the machine is shared, so its rate brackets the serve runs.
+            results.append(("bare", bare(broker.port, a.publishers, a.messages, not a.live)))
         finally:
             broker.kill()
+        load_after = os.getloadavg()
         lat = sites_latency(work)
     print(f"stream: {a.publishers} publishers x {a.messages} msgs x {SAMPLES} samples, QoS 1")
+    print(
+        f"machine: {os.cpu_count()} cores, load avg 1/5/15 min before {_load(load_before)}, "
+        f"after {_load(load_after)}"
+    )
     mode = "live" if a.live else "drain (stream queued at the broker first)"
     print(f"mode: {mode}")
-    for name, secs in (("bare paho subscriber", t_bare), ("fedmq serve (acked)", t_serve)):
-        print(f"{name:21}: {total / secs:9.0f} msg/s {total * SAMPLES / secs:9.0f} samples/s")
-    print(f"ratio serve/bare     : {t_bare / t_serve:.2f}")
+    t_bare = statistics.mean(r[1][0] for r in results if r[0] == "bare")
+    for name, (secs, cpu) in results:
+        print(
+            f"{name:34}: {total / secs:6.0f} msg/s {total * SAMPLES / secs:7.0f} samples/s"
+            f"  ratio {t_bare / secs:.2f}  CPU {cpu * 1e6 / total:4.0f} us/msg"
+        )
+    print("(ratio: vs the mean of both bare runs; CPU: per message, all threads/processes)")
     print(f"fedmq sites, 1000 sites: best {min(lat):.3f}s median {statistics.median(lat):.3f}s")
 
 

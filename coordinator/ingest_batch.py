@@ -1,0 +1,54 @@
+"""What one writer batch collects before its commit (rows, acks, touched sites)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coordinator.store import DurableRow, EventRow, HeartbeatRow, SiteRecord
+
+__all__ = ["Batch", "durable_row"]
+
+
+class Batch:
+    __slots__ = (
+        "ack_sites",
+        "committed",
+        "dead",
+        "durable",
+        "events",
+        "gaps",
+        "heartbeats",
+        "mids",
+        "needs_registration",
+        "touched",
+    )
+
+    def __init__(self) -> None:
+        self.mids: list[tuple[int, int]] = []
+        self.durable: list[DurableRow] = []
+        self.committed: list[tuple[str, int]] = []
+        self.heartbeats: list[HeartbeatRow] = []
+        self.events: list[EventRow] = []
+        self.dead: list[Any] = []
+        self.gaps: list[tuple[str, int, int, int]] = []
+        self.touched: dict[str, SiteRecord] = {}
+        self.ack_sites: set[str] = set()
+        self.needs_registration: set[str] = set()
+
+
+def durable_row(
+    msg: Any, at: int, device: str | None, job: str | None, samples: Any, payload: str | None
+) -> DurableRow:
+    return DurableRow(
+        msg.site,
+        msg.seq,
+        msg.kind,
+        msg.session,
+        msg.ts,
+        at,
+        msg.historical,
+        device,
+        job,
+        samples,
+        payload,
+    )
