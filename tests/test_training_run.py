@@ -322,8 +322,8 @@ def test_a_10mb_model_crosses_the_1mb_broker_both_ways_verified(fed: Fed) -> Non
     blob, parts = make_blob(big)
     client = TestClient(fed.broker.port).connect()
     try:
-        site = dict(site="bigsite", session=1, job_id=up)
-        msgs = [JobResult(**site, seq=1, n_samples=7, weights=blob)]
+        site: dict[str, Any] = {"site": "bigsite", "session": 1, "job_id": up}
+        msgs: list[Any] = [JobResult(**site, seq=1, n_samples=7, weights=blob)]
         msgs += [
             ResultChunk(**site, seq=i + 2, index=i, total=len(parts), sha256=blob.sha256, data=p)
             for i, p in enumerate(parts)
@@ -341,7 +341,7 @@ def test_a_10mb_model_crosses_the_1mb_broker_both_ways_verified(fed: Fed) -> Non
         wait_until(lambda: len(db.job_messages([up])) >= len(parts) + 1, 60, "stored chunks")
         time.sleep(1.0)
         rows = db.job_messages([up])
-        assert len(rows) == len(parts) + 1 and len(parts) == 40  # the 13 MB message: dropped
+        assert len(rows) == len(parts) + 1 and len(parts) >= 40  # the 13 MB one: dropped
         inbox = TrainInbox()
         inbox.track(job := JobTrack(up, "run-big", 1, "bigsite"))
         inbox.apply(rows)

@@ -71,11 +71,11 @@ def main() -> None:
             units = list(range(1 + i * args.units, 1 + (i + 1) * args.units))
             training = {"allow": [TASK], "datasets": [{"name": f"fd-{site}", "task": TASK,
                         "paths": [str(TRAIN)], "params": {"units": units}}]}  # fmt: skip
-            settings = site_settings(
+            cfg = site_settings(
                 tmp, broker.port, prefix, site_id=site, devices=[], training=training,
                 coordinator_public_key_file=str(tmp / "coord.pub"),
             )  # fmt: skip
-            sites.append(SiteProc(tmp / site, settings).start())
+            sites.append(SiteProc(tmp / site, cfg).start())
 
         def ready() -> bool:
             rows = sites_json(db)
