@@ -233,7 +233,8 @@ class _Runner:
                         "abandoned",
                         "round restarted after a coordinator restart",
                     )
-                    self.db.put_job(job.row())
+                job.late = True  # a restarted round's old jobs are never aggregated
+                self.db.put_job(job.row())
             model_id = None
             for rnd in range(start, spec.rounds + 1):
                 result = self._round(rnd, weights)
