@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,12 @@ def tel(site: str, seq: int, gaps: tuple[SeqRange, ...] = ()) -> tuple[str, Tele
     return T.telemetry(site, "d"), batch
 
 
-@pytest.fixture
-def h(tmp_path: Path) -> Harness:
-    return Harness(tmp_path / "c.db")
+@pytest.fixture(params=[False, True], ids=["in-process", "writer-process"])
+def h(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Harness]:
+    harness = Harness(tmp_path / "c.db", writer_process=request.param)
+    yield harness
+    if harness.ing.writer is not None:
+        harness.ing.writer.stop()
 
 
 def test_pubacks_and_app_acks_follow_the_commit(h: Harness, tmp_path: Path) -> None:
