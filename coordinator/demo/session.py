@@ -143,6 +143,9 @@ class DemoSession:
         }
         json_path, md_path = write_summary(self.layout.root, rows, info)
         self.console.line(f"summary         {md_path} ({json_path.name})")
+        self.console.line(
+            f"wall time       {info['wall_s']:.0f} s (sites live after {self.startup_s:.0f} s)"
+        )
 
     def _keep(self) -> None:
         assert self.federation is not None
