@@ -8,17 +8,15 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("syft")
-
 from site_node.datasite import ROOT_EMAIL, Datasite, DatasiteError
 from site_node.tasks import get_task
+from tests.helpers.data import TRAIN_FD001
 
-TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmapss_fd001" / "train_FD001.txt"
+TRAIN = TRAIN_FD001
 
 
 @pytest.mark.train
 @pytest.mark.slow
-@pytest.mark.skipif(not TRAIN.exists(), reason="shared FD001 data not present")
 def test_job_runs_as_an_approved_code_request_and_state_persists(tmp_path: Path) -> None:
     site = Datasite.open(tmp_path, "t-site")
     pw_file = tmp_path / "syft" / "root_password"

@@ -77,7 +77,8 @@ def test_pickle_payloads_are_refused_on_both_sides(
 
 
 def test_npz_round_trip_site_to_coordinator_and_torch() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     state = {"conv.weight": torch.randn(4, 3, 5), "fc.bias": torch.arange(3, dtype=torch.float32)}
     raw = weights_io.state_dict_to_npz(state)
     back = weights_io.npz_to_state_dict(raw)

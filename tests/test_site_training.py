@@ -22,16 +22,16 @@ from schemas import CancelCommand, Registration, Topics, encode
 from site_node.tasks import get_task
 from tests.helpers.acker import Acker
 from tests.helpers.broker import Broker
+from tests.helpers.data import TRAIN_FD001
 from tests.helpers.mqtt import TestClient, wait_for
 from tests.helpers.site_proc import SiteProc, site_settings
 from tests.helpers.train_coord import TestCoordinator
 
-TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmapss_fd001" / "train_FD001.txt"
+TRAIN = TRAIN_FD001
 TASK = "cmapss-rul"
 pytestmark = [
     pytest.mark.train,
     pytest.mark.slow,
-    pytest.mark.skipif(not TRAIN.exists(), reason="shared FD001 data not present"),
 ]
 
 

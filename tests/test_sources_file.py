@@ -6,14 +6,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from schemas import Sample
 from site_node.sources import FileDeviceConfig, build_source
 from site_node.sources.file_replay import FileSource
+from tests.helpers.data import TRAIN_FD001
 
-FD001 = Path("/work/shared/data/cmapss_fd001/train_FD001.txt")
-needs_fd001 = pytest.mark.skipif(not FD001.exists(), reason="C-MAPSS FD001 not present")
+FD001 = TRAIN_FD001
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -65,7 +63,6 @@ def test_replays_every_row_in_order_at_the_rate(tmp_path: Path) -> None:
     assert (stats["rows"], stats["samples"], stats["finished"], stats["loops"]) == (20, 40, 1, 1)
 
 
-@needs_fd001
 def test_cmapss_preset_on_fd001_one_engine() -> None:
     src = make(path=str(FD001), preset="cmapss", include={"unit": [1]}, rate_hz=20_000)
     got = run_to_end(src, timeout=30)
@@ -84,7 +81,6 @@ def test_cmapss_preset_on_fd001_one_engine() -> None:
     assert stats["filtered"] == len(fd001_rows(lambda unit: True)) - len(oracle)
 
 
-@needs_fd001
 def test_cmapss_range_filter_and_exclude() -> None:
     src = make(
         path=str(FD001),

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from site_node.tasks import get_task
+from tests.helpers.data import AI4I_CSV
 
-CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "ai4i2020" / "ai4i2020.csv"
-pytestmark = pytest.mark.skipif(not CSV.exists(), reason="shared AI4I data not present")
+CSV = AI4I_CSV
 LEAKS = ["TWF", "HDF", "PWF", "OSF", "RNF", "UDI", "Product ID"]
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from site_node.tasks import TASKS, UnknownTaskError, get_task
+from tests.helpers.data import TRAIN_FD001
 
 # The copy shipped with the site package.
-TRAIN = Path(__file__).resolve().parents[1] / "site_node/data/cmapss_fd001/train_FD001.txt"
-pytestmark = pytest.mark.skipif(not TRAIN.exists(), reason="FD001 training data not shipped")
+TRAIN = TRAIN_FD001
 
 
 def test_registry_hashes_code_without_importing_torch() -> None:

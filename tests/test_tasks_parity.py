@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from coordinator import fd001_eval  # noqa: E402
-from site_node.tasks import cmapss_rul, get_task  # noqa: E402
+from coordinator import fd001_eval
+from site_node.tasks import cmapss_rul, get_task
+from tests.helpers.data import TRAIN_FD001
 
 # The packaged copies: the test set ships with the coordinator, training runs with the site.
 DATA = fd001_eval.DEFAULT_DATA_DIR
-TRAIN = Path(__file__).resolve().parents[1] / "site_node/data/cmapss_fd001/train_FD001.txt"
-needs_data = pytest.mark.skipif(
-    not (DATA / "test_FD001.txt").exists() or not TRAIN.exists(), reason="FD001 not shipped"
-)
+TRAIN = TRAIN_FD001
 
 
 def test_architectures_and_constants_are_identical() -> None:
@@ -49,7 +44,6 @@ def test_architectures_and_constants_are_identical() -> None:
     assert (fd001_eval.WINDOW, fd001_eval.RUL_CAP) == (cmapss_rul.WINDOW, cmapss_rul.RUL_CAP)
 
 
-@needs_data
 def test_fd001_test_set_is_the_last_window_of_each_engine() -> None:
     x, truth = fd001_eval.fd001_test_set(DATA)
     assert x.shape == (100, 30, 14) and truth.shape == (100,)
@@ -60,7 +54,6 @@ def test_fd001_test_set_is_the_last_window_of_each_engine() -> None:
     assert list(units) == list(range(1, 101))
 
 
-@needs_data
 def test_fd001_rmse_of_a_tiny_model_matches_the_site_model() -> None:
     task = get_task("cmapss-rul")
     data = task.load_dataset(TRAIN, {"units": [1, 2, 3]})

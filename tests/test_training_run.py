@@ -24,14 +24,14 @@ import pytest
 from coordinator.signing import generate_keypair
 from tests.helpers.broker import DEV_CONF, Broker
 from tests.helpers.coord_proc import FEDMQ, REPO, Coordinator, fedmq, sites_json, wait_until
+from tests.helpers.data import TRAIN_FD001
 from tests.helpers.site_proc import SiteProc, site_settings
 
-TRAIN = REPO.parent / "shared" / "data" / "cmapss_fd001" / "train_FD001.txt"
+TRAIN = TRAIN_FD001
 TASK = "cmapss-rul"
 pytestmark = [
     pytest.mark.train,
     pytest.mark.slow,
-    pytest.mark.skipif(not TRAIN.exists(), reason="shared FD001 data not present"),
 ]
 UNITS = {"a": [1, 2, 3], "b": [4, 5, 6], "c": [7, 8, 9], "d": [10, 11, 12]}
 
