@@ -33,9 +33,10 @@ class CoordinatorSettings(BaseModel):
     batch_size: int = Field(default=2_000, ge=1)
     batch_time_s: float = Field(default=0.05, gt=0)
     # Decode and insert telemetry in a child process (see writer_proc), off the GIL that
-    # paho's network thread needs. Off by default: on the shared 2-core dev machine
-    # (load 8-15) it measured 15-30% slower than in-process; try it on idle cores.
-    writer_process: bool = False
+    # paho's network thread needs. Measured side by side (tests/bench/bench_coordinator.py,
+    # load ~4): in-process 0.66x a bare paho subscriber, writer process 1.02x. Under heavy
+    # load from other work (load 8-15) it measured slower: set false on a busy host.
+    writer_process: bool = True
     liveness_interval_s: float = Field(default=0.5, gt=0)
     rebirth_interval_s: float = Field(default=10.0, ge=0)
     heartbeat_retention_days: float = Field(default=7.0, gt=0)

@@ -84,11 +84,13 @@ def test_sites_states_are_computed_at_read_time_when_serve_is_stopped(tmp_path: 
     assert all(" stale " in line for line in body[1:-1]) and len(body) > 3
 
 
-def test_sites_with_1000_sites_is_fast_and_imports_no_heavy_module(tmp_path: Path) -> None:
+def test_sites_with_1000_sites_lists_all_and_imports_no_heavy_module(tmp_path: Path) -> None:
+    # Its latency target (<= 0.3 s) is measured by tests/bench/bench_coordinator.py; here the
+    # behaviour that keeps it fast: no paho, pydantic, sqlite-utils, torch or syft imported.
     db = tmp_path / "c.db"
     _fill(db, 1000)
     probe = (
-        "import sys, time; t=time.perf_counter(); from coordinator.cli import cli; "
+        "import sys; from coordinator.cli import cli; "
         f"cli.main(['sites', '--db', {str(db)!r}], standalone_mode=False); "
         "heavy=[m for m in ('paho', 'pydantic', 'sqlite_utils', 'torch', 'syft') "
         "if m in sys.modules]; print('HEAVY', heavy, file=sys.stderr)"
@@ -98,13 +100,6 @@ def test_sites_with_1000_sites_is_fast_and_imports_no_heavy_module(tmp_path: Pat
     )
     assert "HEAVY []" in proc.stderr
     assert len(proc.stdout.splitlines()) == 1002  # header + 1000 + summary
-    best = 99.0
-    for _ in range(3):
-        t = time.perf_counter()
-        subprocess.run([*FEDMQ, "sites", "--db", str(db)], capture_output=True, check=True)
-        best = min(best, time.perf_counter() - t)
-    # Target 0.3 s (bench measures it); generous here because 2 shared cores vary.
-    assert best < 1.0, best
 
 
 @pytest.mark.parametrize("since", ["10m", "1700000000000", "2023-11-14T22:13:20"])
