@@ -194,16 +194,20 @@ class Runner:
         if isinstance(op, Run) and op.cancel.is_set():
             self._report(Cancelled(op.job_id))  # cancelled while queued
             return
-        if not self._submitted(op.job_id):
+        fresh = not self._submitted(op.job_id)
+        if fresh:
             dataset = self._dataset(op.task)
             self._site.submit_job(op.job_id, op.task, op.weights, op.hyperparams, dataset)
         if isinstance(op, Run):
-            self._run(op)
+            self._run(op, fresh)
 
-    def _run(self, op: Run) -> None:
+    def _run(self, op: Run, fresh: bool) -> None:
         site = self._site
-        if site.job_state(op.job_id) == "pending":
+        t0 = time.perf_counter()
+        # A request submitted just now is pending; otherwise ask (approved before a restart).
+        if fresh or site.job_state(op.job_id) == "pending":
             site.approve(op.job_id)
+        log.debug("job %s approval step took %.3f s", op.job_id, time.perf_counter() - t0)
         self._report(Started(op.job_id))
 
         def progress(fraction: float) -> None:
@@ -226,13 +230,7 @@ class Runner:
         self._report(Finished(op.job_id, weights, n, metrics, time.perf_counter() - t0))
 
     def _submitted(self, job_id: str) -> bool:
-        from site_node.datasite import JobNotFoundError
-
-        try:
-            self._site.job_state(job_id)
-        except JobNotFoundError:
-            return False
-        return True
+        return bool(self._site.has_job(job_id))
 
     def _dataset(self, task: str) -> str:
         cfg = self._training.dataset_for(task)
