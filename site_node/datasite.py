@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from site_node.job_body import PROGRESS, execute_job, mock_like
+
 __all__ = [
     "DS_EMAIL",
     "ROOT_EMAIL",
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 ROOT_EMAIL = "info@openmined.org"  # syft's root account; only its password is ours
 DS_EMAIL = "coordinator@fedmq.example.com"
 _SYFT_DEFAULT_PASSWORD = "changethis"
-_PROGRESS: dict[str, Callable[[float], None]] = {}
 
 
 class DatasiteError(RuntimeError):
@@ -209,7 +210,7 @@ class Datasite:
         dataset = sy.Dataset(
             name=name,
             description=f"fedmq {task_name} private rows ({len(table)})",
-            asset_list=[sy.Asset(name="data", data=table, mock=_mock_like(table))],
+            asset_list=[sy.Asset(name="data", data=table, mock=mock_like(table))],
         )
         with _quiet():
             self.admin.upload_dataset(dataset)
@@ -267,7 +268,7 @@ class Datasite:
         fname = _func_name(job_id)
         source = (
             f"def {fname}(data):\n"
-            "    from site_node.datasite import execute_job\n"
+            "    from site_node.job_body import execute_job\n"
             f"    return execute_job({json.dumps(spec, sort_keys=True)!r}, data)\n"
         )
         code_file = job_dir / f"{fname}.py"
@@ -346,7 +347,7 @@ class Datasite:
         fname = _func_name(job_id)
         dataset = self._job_spec(job_id)["dataset"]
         if progress is not None:
-            _PROGRESS[job_id] = progress
+            PROGRESS[job_id] = progress
         try:
             with _quiet():
                 asset = self._asset(dataset)
@@ -358,7 +359,7 @@ class Datasite:
             log.error("job %s failed in syft: %s %s", job_id, exc, trace)
             raise DatasiteError(f"job {job_id} failed: {exc}") from exc
         finally:
-            _PROGRESS.pop(job_id, None)
+            PROGRESS.pop(job_id, None)
         _raise_on_error(value, f"run {job_id}")
         if isinstance(value, dict) and "error" in value:
             raise DatasiteError(f"job {job_id} failed: {value['error']}")
@@ -385,42 +386,6 @@ def read_hosted(data_dir: Path | str) -> list[HostedDataset]:
     return [_hosted(name, entry) for name, entry in sorted(registry.items())]
 
 
-def execute_job(spec_json: str, data: Any) -> dict[str, Any]:
-    """Body of every job's syft function: runs the task on the private asset's data.
-
-    Failures come back as ``{"error": ...}``: syft hides exceptions from the data
-    scientist, and the site must report why a job failed.
-    """
-    try:
-        return _execute_job(spec_json, data)
-    except Exception as exc:
-        # syft runs the body on the mock asset as well (the mock half of its result twin),
-        # where random rows may legitimately fail; the caller reports real failures.
-        log.warning("job body failed in the datasite: %s: %s", type(exc).__name__, exc)
-        log.debug("job body traceback", exc_info=True)
-        return {"error": f"{type(exc).__name__}: {exc}"[:400]}
-
-
-def _execute_job(spec_json: str, data: Any) -> dict[str, Any]:
-    from site_node.tasks import get_task
-
-    spec = json.loads(spec_json)
-    task = get_task(spec["task"])
-    if task.code_hash != spec["code_hash"]:
-        raise RuntimeError(f"task {spec['task']} code changed since the job was submitted")
-    weights = None
-    if spec["weights_file"]:
-        weights = Path(spec["weights_file"]).read_bytes()
-        if hashlib.sha256(weights).hexdigest() != spec["weights_sha256"]:
-            raise RuntimeError("global weights file does not match the submitted sha256")
-    table = data.syft_action_data if hasattr(data, "syft_action_data") else data
-    dataset = task.load_dataset(table, spec["load_params"])
-    weights_out, n, metrics = task.train(
-        weights, dataset, spec["hyperparams"], _PROGRESS.get(spec["job_id"])
-    )
-    return {"weights": weights_out, "n_samples": n, "metrics": metrics}
-
-
 def _raise_on_error(value: Any, what: str) -> None:
     if type(value).__name__ == "SyftError":
         raise DatasiteError(f"{what}: {getattr(value, 'message', value)}")
@@ -440,23 +405,3 @@ def _hosted(name: str, entry: Mapping[str, Any]) -> HostedDataset:
         columns=tuple(entry["columns"]),
         paths=tuple(entry["paths"]),
     )
-
-
-def _mock_like(table: Any) -> Any:
-    """Same columns, dtypes and row count; values drawn uniformly within each column's range
-    (categories sampled from the column's own), so no private row is copied."""
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(0)
-    cols = {}
-    for name in table.columns:
-        col = table[name]
-        if col.dtype.kind in "biuf" and len(col):
-            lo, hi = float(col.min()), float(col.max())
-            values = rng.uniform(lo, hi, len(col))
-            cols[name] = (np.rint(values) if col.dtype.kind in "biu" else values).astype(col.dtype)
-        else:
-            cats = col.unique() if len(col) else np.array([], dtype=object)
-            cols[name] = rng.choice(cats, len(col)) if len(cats) else col.to_numpy()
-    return pd.DataFrame(cols, columns=table.columns)
