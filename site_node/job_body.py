@@ -1,8 +1,9 @@
 """What runs inside a job's syft code request, on the site's private data.
 
 Every job's syft function is two lines that import :func:`execute_job` from here and call
-it with the job's spec; keeping the body in one small module makes what an approving admin
-actually runs easy to read.
+it with the job's spec (or, for a pre-approved slot, :func:`execute_slot` with the slot's
+folder, where the site writes the spec of the job that takes the slot); keeping the body
+in one small module makes what an approving admin actually runs easy to read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROGRESS", "execute_job", "mock_like"]
+__all__ = ["PROGRESS", "execute_job", "execute_slot", "mock_like"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,18 @@ def execute_job(spec_json: str, data: Any) -> dict[str, Any]:
         log.warning("job body failed in the datasite: %s: %s", type(exc).__name__, exc)
         log.debug("job body traceback", exc_info=True)
         return {"error": f"{type(exc).__name__}: {exc}"[:400]}
+
+
+def execute_slot(slot_dir: str, data: Any) -> dict[str, Any]:
+    """Body of a pre-approved slot's syft function: the job bound to the slot runs.
+
+    The site binds a job by writing its spec to ``<slot_dir>/spec.json`` (only after the
+    job passed the site's checks); an unbound slot runs nothing.
+    """
+    spec = Path(slot_dir) / "spec.json"
+    if not spec.is_file():
+        return {"error": f"slot {Path(slot_dir).name} has no job bound to it"}
+    return execute_job(spec.read_text(), data)
 
 
 def _execute_job(spec_json: str, data: Any) -> dict[str, Any]:

@@ -54,3 +54,31 @@ def test_job_runs_as_an_approved_code_request_and_state_persists(tmp_path: Path)
     assert [d.name for d in again.list_datasets()] == ["fd001"]
     assert again.job_state("job-1") == "approved"
     again.close()
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_pre_approved_slot_runs_the_job_bound_to_it_once(tmp_path: Path) -> None:
+    site = Datasite.open(tmp_path, "slot-site")
+    site.host_dataset("fd001", "cmapss-rul", [TRAIN], {"units": [1, 2, 3]})
+    slot = site.prepare_slot("cmapss-rul")
+    assert site.free_slot("cmapss-rul") == slot
+    site.close()
+
+    again = Datasite.open(tmp_path, "slot-site")  # restart: the unused slot is found again
+    assert again.free_slot("cmapss-rul") == slot
+    start = get_task("cmapss-rul").initial_weights()
+    again.bind_slot(slot, "job-s", "cmapss-rul", start, {"epochs": 1})
+    assert again.free_slot("cmapss-rul") is None
+    with pytest.raises(DatasiteError, match="not free"):
+        again.bind_slot(slot, "job-t", "cmapss-rul", start, {"epochs": 1})
+    assert again.has_job("job-s") and again.job_state("job-s") == "approved"
+    weights, n, metrics = again.run("job-s")
+    assert n > 0 and metrics["rmse"] > 0 and weights != start
+    again.close()
+
+
+def test_an_unbound_slot_runs_nothing(tmp_path: Path) -> None:
+    from site_node.job_body import execute_slot
+
+    assert "no job bound" in execute_slot(str(tmp_path), data=None)["error"]

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from coordinator.signing import generate_keypair
+from site_node.job_files import func_name
 from tests.helpers.broker import DEV_CONF, Broker
 from tests.helpers.coord_proc import FEDMQ, REPO, Coordinator, fedmq, sites_json, wait_until
 from tests.helpers.data import TRAIN_FD001
@@ -152,6 +153,11 @@ def test_three_sites_two_rounds_store_models_and_test_rmse(fed: Fed, tmp_path: P
     jobs = _jobs(fed, run_id)
     assert len(jobs) == 6 and all(j["state"] == "done" and j["late"] == 0 for j in jobs)
     assert {j["round"] for j in jobs} == {1, 2}
+    # Auto approval: a site prepares a pre-approved syft slot while idle after a job, so
+    # round 2's jobs ran in slots, not in requests submitted and approved on arrival.
+    for j in (j for j in jobs if j["round"] == 2):
+        job_dir = fed.sites[j["site"]].data_dir / "syft" / "jobs" / func_name(j["job_id"])
+        assert (job_dir / "slot").read_text().startswith("fedmq_slot_")
     listed = fed.read("runs")
     assert any(r["run_id"] == run_id and r["aggregated"] == 2 for r in listed)
 

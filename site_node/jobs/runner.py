@@ -3,8 +3,10 @@
 It opens the datasite and hosts the configured datasets first (importing syft takes
 5-25 s; the daemon's MQTT lifecycle does not wait for it), then works through its queue
 one operation at a time: submit a job's code request (manual approval), approve and run
-one, or deny one. It reports back through ``report`` (the job controller's queue); it never
-touches the job store. syft and torch are imported here, on this thread, only.
+one, or deny one. With auto approval it keeps one pre-approved syft slot per task ready
+(prepared while idle) so that an accepted job starts at once. It reports back through
+``report`` (the job controller's queue); it never touches the job store. syft and torch are
+imported here, on this thread, only.
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ class Runner:
         self._thread = threading.Thread(target=self._main, name="site-trainer", daemon=True)
         self._site: Any = None
         self._down: str | None = None
+        self._slot_tasks: list[str] = []
+        self._slots: dict[str, str] = {}  # task -> its free pre-approved slot
 
     def start(self) -> None:
         self._thread.start()
@@ -147,7 +151,12 @@ class Runner:
     def _main(self) -> None:
         self._open()
         while True:
-            op = self._q.get()
+            try:
+                # Idle with a slot missing: prepare it now, between jobs.
+                op = self._q.get_nowait() if self._slot_wanted() else self._q.get()
+            except queue.Empty:
+                self._prepare_slot()
+                continue
             if op is None:
                 break
             try:
@@ -158,6 +167,29 @@ class Runner:
                     self._report(Failed(op.job_id, f"{type(exc).__name__}: {exc}"[:400]))
         if self._site is not None:
             self._site.close()
+
+    # -- pre-approved slots (auto approval) ----------------------------------------------
+
+    def _slot_wanted(self) -> str | None:
+        """A task that should have a pre-approved slot and has none (auto approval)."""
+        for task in self._slot_tasks:
+            if task not in self._slots:
+                return task
+        return None
+
+    def _prepare_slot(self) -> None:
+        task = self._slot_wanted()
+        if task is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            self._slots[task] = self._site.prepare_slot(task, self._dataset(task))
+        except Exception as exc:
+            # Jobs then submit and approve their own requests, as in manual mode.
+            log.warning("no pre-approved slot for %s: %s: %s", task, type(exc).__name__, exc)
+            self._slot_tasks.remove(task)
+            return
+        log.debug("slot for %s prepared in %.3f s", task, time.perf_counter() - t0)
 
     def _open(self) -> None:
         t0 = time.perf_counter()
@@ -178,6 +210,12 @@ class Runner:
             except Exception as exc:
                 log.error("cannot host dataset %s: %s: %s", ds.name, type(exc).__name__, exc)
         self._site = site
+        if self._training.approval == "auto":
+            self._slot_tasks = [t for _, t, _ in hosted if t in self._training.allow]
+            for task in self._slot_tasks:
+                slot = site.free_slot(task, self._dataset(task))
+                if slot is not None:  # prepared before a restart and never used
+                    self._slots[task] = slot
         log.info(
             "datasite ready in %.1f s hosting %s", time.perf_counter() - t0, [h[0] for h in hosted]
         )
@@ -195,17 +233,25 @@ class Runner:
             self._report(Cancelled(op.job_id))  # cancelled while queued
             return
         fresh = not self._submitted(op.job_id)
-        if fresh:
+        slot = self._slots.pop(op.task, None) if fresh and isinstance(op, Run) else None
+        if slot is not None:
+            dataset = self._dataset(op.task)
+            self._site.bind_slot(slot, op.job_id, op.task, op.weights, op.hyperparams, dataset)
+        elif fresh:
             dataset = self._dataset(op.task)
             self._site.submit_job(op.job_id, op.task, op.weights, op.hyperparams, dataset)
         if isinstance(op, Run):
-            self._run(op, fresh)
+            approve: bool | None = None  # ask: approved by the operator or before a restart
+            if slot is not None:
+                approve = False  # slots are approved when prepared
+            elif fresh:
+                approve = True  # submitted just now: pending
+            self._run(op, approve)
 
-    def _run(self, op: Run, fresh: bool) -> None:
+    def _run(self, op: Run, approve: bool | None) -> None:
         site = self._site
         t0 = time.perf_counter()
-        # A request submitted just now is pending; otherwise ask (approved before a restart).
-        if fresh or site.job_state(op.job_id) == "pending":
+        if approve or (approve is None and site.job_state(op.job_id) == "pending"):
             site.approve(op.job_id)
         log.debug("job %s approval step took %.3f s", op.job_id, time.perf_counter() - t0)
         self._report(Started(op.job_id))
