@@ -336,12 +336,15 @@ class Ingestor:
         if last is None or time.monotonic() - last >= self.settings.purge_interval_s:
             self._last_purge = time.monotonic()
             s = self.settings
-            hb, tel = self.store.purge(
+            hb, tel, msgs = self.store.purge(
                 now - int(s.heartbeat_retention_days * _DAY_MS),
                 now - int(s.telemetry_retention_days * _DAY_MS),
             )
-            if hb or tel:
-                log.info("retention: purged %d heartbeats, %d telemetry samples", hb, tel)
+            if hb or tel or msgs:
+                log.info(
+                    "retention: purged %d heartbeats, %d telemetry samples (%d messages)",
+                    hb, tel, msgs,
+                )  # fmt: skip
 
     def _flush(self, b: Batch) -> None:
         store = self.store

@@ -156,7 +156,7 @@ class Store(Protocol):
     def add_heartbeats(self, rows: Sequence[HeartbeatRow]) -> None: ...
     def add_events(self, rows: Sequence[EventRow]) -> None: ...
     def add_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None: ...
-    def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int]: ...
+    def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int, int]: ...
     def commit(self) -> None: ...
     def close(self) -> None: ...
 
@@ -295,20 +295,37 @@ class SqliteStore:
                 rows,
             )
 
-    def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int]:
-        """Delete heartbeats received and samples taken before the given times (ms)."""
+    def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int, int]:
+        """Delete heartbeats received and samples taken before the given times (ms), and
+        the telemetry messages' (site, seq) rows up to the last purged sample's seq.
+
+        Returns the numbers of heartbeats, samples and message rows deleted. Job messages
+        (statuses, results) are training history and are kept.
+        """
         hb = self.conn.execute(
             "DELETE FROM heartbeats WHERE received_at < ?", (heartbeats_before,)
         ).rowcount
         # Per site, so the (site, ts) index serves it: a ts-only index would cost every
         # insert, and a full scan of a large telemetry table would stall ingest.
         sites = [row[0] for row in self.conn.execute("SELECT site FROM sites")]
-        tel = 0
+        tel = msgs = 0
         for site in sites:
+            (cut,) = self.conn.execute(
+                "SELECT max(seq) FROM telemetry WHERE site = ? AND ts < ?",
+                (site, telemetry_before),
+            ).fetchone()
+            if cut is None:
+                continue
             tel += self.conn.execute(
                 "DELETE FROM telemetry WHERE site = ? AND ts < ?", (site, telemetry_before)
             ).rowcount
-        return hb, tel
+            # The primary key (site, seq) serves this range. A site's seq grows with time,
+            # so a replay of a purged message could only come from beyond the retention.
+            msgs += self.conn.execute(
+                "DELETE FROM messages WHERE site = ? AND seq <= ? AND kind = 'telemetry'",
+                (site, cut),
+            ).rowcount
+        return hb, tel, msgs
 
     def commit(self) -> None:
         self.conn.commit()

@@ -125,6 +125,7 @@ def test_tick_purges_by_retention_and_stamps_alive(h: Harness) -> None:
     h.ing.process([h.ing.inbound.get_nowait()])
     c = h.store.conn
     assert c.execute("SELECT count(*) FROM telemetry").fetchone()[0] == 0
+    assert c.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
     assert c.execute("SELECT value FROM meta WHERE key='alive_at'").fetchone()[0] == str(
         100 * 86_400_000
     )

@@ -122,8 +122,13 @@ def test_events_heartbeats_dead_letters_and_retention(make: Any) -> None:
     store.add_dead_letters([DeadLetterRow("t", "x", 1, "not_json", "bad", 5)])
     store.save_sites([SiteRecord("a")])  # retention applies to the sites the store knows
     store.commit()
-    assert store.purge(heartbeats_before=200, telemetry_before=11_000) == (1, 3)
+    store.add_messages([DurableRow("a", 3, "job_status", 1, 5, 6, False, None, "j", (), "{}")])
+    assert store.purge(heartbeats_before=200, telemetry_before=11_000) == (1, 3, 1)
     store.commit()
+    assert [r[0] for r in store.conn.execute("SELECT seq FROM messages ORDER BY seq")] == [
+        3,
+        2000,
+    ]
     assert count(store, "SELECT count(*) FROM heartbeats") == 1
     columns = [c[1] for c in store.conn.execute("PRAGMA table_info(heartbeats)")]
     assert columns == list(HeartbeatRow._fields)  # rows are inserted positionally
