@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -16,11 +17,14 @@ __all__ = ["sites"]
 _HEADER = ("SITE", "STATE", "LAST SEEN", "SESSION", "DEVICE", "OUTBOX", "TASKS", "LOCATION")
 
 
-def _render(db: Path, state: str | None, as_json: bool) -> None:
+def _render(db: Path, state: str | None, as_json: bool, json_lines: bool = False) -> None:
     conn = connect(db)
     now = now_ms()
     rows, info = list_sites(conn, state, now)
     conn.close()
+    if json_lines:  # --watch --json: one document per line, for a consumer to follow
+        click.echo(json.dumps({"at": now, "coordinator": info, "sites": rows}, default=str))
+        return
     if as_json:
         echo_json({"coordinator": info, "sites": rows})
         return
@@ -53,8 +57,18 @@ def _render(db: Path, state: str | None, as_json: bool) -> None:
 @db_option
 @click.option("--state", type=click.Choice(["online", "stale", "offline"]), help="Only this state.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--watch", is_flag=True, help="Refresh every --every seconds until Ctrl-C.")
-@click.option("--every", type=float, default=2.0, show_default=True, help="Watch period, s.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh every --every seconds until Ctrl-C (with --json: one JSON line each time).",
+)
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Watch period in seconds.",
+)
 def sites(db: Path, state: str | None, as_json: bool, watch: bool, every: float) -> None:
     """List sites with their liveness (computed now from the stored status and heartbeats).
 
@@ -66,11 +80,16 @@ def sites(db: Path, state: str | None, as_json: bool, watch: bool, every: float)
         fedmq sites --db fedmq.db
         fedmq sites --state stale --json
         fedmq sites --watch --every 1
+        fedmq sites --watch --json | jq -c '.sites[] | [.site, .state]'
     """
     if not watch:
         _render(db, state, as_json)
         return
-    while True:
-        click.clear()
-        _render(db, state, as_json)
-        time.sleep(every)
+    try:
+        while True:
+            if not as_json:
+                click.clear()  # only when stdout is a terminal
+            _render(db, state, as_json, json_lines=as_json)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch ends: exit 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -100,6 +101,38 @@ def test_sites_with_1000_sites_lists_all_and_imports_no_heavy_module(tmp_path: P
     )
     assert "HEAVY []" in proc.stderr
     assert len(proc.stdout.splitlines()) == 1002  # header + 1000 + summary
+
+
+def test_sites_watch_json_follows_changes_and_ctrl_c_exits_0(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    _fill(db, 3)
+    proc = subprocess.Popen(
+        [*FEDMQ, "sites", "--db", str(db), "--watch", "--json", "--every", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())  # one JSON document per line
+        assert {r["site"]: r["state"] for r in first["sites"]}["s0000"] == "online"
+        store = SqliteStore(db)  # what serve does when s0000's Will arrives
+        rec = next(r for r in store.load_sites() if r.site == "s0000")
+        rec.status = "offline"
+        store.save_sites([rec])
+        store.commit()
+        store.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            doc = json.loads(proc.stdout.readline())
+            if {r["site"]: r["state"] for r in doc["sites"]}["s0000"] == "offline":
+                break
+        else:
+            raise AssertionError("the watch never showed s0000 offline")
+        assert doc["at"] > first["at"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        proc.kill()
 
 
 @pytest.mark.parametrize("since", ["10m", "1700000000000", "2023-11-14T22:13:20"])
