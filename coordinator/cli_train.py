@@ -70,6 +70,24 @@ class _Display:
         self.drawn = len(self.lines)
 
 
+_RUN_FLAGS = ("task", "rounds", "min_sites", "round_timeout", "sites", "strategy", "mu",
+              "epochs", "lr", "batch_size")  # fmt: skip
+
+
+def _refuse_run_flags(ctx: click.Context) -> None:
+    """--resume continues a run as it was stored; a flag that would change it is an error
+    rather than silently ignored."""
+    given = [
+        "--" + name.replace("_", "-")
+        for name in _RUN_FLAGS
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise click.UsageError(
+            f"--resume continues the run with its stored settings; drop {', '.join(given)}"
+        )
+
+
 def _settings(config: Path | None, opts: dict[str, Any]) -> Any:
     from coordinator.settings import CoordinatorSettings
     from schemas import SettingsError, load_settings
@@ -145,6 +163,8 @@ def train(
     setup_logging(settings.log_file, settings.log_format, settings.verbose)
     if resume is None and not task:
         raise click.UsageError("--task is required (or --resume RUN)")
+    if resume is not None:
+        _refuse_run_flags(click.get_current_context())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -171,3 +171,11 @@ def _clean_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("FEDMQ_")}
+
+
+def test_train_resume_refuses_flags_that_would_change_the_stored_run(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    proc = fedmq("train", "--resume", "run-x", "--epochs", "3", "--lr", "0.1", "--db", str(db),
+                 check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "drop --epochs, --lr" in proc.stderr and "Traceback" not in proc.stderr
