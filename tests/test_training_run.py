@@ -52,7 +52,9 @@ class Fed:
                 "--signing-key", str(self.key)]  # fmt: skip
 
     def train(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return fedmq("train", *args, *self.args(), "--json", "--epochs", "1", timeout=timeout,
+        # --resume takes the stored run's settings (and refuses run flags such as --epochs).
+        epochs = () if "--resume" in args else ("--epochs", "1")
+        return fedmq("train", *args, *self.args(), "--json", *epochs, timeout=timeout,
                      check=False)  # fmt: skip
 
     def train_bg(self, *args: str) -> subprocess.Popen[str]:
