@@ -137,11 +137,19 @@ MIGRATIONS: tuple[Migration, ...] = (Migration("core_0001", _m0001_core),)
 
 def apply_migrations(conn: sqlite3.Connection, migrations: Iterable[Migration]) -> list[str]:
     """Run each migration not yet recorded in ``_migrations``; return the names applied."""
-    import sqlite_utils  # 0.5 s to import: only the daemon pays it, never `fedmq sites`
+    migrations = list(migrations)
+    try:
+        done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
+    except sqlite3.OperationalError:  # a new database
+        done = set()
+    if all(m.name in done for m in migrations):
+        return []  # the usual case after the first start: no sqlite-utils import needed
+    # Only now: importing sqlite-utils takes ~0.9 s and ~100 MB here (it imports pandas
+    # when installed, and syft installs it), which a restart and the writer process skip.
+    import sqlite_utils
 
     db = sqlite_utils.Database(conn)
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-    done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
     applied = []
     for migration in migrations:
         if migration.name in done:

@@ -151,3 +151,28 @@ def test_named_migrations_run_once_and_others_can_add_tables(make: Any) -> None:
     names = [r[0] for r in store.conn.execute("SELECT name FROM _migrations ORDER BY name")]
     assert names == ["core_0001", "train_0001_runs"]
     store.conn.execute("INSERT INTO runs VALUES ('r1', 'rul')")
+
+
+def test_a_migrated_database_opens_without_importing_sqlite_utils(tmp_path: Path) -> None:
+    # sqlite-utils imports pandas (~0.9 s, ~100 MB here): a restart and the writer process
+    # open an up-to-date database without it; a new migration still gets it.
+    import subprocess
+    import sys
+
+    from tests.helpers.coord_proc import REPO
+
+    db = tmp_path / "c.db"
+    probe = (
+        "import sys; from coordinator.store import SqliteStore; "
+        f"SqliteStore({str(db)!r}).close(); print('sqlite_utils' in sys.modules)"
+    )
+
+    def opened() -> str:
+        run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             cwd=REPO, check=True)  # fmt: skip
+        return run.stdout.strip()
+
+    assert opened() == "True"  # a new database: the migrations ran
+    assert opened() == "False"
+    names = [r[0] for r in sqlite3.connect(db).execute("SELECT name FROM _migrations")]
+    assert names == ["core_0001"]
