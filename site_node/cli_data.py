@@ -43,7 +43,7 @@ def list_datasets(
         fedmq-site data list --config site.toml
         fedmq-site data list --data-dir /var/lib/fedmq-site --site-id press-1 --json
     """
-    from site_node.datasite import read_hosted
+    from site_node.hosted import read_hosted
 
     settings = settings_from(config, site_id, host, port, data_dir)
     hosted = {h.name: h for h in read_hosted(settings.data_dir)}

@@ -27,7 +27,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from site_node.datasite_accounts import (
     login_data_scientist,
     quiet,
 )
+from site_node.hosted import HostedDataset, hosted_entry, load_registry
 from site_node.job_body import PROGRESS, execute_job, mock_like
 from site_node.job_files import (
     SLOT_PREFIX,
@@ -55,7 +55,6 @@ __all__ = [
     "HostedDataset",
     "JobNotFoundError",
     "execute_job",
-    "read_hosted",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,15 +66,6 @@ class DatasiteError(RuntimeError):
 
 class JobNotFoundError(DatasiteError):
     """No code request was submitted for that job id."""
-
-
-@dataclass(frozen=True)
-class HostedDataset:
-    name: str
-    task: str
-    rows: int
-    columns: tuple[str, ...]
-    paths: tuple[str, ...]
 
 
 class Datasite:
@@ -134,8 +124,7 @@ class Datasite:
     # -- data ------------------------------------------------------------------------
 
     def _registry(self) -> dict[str, dict[str, Any]]:
-        path = self.state_dir / "datasets.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return load_registry(self.state_dir)
 
     def host_dataset(
         self,
@@ -154,7 +143,7 @@ class Datasite:
 
         registry = self._registry()
         if name in registry:
-            return _hosted(name, registry[name])
+            return hosted_entry(name, registry[name])
         task = get_task(task_name)
         table = task.read_table([str(p) for p in data_paths], dict(params or {}))
         entry = {
@@ -173,13 +162,13 @@ class Datasite:
             self.admin.upload_dataset(dataset)
         registry[name] = entry
         (self.state_dir / "datasets.json").write_text(json.dumps(registry, indent=1))
-        return _hosted(name, entry)
+        return hosted_entry(name, entry)
 
     def list_datasets(self) -> list[HostedDataset]:
         """Datasets hosted by this datasite (and registered by fedmq)."""
         with quiet():
             in_syft = {d.name for d in self.admin.datasets.get_all()}
-        return [_hosted(n, e) for n, e in sorted(self._registry().items()) if n in in_syft]
+        return [hosted_entry(n, e) for n, e in sorted(self._registry().items()) if n in in_syft]
 
     def dataset_for(self, task_name: str) -> str:
         for name, entry in sorted(self._registry().items()):
@@ -391,28 +380,6 @@ class Datasite:
         return dict(json.loads(path.read_text()))
 
 
-def read_hosted(data_dir: Path | str) -> list[HostedDataset]:
-    """Datasets fedmq hosted in the datasite under ``data_dir``, from its local registry.
-
-    Reads a JSON file only (no syft): for ``fedmq-site data list`` while the daemon runs.
-    """
-    path = Path(data_dir) / "syft" / "datasets.json"
-    if not path.exists():
-        return []
-    registry = json.loads(path.read_text())
-    return [_hosted(name, entry) for name, entry in sorted(registry.items())]
-
-
 def _raise_on_error(value: Any, what: str) -> None:
     if type(value).__name__ == "SyftError":
         raise DatasiteError(f"{what}: {getattr(value, 'message', value)}")
-
-
-def _hosted(name: str, entry: Mapping[str, Any]) -> HostedDataset:
-    return HostedDataset(
-        name=name,
-        task=str(entry["task"]),
-        rows=int(entry["rows"]),
-        columns=tuple(entry["columns"]),
-        paths=tuple(entry["paths"]),
-    )
