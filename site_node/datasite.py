@@ -37,7 +37,7 @@ from site_node.datasite_accounts import (
     login_data_scientist,
     quiet,
 )
-from site_node.hosted import HostedDataset, hosted_entry, load_registry
+from site_node.hosted import HostedDataset, hosted_entry, load_registry, save_registry
 from site_node.job_body import PROGRESS, execute_job, mock_like
 from site_node.job_files import (
     SLOT_PREFIX,
@@ -161,7 +161,7 @@ class Datasite:
         with quiet():
             self.admin.upload_dataset(dataset)
         registry[name] = entry
-        (self.state_dir / "datasets.json").write_text(json.dumps(registry, indent=1))
+        save_registry(self.state_dir, registry)
         return hosted_entry(name, entry)
 
     def list_datasets(self) -> list[HostedDataset]:
@@ -246,22 +246,24 @@ class Datasite:
             f"return execute_slot({str(slot_dir)!r}, data)"
         )
         request = self._submit(slot_dir, slot, call, dataset, f"fedmq {task_name} job slot")
-        with quiet():
-            result = self.admin.api.services.request.apply(request.id)
-        _raise_on_error(result, f"approve slot {slot}")
+        self._apply(request.id, f"approve slot {slot}")
         write_json_atomic(slot_dir / "slot.json", {"task": task_name, "dataset": dataset})
         return slot
+
+    @staticmethod
+    def _free_slot_meta(slot_dir: Path) -> dict[str, str] | None:
+        """A prepared slot's ``{"task", "dataset"}``, or None if it is taken or unprepared."""
+        meta = slot_dir / "slot.json"
+        if not meta.is_file() or (slot_dir / "spec.json").exists():
+            return None
+        return dict(json.loads(meta.read_text()))
 
     def free_slot(self, task_name: str, dataset: str | None = None) -> str | None:
         """An approved slot for the task and dataset that no job took yet (after restarts)."""
         dataset = dataset or self.dataset_for(task_name)
+        wanted = {"task": task_name, "dataset": dataset}
         for slot_dir in sorted((self.state_dir / "jobs").glob(SLOT_PREFIX + "*")):
-            meta = slot_dir / "slot.json"
-            if (
-                meta.is_file()
-                and not (slot_dir / "spec.json").exists()
-                and json.loads(meta.read_text()) == {"task": task_name, "dataset": dataset}
-            ):
+            if self._free_slot_meta(slot_dir) == wanted:
                 return slot_dir.name
         return None
 
@@ -277,10 +279,10 @@ class Datasite:
         """Give a free slot to a job the site accepted: :meth:`run` then runs it there."""
         dataset = dataset or self.dataset_for(task_name)
         slot_dir = self.state_dir / "jobs" / slot
-        meta = slot_dir / "slot.json"
-        if not meta.is_file() or (slot_dir / "spec.json").exists():
+        meta = self._free_slot_meta(slot_dir)
+        if meta is None:
             raise DatasiteError(f"slot {slot} is not free")
-        if json.loads(meta.read_text()) != {"task": task_name, "dataset": dataset}:
+        if meta != {"task": task_name, "dataset": dataset}:
             raise DatasiteError(f"slot {slot} is not for {task_name} on {dataset}")
         job_dir = self.state_dir / "jobs" / func_name(job_id)
         spec = self._write_spec(job_dir, job_id, task_name, global_weights, hyperparams, dataset)
@@ -335,11 +337,14 @@ class Datasite:
     def approve(self, job_id: str) -> None:
         """Approve the job's request as the site admin."""
         uid = self._request_ids.get(job_id) or self._request(job_id).id
+        self._apply(uid, f"approve {job_id}")
+
+    def _apply(self, uid: Any, what: str) -> None:
         # What Request.approve() sends, without its warnings' metadata and code fetches:
         # fedmq's requests hold one code change and the datasite is not a low-side copy.
         with quiet():
             result = self.admin.api.services.request.apply(uid)
-        _raise_on_error(result, f"approve {job_id}")
+        _raise_on_error(result, what)
 
     def reject(self, job_id: str, reason: str) -> None:
         with quiet():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HostedDataset", "hosted_entry", "load_registry", "read_hosted"]
+__all__ = ["HostedDataset", "hosted_entry", "load_registry", "read_hosted", "save_registry"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,10 @@ def load_registry(state_dir: Path) -> dict[str, dict[str, Any]]:
     """The raw registry under a datasite's state folder (empty before the first dataset)."""
     path = state_dir / "datasets.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_registry(state_dir: Path, registry: Mapping[str, Mapping[str, Any]]) -> None:
+    (state_dir / "datasets.json").write_text(json.dumps(registry, indent=1))
 
 
 def hosted_entry(name: str, entry: Mapping[str, Any]) -> HostedDataset:

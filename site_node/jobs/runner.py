@@ -234,12 +234,12 @@ class Runner:
             return
         fresh = not self._submitted(op.job_id)
         slot = self._slots.pop(op.task, None) if fresh and isinstance(op, Run) else None
-        if slot is not None:
-            dataset = self._dataset(op.task)
-            self._site.bind_slot(slot, op.job_id, op.task, op.weights, op.hyperparams, dataset)
-        elif fresh:
-            dataset = self._dataset(op.task)
-            self._site.submit_job(op.job_id, op.task, op.weights, op.hyperparams, dataset)
+        if fresh:
+            args = (op.job_id, op.task, op.weights, op.hyperparams, self._dataset(op.task))
+            if slot is not None:
+                self._site.bind_slot(slot, *args)
+            else:
+                self._site.submit_job(*args)
         if isinstance(op, Run):
             approve: bool | None = None  # ask: approved by the operator or before a restart
             if slot is not None:
