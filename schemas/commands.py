@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from schemas.envelope import Envelope, EpochMs, Id, Level
+from schemas.envelope import INT63_MAX, Envelope, EpochMs, Id, Level
 from schemas.weights import ChunkFields, WeightsBlob
 
 __all__ = [
@@ -22,14 +22,15 @@ __all__ = [
     "signing_bytes",
 ]
 
-HyperValue = float | int | str | bool
+HyperValue = float | Annotated[int, Field(ge=-INT63_MAX - 1, le=INT63_MAX)] | str | bool
 
 
 class Ack(Envelope):
-    """Highest contiguous ``seq`` of ``site`` committed to the coordinator's database."""
+    """Highest contiguous ``seq`` of ``site``'s stream ``epoch`` committed to the
+    coordinator's database. A site applies only acks of its own epoch."""
 
     kind: Literal["ack"] = "ack"
-    acked: int = Field(ge=0)
+    acked: int = Field(ge=0, le=INT63_MAX)
 
 
 class Command(Envelope):
@@ -44,7 +45,7 @@ class TrainCommand(Command):
     kind: Literal["train"] = "train"
     job_id: Id
     run_id: str = Field(max_length=128)
-    round: int = Field(ge=0)
+    round: int = Field(ge=0, le=INT63_MAX)
     task: Level
     code_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     strategy: Literal["fedavg", "fedprox"] = "fedavg"

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from schemas.commands import TrainCommand
-from schemas.envelope import DurableEnvelope, Id, Level
+from schemas.envelope import INT63_MAX, DurableEnvelope, Id, Level
 from schemas.weights import ChunkFields, WeightsBlob
 
 __all__ = ["JOB_STATES", "JobResult", "JobState", "JobStatus", "ResultChunk"]
@@ -21,7 +21,7 @@ JOB_STATES: tuple[str, ...] = JobState.__args__  # type: ignore[attr-defined]
 class _JobFields(DurableEnvelope):
     job_id: Id
     run_id: str = Field(default="", max_length=128)
-    round: int = Field(default=0, ge=0)
+    round: int = Field(default=0, ge=0, le=INT63_MAX)
     task: Level | None = None
 
     @classmethod
@@ -44,7 +44,7 @@ class JobResult(_JobFields):
     """Metrics and the locally trained weights; ``weights.chunks`` chunks follow."""
 
     kind: Literal["job_result"] = "job_result"
-    n_samples: int = Field(ge=0)
+    n_samples: int = Field(ge=0, le=INT63_MAX)
     metrics: dict[str, float] = {}
     weights: WeightsBlob | None = None
     train_time_s: float = Field(default=0.0, ge=0)

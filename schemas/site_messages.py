@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.envelope import Envelope, Level
+from schemas.envelope import INT63_MAX, Envelope, Level
 from schemas.version import SCHEMA_VERSION
 
 __all__ = [
@@ -54,7 +54,7 @@ class DeviceInfo(BaseModel):
 
     model_config = _frozen
     hostname: str | None = None
-    cpu_count: int | None = Field(default=None, ge=1)
+    cpu_count: int | None = Field(default=None, ge=1, le=INT63_MAX)
     cuda: bool = False
     platform: str | None = None
 
@@ -86,7 +86,7 @@ class DatasetSummary(BaseModel):
 
     model_config = _frozen
     name: Level
-    rows: int = Field(ge=0)
+    rows: int = Field(ge=0, le=INT63_MAX)
     description: str = ""
 
 
@@ -117,8 +117,12 @@ class Heartbeat(Envelope):
     cpu_percent: float | None = Field(default=None, ge=0)
     mem_percent: float | None = Field(default=None, ge=0, le=100)
     disk_percent: float | None = Field(default=None, ge=0, le=100)
-    outbox_depth: int = Field(default=0, ge=0)
-    outbox_bytes: int = Field(default=0, ge=0)
-    outbox_dropped: int = Field(default=0, ge=0)
-    last_acked: int = Field(default=0, ge=0)
-    jobs_running: int = Field(default=0, ge=0)
+    outbox_depth: int = Field(default=0, ge=0, le=INT63_MAX)
+    outbox_bytes: int = Field(default=0, ge=0, le=INT63_MAX)
+    outbox_dropped: int = Field(default=0, ge=0, le=INT63_MAX)
+    last_acked: int = Field(default=0, ge=0, le=INT63_MAX)
+    jobs_running: int = Field(default=0, ge=0, le=INT63_MAX)
+    # Samples lost before they reached the outbox (e.g. a full disk), counted since start.
+    samples_dropped: int = Field(default=0, ge=0, le=INT63_MAX)
+    # Why the outbox cannot store right now (e.g. "disk full"); None when healthy.
+    outbox_error: str | None = Field(default=None, max_length=200)

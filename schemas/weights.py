@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.envelope import Id
+from schemas.envelope import INT63_MAX, Id
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -48,10 +48,10 @@ class WeightsBlob(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     format: Literal["npz"] = "npz"
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=INT63_MAX)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     data: str | None = None
-    chunks: int = Field(default=0, ge=0)
+    chunks: int = Field(default=0, ge=0, le=INT63_MAX)
 
     def inline_bytes(self) -> bytes | None:
         """The inline weights, verified; None when they travel in chunks."""
@@ -68,8 +68,8 @@ class ChunkFields(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     job_id: Id
-    index: int = Field(ge=0)
-    total: int = Field(ge=1)
+    index: int = Field(ge=0, le=INT63_MAX)
+    total: int = Field(ge=1, le=INT63_MAX)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     data: str
 
