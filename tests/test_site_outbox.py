@@ -13,7 +13,7 @@ import pytest
 from schemas import JobResult, Sample, TelemetryBatch, encode
 from site_node.outbox import Outbox, read_stats
 from site_node.settings import OutboxSettings
-from tests.helpers.mqtt import wait_for
+from tests.helpers.wait import wait_for
 
 
 class Recorder:
@@ -22,6 +22,7 @@ class Recorder:
     def __init__(self, connected: bool = True) -> None:
         self.connected = connected
         self.room = True
+        self.room_waits = 0  # wait_room calls made while there was no room
         self.sent: list[dict] = []
         self._lock = threading.Lock()
 
@@ -29,6 +30,8 @@ class Recorder:
         return self.connected and self.room
 
     def wait_room(self, timeout: float) -> bool:
+        if not self.has_room():
+            self.room_waits += 1
         time.sleep(min(timeout, 0.01))
         return self.has_room()
 
@@ -81,7 +84,7 @@ def test_rows_are_stored_before_publish_and_replayed_historical_on_connect(make,
     assert read_stats(tmp_path / "outbox.db").depth == 5 and pub.sent == []
     pub.connected = True
     box.connected()
-    wait_for(lambda: len(pub.sent) == 5, 5)
+    wait_for(lambda: len(pub.sent) == 5, 30)
     assert pub.seqs() == [1, 2, 3, 4, 5] and all(m["historical"] for m in pub.sent)
 
 
@@ -89,14 +92,14 @@ def test_only_an_ack_deletes_rows_and_seq_survives_restart(make, tmp_path) -> No
     pub = Recorder()
     box = make(pub)
     fill(box, 4)
-    wait_for(lambda: len(pub.sent) == 4, 5)
+    wait_for(lambda: len(pub.sent) == 4, 30)
     assert not any(m["historical"] for m in pub.sent)
     assert box.stats().depth == 4  # published (PUBACKed by the bus) is not acked
     box.ack(3)
-    wait_for(lambda: box.stats().depth == 1, 5)
+    wait_for(lambda: box.stats().depth == 1, 30)
     box.ack(2)  # an older ack changes nothing
     box.ack(4)
-    wait_for(lambda: box.stats().depth == 0, 5)
+    wait_for(lambda: box.stats().depth == 0, 30)
     box.stop(flush_s=0)
     again = make(Recorder())
     assert fill(again, 1) == [5]
@@ -112,14 +115,14 @@ def test_drop_oldest_keeps_newest_never_drops_results_and_announces_gaps(make, t
     assert stats.depth == 10 and stats.dropped == 17 and stats.last_seq == 27
     pub.connected = True
     box.connected()
-    wait_for(lambda: len(pub.sent) == 10, 5)
+    wait_for(lambda: len(pub.sent) == 10, 30)
     # Both job results survive; the newest 8 telemetry rows fill the rest.
     assert pub.seqs() == [1, 2, *range(20, 28)]
     assert pub.sent[-1]["gaps"] == [{"first": 3, "last": 19}]
     box.ack(27)
-    wait_for(lambda: box.stats().depth == 0, 5)
+    wait_for(lambda: box.stats().depth == 0, 30)
     fill(box, 1)
-    wait_for(lambda: len(pub.sent) == 11, 5)
+    wait_for(lambda: len(pub.sent) == 11, 30)
     assert pub.sent[-1]["gaps"] == []  # acked past: no longer announced
 
 
@@ -132,7 +135,7 @@ def test_drop_newest_refuses_new_telemetry_but_keeps_results(make) -> None:
     assert stats.depth == 11 and stats.dropped == 2 and stats.last_seq == 13
     pub.connected = True
     box.connected()
-    wait_for(lambda: len(pub.sent) == 11, 5)
+    wait_for(lambda: len(pub.sent) == 11, 30)
     assert pub.seqs() == [*range(1, 11), 13]
     assert pub.sent[0]["gaps"] == [{"first": 11, "last": 12}]
 
@@ -148,14 +151,17 @@ def test_unacked_rows_are_resent_after_the_ack_timeout(make) -> None:
     pub = Recorder()
     box = make(pub, ack_timeout_s=0.3)
     fill(box, 3)
-    wait_for(lambda: len(pub.sent) >= 6, 10, "re-sends")
+    wait_for(lambda: len(pub.sent) >= 6, 30, "re-sends")
     assert pub.seqs()[:6] == [1, 2, 3, 1, 2, 3]
     assert all(m["historical"] for m in pub.sent[3:6])
     box.ack(3)
-    time.sleep(0.1)
+    wait_for(lambda: box.stats().depth == 0, 30, "the ack applied")
     n = len(pub.sent)
-    time.sleep(1.5)
-    assert len(pub.sent) == n  # nothing left to re-send
+    # The timer still runs after the ack: a new row is sent and re-sent, and the re-send
+    # cycle that covers it carries none of the acked rows.
+    fill(box, 1)
+    wait_for(lambda: pub.seqs()[n:].count(4) >= 2, 30, "seq 4 sent and re-sent")
+    assert set(pub.seqs()[n:]) == {4}
 
 
 def test_full_window_holds_publishes_back(make) -> None:
@@ -163,10 +169,11 @@ def test_full_window_holds_publishes_back(make) -> None:
     pub.room = False
     box = make(pub)
     fill(box, 3)
-    time.sleep(0.3)
-    assert pub.sent == []
+    # The outbox waits on the full window (rather than giving up on the rows) ...
+    wait_for(lambda: pub.room_waits >= 5, 30, "the outbox waiting for room")
+    assert pub.sent == [] and box.stats().depth == 3
     pub.room = True
-    wait_for(lambda: pub.seqs() == [1, 2, 3], 5)
+    wait_for(lambda: pub.seqs() == [1, 2, 3], 30)
     assert box.stats().depth == 3
 
 
@@ -177,6 +184,6 @@ def test_replay_is_paced_by_the_replay_rate(make) -> None:
     pub.connected = True
     started = time.monotonic()
     box.connected()
-    wait_for(lambda: len(pub.sent) == 150, 10)
+    wait_for(lambda: len(pub.sent) == 150, 30)
     # 150 rows at 200/s with a 50-row burst take at least 0.5 s.
     assert time.monotonic() - started >= 0.45

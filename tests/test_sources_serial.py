@@ -13,6 +13,7 @@ import pytest
 from schemas import Sample
 from site_node.sources import SerialDeviceConfig, build_source
 from site_node.sources.serial_port import SerialSource
+from tests.helpers.wait import wait_for
 
 
 class PtyDevice:
@@ -50,15 +51,7 @@ class PtyDevice:
             self.master = None
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
-def take(q: queue.Queue[Sample], n: int, timeout: float = 5.0) -> list[Sample]:
+def take(q: queue.Queue[Sample], n: int, timeout: float = 30.0) -> list[Sample]:
     return [q.get(timeout=timeout) for _ in range(n)]
 
 
@@ -205,24 +198,41 @@ def test_hangup_without_path_change_reopens_same_path(pty: PtyDevice, started) -
     assert [s.value for s in take(got, 2)] == [7.0, 8.0]
 
 
-def test_missing_port_backs_off_and_stop_is_prompt(tmp_path: Path) -> None:
-    src = build_source(serial_cfg(tmp_path / "absent", reopen_min_s=0.1, reopen_max_s=0.4))
+def test_missing_port_backs_off(tmp_path: Path) -> None:
+    src = SerialSource(serial_cfg(tmp_path / "absent", reopen_min_s=0.1, reopen_max_s=0.4))
+    t0 = time.monotonic()
     src.start(lambda s: None)
-    time.sleep(1.0)
-    failures = src.stats()["open_failures"]
-    # Backoff: 0.05-0.1 s, then doubling up to 0.4 s; a hot loop would try thousands of times.
-    assert 1 <= failures <= 12
-    t0 = time.monotonic()
-    src.stop()
-    assert time.monotonic() - t0 < 1.5
+    try:
+        wait_for(lambda: src.stats()["open_failures"] >= 5, 30)
+        # Backoff waits at least 0.05, 0.1, 0.2 and 0.2 s before tries 2..5 (half of a
+        # ceiling doubling from 0.1 s up to 0.4 s); a hot loop gets there in milliseconds.
+        # A lower bound only (with a little slack): load makes it later, never earlier.
+        assert time.monotonic() - t0 >= 0.5
+        assert src.running
+    finally:
+        src.stop()
 
 
-def test_stop_interrupts_a_blocked_read(pty: PtyDevice, started) -> None:
-    src, _got = started(timeout_s=1.0)
-    time.sleep(0.2)
-    t0 = time.monotonic()
+def test_stop_interrupts_the_backoff_wait(tmp_path: Path) -> None:
+    src = SerialSource(serial_cfg(tmp_path / "absent", reopen_min_s=60, reopen_max_s=60))
+    src.start(lambda s: None)
+    wait_for(lambda: src.stats()["open_failures"] == 1, 30)  # now waiting 30-60 s
     src.stop()
-    assert time.monotonic() - t0 < 1.0
+    # Ended well before the backoff would have: stop() does not wait the backoff out.
+    assert src.join(15)
+
+
+def test_stop_interrupts_a_blocked_read(pty: PtyDevice) -> None:
+    # A read timeout far above the deadline below (past the config's 1 s bound, hence
+    # model_copy), so only a cancelled read ends in time, however loaded the machine.
+    src = SerialSource(serial_cfg(pty.link).model_copy(update={"timeout_s": 60.0}))
+    src.start(lambda s: None)
+    try:
+        wait_for(lambda: src.stats()["opens"] >= 1, 30)
+        time.sleep(0.2)  # let the reader block in read(); the assert does not depend on it
+    finally:
+        src.stop()
+    assert src.join(15)
     assert not src.running
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import threading
 import time
@@ -47,6 +48,7 @@ class FakeSite:
         self.t = Topics(a.prefix)
         self.codec = Codec(self.t)
         self.lock = threading.Lock()
+        self.state_lock = threading.Lock()  # serialises _write_state
         self.outbox: dict[int, tuple[bytes, float]] = {}
         self.last_acked = 0
         self.produced = 0
@@ -136,14 +138,21 @@ class FakeSite:
             self._write_state()
 
     def _write_state(self) -> None:
-        if self.a.state:
+        """Replace the state file atomically; called by the heartbeat and stream threads.
+
+        One writer at a time (so a later snapshot is never overwritten by an earlier one),
+        each through a temp name of its own (so no writer renames another's file away).
+        """
+        if not self.a.state:
+            return
+        with self.state_lock:
             with self.lock:
                 state = {
                     "produced": self.produced,
                     "acked": self.last_acked,
                     "depth": len(self.outbox),
                 }
-            tmp = Path(str(self.a.state) + ".tmp")
+            tmp = Path(f"{self.a.state}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_text(json.dumps(state))
             tmp.replace(self.a.state)
 
@@ -190,7 +199,8 @@ class FakeSite:
         self.c.loop_stop()
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m tests.helpers.fake_site``."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
@@ -206,7 +216,11 @@ def main() -> None:
     p.add_argument("--produced", type=Path)
     p.add_argument("--state", type=Path)
     p.add_argument("--no-register", action="store_true")
-    FakeSite(p.parse_args()).run()
+    return p
+
+
+def main() -> None:
+    FakeSite(parser().parse_args()).run()
 
 
 if __name__ == "__main__":

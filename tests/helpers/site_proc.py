@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SITE_BIN = REPO / ".venv" / "bin" / "fedmq-site"
+# The entry point installed with the interpreter running the tests (whatever its venv is
+# called or wherever it lives); not resolved, so a venv's symlinked python keeps its bin/.
+SITE_BIN = Path(sys.executable).parent / "fedmq-site"
 
 
 def _toml_value(value: Any) -> str:
