@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,8 @@ from site_node.daemon import SiteDaemon
 from site_node.settings import SiteSettings
 from tests.helpers.acker import Acker
 from tests.helpers.broker import Broker
-from tests.helpers.mqtt import TestClient, wait_for
+from tests.helpers.mqtt import TestClient
+from tests.helpers.wait import wait_for
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def daemon(
     d = SiteDaemon(settings)
     thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
     thread.start()
-    wait_for(lambda: d.bus.connected, 10, "daemon connected")
+    wait_for(lambda: d.bus.connected, 30, "daemon connected")
     yield d
     d.request_stop()
     thread.join(20)
@@ -84,6 +84,8 @@ def test_signed_train_dispatched_and_job_status_delivered_durably(
         ).add_done_callback(lambda _f: done.set())
 
     daemon.register_command("train", on_train)
+    refused: list[str] = []
+    daemon.register_refusal(lambda _cmd, _raw, reason: refused.append(reason))
     cmd = TrainCommand(
         site="api-site",
         session=1,
@@ -102,15 +104,16 @@ def test_signed_train_dispatched_and_job_status_delivered_durably(
     client = TestClient(broker.port).connect()
     try:
         client.publish(t.cmd("api-site", "train"), encode(forged))
-        time.sleep(0.5)
-        assert got == []  # forged: refused before any handler runs
+        wait_for(lambda: refused, 30, "the forged command refused")
+        assert got == [] and "signature" in refused[0]  # refused before any handler runs
         client.publish(t.cmd("api-site", "train"), encode(signed))
-        assert done.wait(10)
-        wait_for(lambda: acker.stored("api-site"), 10, "job status at the acker")
+        assert done.wait(30)
+        assert len(got) == 1 and len(refused) == 1
+        wait_for(lambda: acker.stored("api-site"), 30, "job status at the acker")
         row = acker.stored("api-site")[0]
         assert row.kind == "job_status" and row.seq == 1
         assert row.payload["job_id"] == "job-1" and row.payload["round"] == 2
-        wait_for(lambda: daemon.outbox.stats().last_acked == 1, 10, "ack")
+        wait_for(lambda: daemon.outbox.stats().last_acked == 1, 30, "ack")
         assert daemon.outbox.stats().depth == 0
     finally:
         client.close()
