@@ -36,7 +36,8 @@ def run(run_id: str, db: Path, as_json: bool) -> None:
         echo_json(detail)
         return
     click.echo(
-        f"run {detail['run_id']}: {detail['task']} {detail['strategy']}, "
+        f"run {detail['run_id']}: {detail['task']} {detail['strategy']}"
+        f"/{detail.get('aggregate') or 'fedavg'}, "
         f"{detail['rounds_planned']} rounds, min {detail['min_sites']} sites, "
         f"timeout {detail['round_timeout_s']:g} s, state {detail['state']}"
         + (f" ({detail['reason']})" if detail["reason"] else "")

@@ -71,7 +71,7 @@ class _Display:
 
 
 _RUN_FLAGS = ("task", "rounds", "min_sites", "round_timeout", "sites", "strategy", "mu",
-              "epochs", "lr", "batch_size")  # fmt: skip
+              "epochs", "lr", "batch_size", "aggregate", "trim", "max_samples")  # fmt: skip
 
 
 def _refuse_run_flags(ctx: click.Context) -> None:
@@ -113,6 +113,15 @@ def _settings(config: Path | None, opts: dict[str, Any]) -> Any:
 @click.option("--strategy", type=click.Choice(["fedavg", "fedprox"]), default="fedavg",
               show_default=True)  # fmt: skip
 @click.option("--mu", type=click.FloatRange(min=0), help="FedProx proximal weight.")
+@click.option("--aggregate", type=click.Choice(["fedavg", "median", "trimmed-mean"]),
+              default="fedavg", show_default=True,
+              help="How results combine: sample-weighted mean, or robust to an outlier site "
+                   "(coordinate-wise median, trimmed mean).")  # fmt: skip
+@click.option("--trim", type=click.FloatRange(0, 0.5, max_open=True), default=0.2,
+              show_default=True,
+              help="trimmed-mean: fraction of values dropped at each end.")  # fmt: skip
+@click.option("--max-samples", type=click.IntRange(1), default=10_000_000, show_default=True,
+              help="Clip the sample count of a site that registered no dataset rows.")  # fmt: skip
 @click.option("--epochs", type=click.IntRange(1), help="Local epochs per round.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate.")
 @click.option("--batch-size", type=click.IntRange(1), help="Local batch size.")
@@ -136,7 +145,8 @@ def _settings(config: Path | None, opts: dict[str, Any]) -> Any:
 @click.option("--verbose", is_flag=True, default=None, help="Debug logging.")
 def train(
     task: str | None, rounds: int, min_sites: int, round_timeout: float, sites: str | None,
-    strategy: str, mu: float | None, epochs: int | None, lr: float | None,
+    strategy: str, mu: float | None, aggregate: str, trim: float, max_samples: int,
+    epochs: int | None, lr: float | None,
     batch_size: int | None, wait_sites: float, rejoin_wait: float, resume: str | None,
     config: Path | None, as_json: bool, **opts: Any,
 ) -> None:  # fmt: skip
@@ -145,13 +155,16 @@ def train(
     Needs `fedmq serve` running on the same database (it stores the sites' results) and
     the command-signing key (signing_key_file; `fedmq broker init` generates it). Each
     round closes when all selected sites answered or at --round-timeout; it aggregates
-    (FedAvg weighted by samples) with at least --min-sites results, else the run fails
-    (exit 5). Ctrl-C cancels running jobs (exit 130).
+    (--aggregate) with at least --min-sites valid results, else the run fails (exit 5).
+    A result with bad weights (names, shapes, dtypes, size, non-finite values) or more
+    samples than its site registered is excluded from its round with a reason (see
+    `fedmq jobs`). Ctrl-C cancels running jobs (exit 130).
 
     \b
     Example:
         fedmq train --task cmapss-rul --rounds 5 --min-sites 3 --round-timeout 300
         fedmq train --task cmapss-rul --sites a,b,c --strategy fedprox --mu 0.01 --epochs 2
+        fedmq train --task cmapss-rul --aggregate trimmed-mean --trim 0.2
         fedmq train --resume run-20250101-120000-ab12 --db fedmq.db
     """
     from coordinator.cli import EXIT
@@ -178,7 +191,8 @@ def train(
                 task=str(task), rounds=rounds, min_sites=min_sites,
                 round_timeout_s=round_timeout, sites=chosen, strategy=strategy,  # type: ignore[arg-type]
                 mu=mu, epochs=epochs, lr=lr, batch_size=batch_size, wait_sites_s=wait_sites,
-                rejoin_wait_s=rejoin_wait,
+                rejoin_wait_s=rejoin_wait, aggregate=aggregate, trim=trim,  # type: ignore[arg-type]
+                max_samples=max_samples,
             )  # fmt: skip
             result = run_training(settings, spec, display, stop)
     except TrainError as exc:

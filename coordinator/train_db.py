@@ -74,7 +74,17 @@ def _m0001_tables(db: Any) -> None:
     )
 
 
-TRAIN_MIGRATIONS: tuple[Migration, ...] = (Migration("train_0001_tables", _m0001_tables),)
+def _m0002_run_aggregate(db: Any) -> None:
+    # How a run combines its results (fedavg | median | trimmed-mean); older runs: fedavg.
+    cols = {r[1] for r in db.execute("PRAGMA table_info(runs)").fetchall()}
+    if "aggregate" not in cols:
+        db.execute("ALTER TABLE runs ADD COLUMN aggregate TEXT NOT NULL DEFAULT 'fedavg'")
+
+
+TRAIN_MIGRATIONS: tuple[Migration, ...] = (
+    Migration("train_0001_tables", _m0001_tables),
+    Migration("train_0002_run_aggregate", _m0002_run_aggregate),
+)
 
 
 def apply_train_migrations(conn: sqlite3.Connection) -> None:

@@ -43,6 +43,12 @@ class TrainSpec:
     ``wait_sites_s``: how long to wait at the start for enough live sites advertising the
     task. ``rejoin_wait_s``: before each later round, how long to wait for run sites that
     are not live (e.g. restarting) before going on with the live ones.
+
+    ``aggregate``: how results are combined (``coordinator.fedavg``); ``trim`` is the
+    fraction a trimmed mean drops at each end. A result's weights may declare at most
+    ``max_weights_bytes`` of arrays. Its sample count is capped by the dataset rows the
+    site registered (a result claiming more is excluded); a site that registered none is
+    clipped to ``max_samples`` and flagged.
     """
 
     task: str
@@ -59,6 +65,10 @@ class TrainSpec:
     rejoin_wait_s: float = 0.0
     eval_data_dir: Path | None = None
     poll_s: float = 0.1
+    aggregate: Literal["fedavg", "median", "trimmed-mean"] = "fedavg"
+    trim: float = 0.2
+    max_samples: int = 10_000_000
+    max_weights_bytes: int = 256 * 1024 * 1024
 
     def hyperparams(self) -> dict[str, float | int]:
         """The hyperparameters every job of the run gets (``round`` is added per round)."""

@@ -47,30 +47,43 @@ class JobTrack:
     weights: bytes | None = None
     weights_error: str | None = None
     late: bool = False
+    # Set by the round's vetting (coordinator.train_vet) once the weights are in:
+    vetted: bool = False
+    excluded: str | None = None  # why the result is left out of the round
+    note: str | None = None  # accepted with a flag, e.g. a clipped sample count
+    samples: int | None = None  # the sample count aggregation uses (clipped)
+    arrays: dict[str, Any] | None = field(default=None, repr=False)  # loaded, until aggregated
+    signature: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
-        """Done, with verified weights: counts towards the round's quorum."""
-        return self.state == "done" and self.weights is not None
+        """Done, with verified weights, not excluded: counts towards the round's quorum."""
+        return self.state == "done" and self.weights is not None and self.excluded is None
 
     @property
     def answered(self) -> bool:
         """Nothing more to wait for from this job."""
-        if self.weights_error is not None:
+        if self.weights_error is not None or self.excluded is not None:
             return True
         return self.ok or (self.state in FINAL_STATES and self.state != "done")
 
     def row(self) -> dict[str, Any]:
         r = self.result
         reason = self.reason
+        state = self.state
         if self.weights_error is not None:
             reason = f"result weights failed verification: {self.weights_error}"
+            state = "failed"
+        elif self.excluded is not None:
+            reason, state = self.excluded, "excluded"
+        elif self.note is not None:
+            reason = self.note
         return {
             "job_id": self.job_id,
             "run_id": self.run_id,
             "round": self.round,
             "site": self.site,
-            "state": "failed" if self.weights_error is not None else self.state,
+            "state": state,
             "progress": self.progress,
             "reason": reason,
             "n_samples": r.n_samples if r is not None else None,

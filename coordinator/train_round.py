@@ -1,7 +1,9 @@
-"""Closing a round: quorum check, FedAvg of the verified results, metrics, model version.
+"""Closing a round: quorum check, aggregation of the vetted results, metrics, model version.
 
-FedProx aggregates like FedAvg: its proximal term is applied by the sites during local
-training (the command's ``strategy`` and ``mu``).
+Only results that passed ``coordinator.train_vet`` count; they are aggregated with the
+run's ``aggregate`` (FedAvg weighted by the capped sample counts, or a robust median or
+trimmed mean). FedProx aggregates like FedAvg: its proximal term is applied by the sites
+during local training (the command's ``strategy`` and ``mu``).
 """
 
 from __future__ import annotations
@@ -19,14 +21,21 @@ __all__ = ["close_round", "describe_missing", "weighted_metrics"]
 log = logging.getLogger(__name__)
 
 
+def _samples(job: JobTrack) -> int:
+    """The sample count a result weighs with: as vetted (capped), else as reported."""
+    if job.samples is not None:
+        return job.samples
+    return job.result.n_samples if job.result is not None else 0
+
+
 def weighted_metrics(results: list[JobTrack]) -> dict[str, float]:
     """Sample-weighted mean of the metrics every result reports."""
-    reported = [r.result for r in results if r.result is not None]
-    total = sum(r.n_samples for r in reported)
+    reported = [(j.result, _samples(j)) for j in results if j.result is not None]
+    total = sum(n for _, n in reported)
     if not reported or total <= 0:
         return {}
-    names = set.intersection(*(set(r.metrics) for r in reported))
-    return {n: sum(r.metrics[n] * r.n_samples for r in reported) / total for n in sorted(names)}
+    names = set.intersection(*(set(r.metrics) for r, _ in reported))
+    return {k: sum(r.metrics[k] * n for r, n in reported) / total for k in sorted(names)}
 
 
 def describe_missing(jobs: Mapping[str, JobTrack]) -> str:
@@ -72,14 +81,31 @@ def close_round(
         return RoundClosed(run_id, rnd, "failed", len(results), reason=reason, wall_s=wall,
                            job_time_max_s=job_time_max)  # fmt: skip
 
-    from coordinator.fedavg import fedavg
+    from coordinator.fedavg import AggregationError, aggregate, dump_npz
     from schemas import sha256_hex
 
-    weights = fedavg([(j.weights, j.result.n_samples) for j in results if j.result and j.weights])
+    try:
+        unvetted = sorted(j.site for j in results if j.arrays is None)
+        if unvetted:
+            raise AggregationError(f"results of {', '.join(unvetted)} were not vetted")
+        models = [(j.arrays or {}, _samples(j)) for j in results]
+        weights = dump_npz(aggregate(spec.aggregate, models, spec.trim))
+    except (AggregationError, ValueError, MemoryError) as exc:
+        reason = f"aggregation failed: {exc}"
+        wall = time.monotonic() - started
+        db.put_round(
+            run_id, rnd, state="failed", closed_at=now_ms(), reason=reason, wall_s=wall, **common
+        )
+        log.warning("run %s round %d failed: %s", run_id, rnd, reason)
+        return RoundClosed(run_id, rnd, "failed", len(results), reason=reason, wall_s=wall,
+                           job_time_max_s=job_time_max)  # fmt: skip
+    finally:
+        for job in jobs.values():
+            job.arrays = None  # aggregated or not, the round is over
     metrics = weighted_metrics(results)
     test_rmse = _test_rmse(spec, weights)
     model_id = f"{run_id}-r{rnd}"
-    n_samples = sum(j.result.n_samples for j in results if j.result is not None)
+    n_samples = sum(_samples(j) for j in results)
     db.put_model(
         {
             "model_id": model_id, "run_id": run_id, "round": rnd, "task": spec.task,

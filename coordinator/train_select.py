@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from coordinator.db_read import sites as site_summaries
 
-__all__ = ["Offer", "choose_hash", "offers"]
+__all__ = ["Offer", "choose_hash", "offers", "registered_rows"]
 
 
 @dataclass(frozen=True)
@@ -53,3 +53,24 @@ def choose_hash(found: list[Offer]) -> tuple[str, str]:
             f"({counts[code_hash]} of {len(found)} sites); left out: {', '.join(others)}"
         )
     return code_hash, note
+
+
+def registered_rows(conn: sqlite3.Connection, site: str, task: str) -> int | None:
+    """The most rows one dataset of ``site`` holds for ``task``, as its registration says.
+
+    A site describes each dataset as "<task> private rows"; when none names the task, its
+    largest dataset bounds it. None when the site registered no datasets.
+    """
+    row = conn.execute("SELECT registration FROM sites WHERE site = ?", (site,)).fetchone()
+    if row is None or not row[0]:
+        return None
+    datasets = [d for d in json.loads(row[0]).get("datasets") or () if isinstance(d, dict)]
+    sized: list[tuple[str, int]] = [
+        (str(d.get("description") or ""), d["rows"])
+        for d in datasets
+        if isinstance(d.get("rows"), int) and d["rows"] >= 0
+    ]
+    if not sized:
+        return None
+    for_task = [rows for desc, rows in sized if desc.split(" ", 1)[0] == task]
+    return max(for_task or [rows for _, rows in sized])

@@ -9,11 +9,16 @@ Library entry points (``fedmq train`` and ``fedmq demo`` call them)::
 results sites send; this process polls them from ``messages`` and publishes commands on
 its own MQTT connection. Round 1 sends no weights (``weights=None``): every site builds
 the task's initial model from the same seed. Later rounds send the previous round's model.
+
+Every result is vetted as it arrives (``coordinator.train_vet``): a bad one is excluded
+from its round with a reason and the round goes on with the others. A run that ends for
+any reason, an error in this process included, is stored as failed with that reason.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -34,8 +39,10 @@ from coordinator.train_events import (
 )
 from coordinator.train_inbox import JobTrack, TrainInbox
 from coordinator.train_round import close_round
-from coordinator.train_select import choose_hash, offers
+from coordinator.train_select import choose_hash, offers, registered_rows
 from coordinator.train_send import CommandSender, load_key
+from coordinator.train_vet import exclude_minority, vet_result
+from coordinator.weights_check import ArraySpec, read_signature
 
 __all__ = ["resume_training", "run_training"]
 
@@ -87,6 +94,7 @@ def run_training(
                 "task": spec.task,
                 "code_hash": code_hash,
                 "strategy": spec.strategy,
+                "aggregate": spec.aggregate,
                 "rounds": spec.rounds,
                 "min_sites": spec.min_sites,
                 "round_timeout_s": spec.round_timeout_s,
@@ -100,7 +108,11 @@ def run_training(
                 "last_rowid": db.max_rowid(),
             }
         )
-        runner = _Runner(settings, db, key, spec, run_id, code_hash, sites, progress, stop)
+        try:
+            runner = _Runner(settings, db, key, spec, run_id, code_hash, sites, progress, stop)
+        except BaseException as exc:
+            _mark_failed(db, run_id, exc)
+            raise
         return runner.run(1, None, note)
     finally:
         db.close()
@@ -128,21 +140,44 @@ def resume_training(
         start = done[-1]["round"] + 1 if done else 1
         weights = db.model_weights(done[-1]["model_id"]) if done else None
         db.update_run(run_id, state="running", reason="", finished_at=None)
-        runner = _Runner(
-            settings,
-            db,
-            key,
-            spec,
-            run_id,
-            run["code_hash"],
-            tuple(json.loads(run["sites"])),
-            progress,
-            stop or threading.Event(),
-        )
-        runner.adopt(db.jobs(run_id), start, int(run["last_rowid"] or 0))
+        try:
+            runner = _Runner(
+                settings,
+                db,
+                key,
+                spec,
+                run_id,
+                run["code_hash"],
+                tuple(json.loads(run["sites"])),
+                progress,
+                stop or threading.Event(),
+            )
+            runner.adopt(db.jobs(run_id), start, int(run["last_rowid"] or 0))
+        except BaseException as exc:
+            _mark_failed(db, run_id, exc)
+            raise
         return runner.run(start, weights, "", resumed=True)
     finally:
         db.close()
+
+
+def _error_reason(exc: BaseException) -> str:
+    if isinstance(exc, TrainError):
+        return str(exc)
+    return f"error in the train process: {type(exc).__name__}: {exc}"[:500]
+
+
+def _mark_failed(db: TrainDb, run_id: str, exc: BaseException) -> None:
+    """Store the run (and its open round) as failed with the error; never raises."""
+    reason = _error_reason(exc)
+    try:
+        for row in db.rounds(run_id):
+            if row["state"] == "open":
+                db.put_round(run_id, row["round"], state="failed", closed_at=now_ms(),
+                             reason=reason)  # fmt: skip
+        db.update_run(run_id, state="failed", reason=reason, finished_at=now_ms())
+    except Exception:
+        log.exception("run %s: could not store its failure (%s)", run_id, reason)
 
 
 def _select(db: TrainDb, spec: TrainSpec, stop: threading.Event) -> tuple[Any, str, str]:
@@ -191,6 +226,8 @@ class _Runner:
         self.inbox = TrainInbox()
         self.stragglers: set[str] = set()  # jobs unanswered when their round closed
         self.rowid = db.max_rowid()
+        self.round = 0
+        self.expected: dict[str, ArraySpec] | None = None  # the round's model's arrays
         self.sender = CommandSender(
             settings.mqtt, key, f"{settings.client_id}-train-{run_id[-12:]}"
         )
@@ -212,9 +249,9 @@ class _Runner:
         spec = self.spec
         if spec.task == "cmapss-rul":
             import torch  # noqa: F401  (seconds to import: not inside the first round)
-        self.sender.start()
         closed: list[RoundClosed] = []
         try:
+            self.sender.start()
             self.emit(
                 RunStarted(
                     self.run_id,
@@ -247,6 +284,17 @@ class _Runner:
             return self._finish("done", "", model_id, closed)
         except _Interrupted:
             return self._finish("failed", "interrupted", None, closed, interrupted=True)
+        except Exception as exc:
+            log.exception("run %s failed", self.run_id)
+            _mark_failed(self.db, self.run_id, exc)
+            reason = _error_reason(exc)
+            self.emit(RunFinished(self.run_id, "failed", reason, None))
+            if isinstance(exc, TrainError):
+                raise
+            return RunResult(self.run_id, "failed", reason, None, tuple(closed))
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: stored, then on
+            _mark_failed(self.db, self.run_id, exc)
+            raise
         finally:
             self.sender.stop()
 
@@ -281,6 +329,8 @@ class _Runner:
         spec, started = self.spec, time.monotonic()
         sites = self._participants(rnd)
         started_at = now_ms()
+        self.round = rnd
+        self.expected = None if weights is None else read_signature(weights, sys.maxsize)
         jobs: dict[str, JobTrack] = {}
         hp = {**spec.hyperparams(), "round": rnd - 1}  # the task's lr schedule is 0-based
         for site in sites:
@@ -338,6 +388,9 @@ class _Runner:
         for job in jobs.values():
             if not job.answered:
                 self.stragglers.add(job.job_id)
+        if self.expected is None:
+            for job in exclude_minority(list(jobs.values())):
+                self._store(job)
         closed = close_round(self.db, spec, self.run_id, rnd, jobs, started, started_at)
         if closed.state == "failed":  # the run stops: nothing left to run for it
             for job in jobs.values():
@@ -355,19 +408,20 @@ class _Runner:
         for job in self.inbox.apply(rows):
             if job.job_id in self.stragglers:
                 job.late = True
-            self.db.put_job(job.row())
-            self.emit(
-                JobUpdate(
-                    self.run_id,
-                    job.round,
-                    job.site,
-                    job.job_id,
-                    job.row()["state"],
-                    job.progress,
-                    job.row()["reason"],
-                    job.late,
-                )
+            if not job.late and job.round == self.round:
+                rows_max = registered_rows(self.db.conn, job.site, self.spec.task)
+                vet_result(job, self.expected, self.spec, rows_max)
+            self._store(job)
+
+    def _store(self, job: JobTrack) -> None:
+        self.db.put_job(job.row())
+        row = job.row()
+        self.emit(
+            JobUpdate(
+                self.run_id, job.round, job.site, job.job_id, row["state"], job.progress,
+                row["reason"], job.late,
             )
+        )  # fmt: skip
 
     def _interrupt(
         self, rnd: int, jobs: dict[str, JobTrack], started: float, started_at: int
