@@ -239,6 +239,8 @@ class _Runner:
             job = JobTrack(row["job_id"], self.run_id, row["round"], row["site"])
             job.state, job.late = row["state"], bool(row["late"])
             job.status_seq = row["status_seq"] or 0
+            if row["state"] == "excluded":  # vetted before the restart: keep its reason
+                job.state, job.excluded, job.vetted = "done", row["reason"] or "excluded", True
             self.inbox.track(job)
             self.stragglers.add(job.job_id)
         self.inbox.apply(self.db.job_messages([j["job_id"] for j in jobs]))
