@@ -42,7 +42,22 @@ def site(site_id: str, db: Path, n_events: int, as_json: bool) -> None:
     click.echo(f"site      {detail['site']}  ({detail['name'] or 'unnamed'})")
     click.echo(f"state     {detail['state']}: {detail['reason']}")
     click.echo(f"last seen {ago(detail['last_seen'], now)} ago, session {detail['session']}")
-    click.echo(f"messages  {detail['messages']} stored, acked up to seq {detail['acked']}")
+    click.echo(
+        f"messages  {detail['messages']} stored, acked up to seq {detail['acked']} "
+        f"of stream {detail['epoch'] or '-'}"
+    )
+    if len(detail["streams"]) > 1:
+        click.echo("streams   (a new one each time the site's state directory was lost)")
+        for st in detail["streams"]:
+            click.echo(
+                f"  {st['epoch'] or '-':<18} first seen {fmt_ts(st['first_seen'])}, "
+                f"last {fmt_ts(st['last_seen'])}: {st['messages']} messages, acked {st['acked']}"
+            )
+    if detail["outbox_error"]:
+        click.echo(
+            f"outbox    ERROR {detail['outbox_error']} ({detail['samples_dropped']} samples "
+            "dropped so far)"
+        )
     hb = detail["heartbeat"]
     if hb:
         click.echo(

@@ -14,6 +14,7 @@ from coordinator.db_read import sites as list_sites
 
 __all__ = ["sites"]
 
+_STATES = ("online", "stale", "offline", "conflict")
 _HEADER = ("SITE", "STATE", "LAST SEEN", "SESSION", "DEVICE", "OUTBOX", "TASKS", "LOCATION")
 
 
@@ -42,20 +43,25 @@ def _render(db: Path, state: str | None, as_json: bool, json_lines: bool = False
             ago(r["last_seen"], now),
             r["session"],
             r["device"] or "-",
-            r["outbox_depth"],
+            f"{r['outbox_depth']} ({r['outbox_error']})"
+            if r["outbox_error"]
+            else r["outbox_depth"],
             ",".join(r["tasks"]) or "-",
             r["location"] or "-",
         )
         for r in rows
     ]
     click.echo(table(body, _HEADER))
-    counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("online", "stale", "offline")}
-    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in _STATES}
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "conflict"))
+    for r in rows:
+        if r["state"] == "conflict":
+            click.echo(f"conflict: {r['site']}: {r['reason']}", err=True)
 
 
 @click.command()
 @db_option
-@click.option("--state", type=click.Choice(["online", "stale", "offline"]), help="Only this state.")
+@click.option("--state", type=click.Choice(_STATES), help="Only this state.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--watch",
@@ -73,7 +79,9 @@ def sites(db: Path, state: str | None, as_json: bool, watch: bool, every: float)
     """List sites with their liveness (computed now from the stored status and heartbeats).
 
     A site is online while its retained status is online and its last heartbeat is within
-    PATIENCE x interval; stale when heartbeats stopped; offline after its Will.
+    PATIENCE x interval; stale when heartbeats stopped; offline after its Will;
+    conflict while two live processes use the same site id (a copied config). OUTBOX
+    shows the site's unacked messages, and why it cannot store any more (e.g. disk full).
 
     \b
     Example:

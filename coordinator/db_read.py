@@ -24,11 +24,15 @@ __all__ = [
     "open_db",
     "site_detail",
     "sites",
+    "streams",
     "telemetry",
 ]
 
 # The writer stamps ``alive_at`` every liveness tick (0.5 s); older means not running.
 ALIVE_WINDOW_MS = 5_000
+# A site id stays "in conflict" this long after two of its streams last interleaved
+# (the writer reports a conflict at most once a minute, so never shorter than that).
+CONFLICT_WINDOW_MS = 120_000
 
 
 class DatabaseMissing(Exception):
@@ -66,11 +70,20 @@ def coordinator_info(conn: sqlite3.Connection, now: int | None = None) -> dict[s
     }
 
 
+def _col(row: sqlite3.Row, name: str, default: Any = None) -> Any:
+    """A column a database written by an older ``serve`` may not have yet."""
+    return row[name] if name in row.keys() else default  # noqa: SIM118 (Row: in = values)
+
+
 def _summary(row: sqlite3.Row, patience: float, now: int) -> dict[str, Any]:
     reg: dict[str, Any] = json.loads(row["registration"]) if row["registration"] else {}
     state, reason = evaluate(
         row["status"], row["last_alive"] or 0, row["interval_s"] or 10.0, patience, now
     )
+    conflict_at = _col(row, "conflict_at", 0) or 0
+    conflict = bool(conflict_at) and now - conflict_at <= CONFLICT_WINDOW_MS
+    if conflict:
+        state, reason = "conflict", _col(row, "conflict_reason") or "two streams interleave"
     hier = reg.get("hierarchy") or {}
     place = "/".join(v for v in (hier.get(k) for k in ("enterprise", "site", "area", "line")) if v)
     loc = reg.get("location")
@@ -90,6 +103,10 @@ def _summary(row: sqlite3.Row, patience: float, now: int) -> dict[str, Any]:
         "outbox_depth": row["outbox_depth"],
         "outbox_dropped": row["outbox_dropped"],
         "acked": row["acked"],
+        "epoch": _col(row, "epoch", ""),
+        "conflict": conflict,
+        "outbox_error": _col(row, "outbox_error"),
+        "samples_dropped": _col(row, "samples_dropped", 0),
         "tasks": [t["name"] for t in reg.get("tasks", ())],
         "location": place,
     }
@@ -123,7 +140,27 @@ def site_detail(conn: sqlite3.Connection, site: str, events_limit: int = 20) -> 
         "messages": conn.execute(
             "SELECT count(*) FROM messages WHERE site = ?", (site,)
         ).fetchone()[0],
+        "streams": streams(conn, site),
     }
+
+
+def streams(conn: sqlite3.Connection, site: str) -> list[dict[str, Any]]:
+    """Every stream (epoch) of a site, newest first, with its stored and acked seqs."""
+    try:
+        rows = conn.execute(
+            "SELECT epoch, first_seen, last_seen, acked FROM streams WHERE site = ? "
+            "ORDER BY first_seen DESC",
+            (site,),
+        ).fetchall()
+    except sqlite3.OperationalError:  # written by an older serve: one stream
+        return []
+    out = []
+    for r in rows:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM messages WHERE site = ? AND epoch = ?", (site, r["epoch"])
+        ).fetchone()
+        out.append({**dict(r), "messages": count})
+    return out
 
 
 def telemetry(
@@ -144,7 +181,7 @@ def telemetry(
         where.append("ts >= ?")
         args.append(since)  # type: ignore[arg-type]
     sql = (
-        "SELECT ts, device, name, value, unit, quality, historical, seq FROM telemetry "
+        "SELECT ts, device, name, value, unit, quality, historical, seq, epoch FROM telemetry "
         f"WHERE {' AND '.join(where)} ORDER BY ts DESC, rowid DESC LIMIT ?"
     )
     rows = conn.execute(sql, (*args, limit)).fetchall()

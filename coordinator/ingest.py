@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 import uuid
@@ -18,7 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from coordinator.acks import AckTracker
+from coordinator.acks import AckTracker, clip_gap
+from coordinator.admission import Admission, Limits
 from coordinator.bus import Inbound
 from coordinator.deadletters import DeadLetters
 from coordinator.ingest_batch import Batch, durable_row
@@ -26,9 +28,11 @@ from coordinator.liveness import SiteLiveness
 from coordinator.log_setup import RateLimiter
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import EventRow, HeartbeatRow, SiteRecord, Store
+from coordinator.streams import Role, Streams
 from coordinator.writer_proc import (
     CachedTopics,
     Stored,
+    WriterError,
     WriterProcess,
     decode_telemetry,
     telemetry_row,
@@ -47,6 +51,8 @@ from schemas import (
     encode,
     now_ms,
 )
+from schemas.errors import TopicError
+from schemas.topics import Channel
 
 __all__ = ["Ingestor", "Publish"]
 
@@ -55,6 +61,17 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, int, bool], None]
 _STOP = object()
 _DAY_MS = 86_400_000
+# Channels a site publishes on: what admission control weighs.
+_FROM_SITES = frozenset(
+    {
+        Channel.STATUS,
+        Channel.REGISTRATION,
+        Channel.HEARTBEAT,
+        Channel.TELEMETRY,
+        Channel.JOB_STATUS,
+        Channel.JOB_RESULT,
+    }
+)
 
 
 class _Tick:
@@ -64,8 +81,33 @@ class _Tick:
         self.now = now
 
 
+class _Budget:
+    """At most ``rate`` events a second in all, with a burst of ``rate``."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.clock = rate, clock
+        self.tokens, self.at = rate, clock()
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class Ingestor:
-    """Owns the store on its own thread; feed it with :attr:`inbound` items."""
+    """Owns the store on its own thread; feed it with :attr:`inbound` items.
+
+    A failure while applying a batch never ends the thread: the transaction is rolled
+    back, the in-memory state reloaded from the store (which is the truth: nothing of the
+    batch was acked), a dead writer process restarted, and the batch applied again one
+    message at a time, so that a message the store refuses becomes a dead letter with the
+    reason and the others are stored. Storage that is unavailable (disk full, I/O error)
+    is retried with backoff, holding the batch unacked.
+    """
 
     def __init__(
         self,
@@ -84,32 +126,54 @@ class Ingestor:
         self.topics = Topics(settings.mqtt.prefix)
         self.codec = Codec(CachedTopics(settings.mqtt.prefix), settings.mqtt.max_payload)
         self.liveness = SiteLiveness(settings.patience)
-        self.tracker = AckTracker()
         self.dead = DeadLetters()
+        self.admission = Admission(
+            Limits(
+                settings.site_bytes_per_s,
+                settings.site_burst_bytes,
+                settings.site_max_devices,
+                settings.max_unregistered_sites,
+            ),
+            {},
+        )
+        self.tracker = AckTracker()
+        self.streams = Streams()
         self.sites: dict[str, SiteRecord] = {}
+        self._unregistered = 0
         self._rebirth = RateLimiter(settings.rebirth_interval_s, clock=time.monotonic)
+        self._rebirth_budget = _Budget(settings.rebirth_per_s)
         self._site_prefix = self.topics.prefix + "/site/"
         db = getattr(store, "path", None)
         self.writer: WriterProcess | None = None
         if settings.writer_process and db is not None:
             self.writer = WriterProcess(db, settings.mqtt.prefix, settings.mqtt.max_payload)
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._last_purge: float | None = None  # first tick purges
         self.failed: BaseException | None = None
         self.stored_messages = 0
+        self.recoveries = 0
         self.load()
 
     def load(self) -> None:
-        """Restore sites and ack state from the store (at startup)."""
+        """Restore sites, streams and ack state from the store (at startup, and after a
+        failed batch was rolled back)."""
         self.store.meta_set("patience", str(self.settings.patience))
-        for rec in self.store.load_sites():
-            self.sites[rec.site] = rec
+        self.sites = {rec.site: rec for rec in self.store.load_sites()}
+        self._unregistered = sum(1 for r in self.sites.values() if r.registration is None)
+        self.tracker = AckTracker()
+        self.streams = Streams()
+        rows = self.store.load_streams()
+        self.streams.load(rows)
+        for row in rows:
             self.tracker.load(
-                rec.site,
-                rec.acked,
-                self.store.seqs_above(rec.site, rec.acked),
-                self.store.gaps_above(rec.site, rec.acked),
+                (row.site, row.epoch),
+                row.acked,
+                self.store.seqs_above(row.site, row.acked, row.epoch),
+                self.store.gaps_above(row.site, row.acked, row.epoch),
             )
+        self.admission.devices = self.store.load_devices()
+        self.admission.new_devices = []
         self.store.commit()
 
     # Thread --------------------------------------------------------------------------
@@ -125,6 +189,7 @@ class Ingestor:
         self.inbound.put(_STOP)
         if self._thread is not None:
             self._thread.join(timeout)
+        self._stopping.set()
         if self.writer is not None:
             self.writer.stop()
 
@@ -139,12 +204,17 @@ class Ingestor:
         return fut
 
     def _run(self) -> None:
-        try:
-            while self._batch():
-                pass
-        except BaseException as exc:
-            self.failed = exc
-            log.exception("writer thread failed; nothing more is acked")
+        while True:
+            try:
+                if not self._batch():
+                    return
+            except Exception:  # a bug, not bad input: say so, keep going (nothing was acked)
+                self.recoveries += 1
+                log.exception("writer thread: unexpected failure; carrying on")
+            except BaseException as exc:
+                self.failed = exc
+                log.exception("writer thread failed; nothing more is acked")
+                return
 
     def _batch(self) -> bool:
         """Collect one batch and process it; False once stopped."""
@@ -169,32 +239,95 @@ class Ingestor:
     # One batch -----------------------------------------------------------------------
 
     def process(self, items: list[Any]) -> None:
-        """Apply ``items``, commit, then ack. Public so tests can drive it directly.
+        """Apply ``items``, commit, then ack. Public so tests can drive it directly."""
+        try:
+            self._process(items, self.writer is not None)
+        except Exception as exc:
+            self._recover(exc)
+            self._one_by_one(items)
 
-        With a writer process, telemetry goes there first and the rest is decoded here
-        meanwhile; ticks and calls (which write) wait for its commit, as the writer
-        process must never wait for a lock this connection holds.
-        """
+    def _recover(self, exc: BaseException) -> None:
+        """Undo a failed batch: roll back, restart a dead writer process, reload."""
+        self.recoveries += 1
+        if isinstance(exc, WriterError):
+            log.error("%s: restarting it; the batch is applied again", exc)
+            assert self.writer is not None
+            self.writer.stop(timeout=2.0)
+        else:
+            log.warning("batch failed (%s: %s): rolled back", type(exc).__name__, exc)
+        try:
+            self.store.rollback()
+            self.load()
+        except sqlite3.Error as err:  # storage still unavailable: the retry waits for it
+            log.error("reloading state after a failed batch: %s", err)
+
+    def _one_by_one(self, items: list[Any]) -> None:
+        """Apply each item alone, in process: a message the store refuses becomes a dead
+        letter; unavailable storage is retried with backoff until it is back."""
+        for item in items:
+            delay = 0.5
+            while True:
+                try:
+                    self._process([item], offload=False)
+                    break
+                except sqlite3.OperationalError as exc:  # the storage, not the message
+                    self._recover(exc)
+                    log.error("storage unavailable (%s): retrying in %.1f s", exc, delay)
+                    if self._stopping.wait(delay):
+                        return
+                    delay = min(delay * 2, 30.0)
+                except Exception as exc:
+                    self._recover(exc)
+                    self._refuse(item, exc)
+                    break
+
+    def _refuse(self, item: Any, exc: Exception) -> None:
+        """Dead-letter one inbound message the store refused (and PUBACK it)."""
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Future):
+            item[1].set_exception(exc)
+            return
+        if not isinstance(item, Inbound):
+            return
         b = Batch()
-        offload: list[Inbound] = []
+        b.mids.append((item.mid, item.qos))
+        detail = f"{type(exc).__name__}: {exc}"
+        b.dead.append(
+            self.dead.reject(item.topic, item.payload, "storage_error", detail, item.received_at)
+        )
+        try:
+            self._flush(b)
+        except Exception as err:  # not even the dead letter: leave it unacked
+            self.store.rollback()
+            log.error("could not dead-letter a message on %s: %s", item.topic[:200], err)
+
+    def _process(self, items: list[Any], offload: bool) -> None:
+        """With a writer process, telemetry goes there first and the rest is decoded here
+        meanwhile; ticks and calls (which write) wait for its commit, as the writer
+        process must never wait for a lock this connection holds."""
+        b = Batch()
+        admitted: list[Inbound] = []
         later: list[Any] = []
-        if self.writer is not None:
-            offload = [i for i in items if isinstance(i, Inbound) and self._offloads(i.topic)]
-            if offload:
-                if not self.writer.started:
-                    self.writer.start()
-                self.writer.submit([(i.topic, i.payload, i.received_at) for i in offload])
         for item in items:
             if isinstance(item, Inbound):
-                if offload and self._offloads(item.topic):
-                    continue
-                b.mids.append((item.mid, item.qos))
-                self._inbound(item, b)
+                if self._admit(item, b):
+                    admitted.append(item)
             elif isinstance(item, (_Tick, tuple)):
                 later.append(item)
-        if offload:
+        sent: list[Inbound] = []
+        if offload and self.writer is not None:
+            sent = [i for i in admitted if self._offloads(i.topic)]
+            if sent:
+                if not self.writer.started:
+                    self.writer.start()
+                self.writer.submit([(i.topic, i.payload, i.received_at) for i in sent])
+        for item in admitted:
+            if sent and self._offloads(item.topic):
+                continue
+            b.mids.append((item.mid, item.qos))
+            self._inbound(item, b)
+        if sent:
             assert self.writer is not None
-            for item, stored in zip(offload, self.writer.results(), strict=True):
+            for item, stored in zip(sent, self.writer.results(), strict=True):
                 b.mids.append((item.mid, item.qos))
                 if stored is None:  # not stored there: rejected, or not telemetry
                     self._inbound(item, b)
@@ -214,18 +347,60 @@ class Ingestor:
     def _offloads(self, topic: str) -> bool:
         return topic.startswith(self._site_prefix) and "/telemetry/" in topic
 
+    def _admit(self, item: Inbound, b: Batch) -> bool:
+        """Weigh a message by its topic before decoding it (see coordinator/admission.py);
+        a refused one is PUBACKed here and reported."""
+        if not item.topic.startswith(self._site_prefix):
+            return True
+        try:
+            parsed = self.codec.topics.parse(item.topic)
+        except TopicError:
+            return True  # decoding dead-letters it with the precise reason
+        if parsed.channel not in _FROM_SITES or parsed.site is None:
+            return True
+        site = parsed.site
+        known = site in self.sites or site in b.new_sites
+        unregistered = self._unregistered + len(b.new_sites)
+        verdict = self.admission.check(parsed, len(item.payload), item.retain, known, unregistered)
+        if verdict is None:
+            if not known:
+                b.new_sites.add(site)
+            return True
+        b.mids.append((item.mid, item.qos))
+        if verdict.action == "reject":
+            b.dead.append(
+                self.dead.reject(
+                    item.topic, item.payload, verdict.reason, verdict.detail, item.received_at
+                )
+            )
+            if verdict.reason == "retained_durable" and item.payload:
+                b.clear_retained.add(item.topic)
+        count = self.admission.report(site, verdict.reason)
+        if count is not None and verdict.reason != "site_limit":  # dead letters say it
+            why = f"{verdict.detail} ({count} message(s) since the last report)"
+            b.events.append(EventRow(site, item.received_at, verdict.reason, None, None, why))
+        return False
+
     def _telemetry(self, stored: Stored, at: int, b: Batch) -> None:
         """Account for a telemetry message stored (by the writer process, or in
         ``b.durable`` for this batch's commit)."""
-        site, seq, gaps = stored
+        site, epoch, seq, gaps, historical = stored
         rec = self._site(site, at)
         rec.last_seen = max(rec.last_seen, at)
         b.touched[site] = rec
-        b.committed.append((site, seq))
+        self._observe(rec, epoch, at, not historical, b)
+        b.committed.append((site, epoch, seq))
         if gaps:
-            b.gaps.extend((site, first, last, at) for first, last in gaps)
+            b.gaps.append((site, epoch, seq, gaps, at))
         if rec.registration is None:
             b.needs_registration.add(site)
+
+    def _observe(self, rec: SiteRecord, epoch: str, at: int, live: bool, b: Batch) -> Role:
+        quiet_ms = self.settings.patience * rec.interval_s * 1000
+        role = self.streams.observe(rec, epoch, at, live, b.events, quiet_ms)
+        if role is Role.NEW:
+            rec.acked = self.tracker.acked((rec.site, epoch))
+        return role
 
     def _inbound(self, item: Inbound, b: Batch) -> None:
         topic = item.topic
@@ -254,28 +429,39 @@ class Ingestor:
         if isinstance(msg, TelemetryBatch):
             b.durable.append(telemetry_row(msg, at))
             gaps = tuple((g.first, g.last) for g in msg.gaps)
-            self._telemetry((msg.site, msg.seq, gaps), at, b)
+            self._telemetry((msg.site, msg.epoch, msg.seq, gaps, msg.historical), at, b)
             return
         rec = self._site(msg.site, at)
         rec.last_seen = max(rec.last_seen, at)
         b.touched[rec.site] = rec
         if msg.kind in ("job_status", "job_result", "result_chunk"):
+            self._observe(rec, msg.epoch, at, not msg.historical, b)
             payload = item.payload.decode()
             b.durable.append(durable_row(msg, at, None, msg.job_id, (), payload))  # type: ignore[union-attr]
-            b.committed.append((msg.site, msg.seq))
-            b.gaps.extend((msg.site, g.first, g.last, at) for g in msg.gaps)  # type: ignore[union-attr]
+            b.committed.append((msg.site, msg.epoch, msg.seq))
+            gaps = tuple((g.first, g.last) for g in msg.gaps)  # type: ignore[union-attr]
+            if gaps:
+                b.gaps.append((msg.site, msg.epoch, msg.seq, gaps, at))
         elif isinstance(msg, Heartbeat):
-            self._heartbeat(rec, msg, at, b)
+            role = self._observe(rec, msg.epoch, at, True, b)
+            self._heartbeat(rec, msg, at, b, role)
         elif isinstance(msg, SiteStatus):
-            b.events += self.liveness.on_status(rec, msg.state, msg.session, at, msg.reason)
+            role = self._observe(rec, msg.epoch, at, msg.state == "online", b)
+            if role is Role.OLDER:
+                log.info("site %s: %s status of older stream %s ignored", rec.site, msg.state,
+                         msg.epoch or "-")  # fmt: skip
+            else:
+                b.events += self.liveness.on_status(rec, msg.state, msg.session, at, msg.reason)
         elif isinstance(msg, Registration):
+            self._observe(rec, msg.epoch, at, True, b)
             if rec.registration is None:
                 b.events.append(EventRow(rec.site, at, "registered", None, None, msg.name))
+                self._unregistered -= 1
             rec.registration = item.payload.decode()
             rec.interval_s = msg.heartbeat_interval_s
         b.needs_registration.add(rec.site)
 
-    def _heartbeat(self, rec: SiteRecord, msg: Heartbeat, at: int, b: Batch) -> None:
+    def _heartbeat(self, rec: SiteRecord, msg: Heartbeat, at: int, b: Batch, role: Role) -> None:
         b.heartbeats.append(
             HeartbeatRow(
                 msg.site,
@@ -292,18 +478,35 @@ class Ingestor:
                 msg.outbox_dropped,
                 msg.last_acked,
                 msg.jobs_running,
+                msg.epoch,
+                msg.samples_dropped,
+                msg.outbox_error,
             )
         )
+        key = (rec.site, msg.epoch)
+        if self.tracker.heartbeat_base(key, msg.last_acked):
+            why = f"nothing stored: contiguous ack starts at the site's last_acked {msg.last_acked}"
+            b.events.append(EventRow(rec.site, at, "ack_base", None, None, why, msg.session))
+            self.streams.acked(rec.site, msg.epoch, self.tracker.acked(key))
+        if msg.last_acked < self.tracker.acked(key):
+            b.ack_streams.add(key)  # its last ack may have been lost: say it again
+        if role is Role.OLDER:
+            return  # another process with this site id: its health is not the site's
         rec.outbox_depth, rec.outbox_dropped = msg.outbox_depth, msg.outbox_dropped
         rec.last_acked_reported, rec.jobs_running = msg.last_acked, msg.jobs_running
         rec.cpu_percent, rec.mem_percent = msg.cpu_percent, msg.mem_percent
         rec.disk_percent = msg.disk_percent
+        if msg.outbox_error != rec.outbox_error:
+            if msg.outbox_error:
+                why = f"outbox cannot store: {msg.outbox_error}"
+                b.events.append(EventRow(rec.site, at, "outbox_error", None, None, why))
+            else:
+                b.events.append(
+                    EventRow(rec.site, at, "outbox_recovered", None, None, "outbox stores again")
+                )
+        rec.outbox_error, rec.samples_dropped = msg.outbox_error, msg.samples_dropped
+        rec.acked = self.tracker.acked(key)
         b.events += self.liveness.on_heartbeat(rec, msg.session, msg.interval_s, at)
-        if self.tracker.heartbeat_base(rec.site, msg.last_acked):
-            why = f"nothing stored: contiguous ack starts at the site's last_acked {msg.last_acked}"
-            b.events.append(EventRow(rec.site, at, "ack_base", None, None, why, msg.session))
-        if msg.last_acked < self.tracker.acked(rec.site):
-            b.ack_sites.add(rec.site)  # its last ack may have been lost: say it again
 
     def _cleared(self, msg: Cleared, at: int, b: Batch) -> None:
         site = msg.topic.site
@@ -312,6 +515,8 @@ class Ingestor:
         rec = self.sites[site]
         what = msg.topic.channel.value
         if what == "registration":
+            if rec.registration is not None:
+                self._unregistered += 1
             rec.registration = None
         else:
             rec.status = None
@@ -323,6 +528,7 @@ class Ingestor:
         rec = self.sites.get(site)
         if rec is None:
             rec = self.sites[site] = SiteRecord(site=site, first_seen=at)
+            self._unregistered += 1
         return rec
 
     def _tick(self, now: int, b: Batch) -> None:
@@ -350,40 +556,76 @@ class Ingestor:
         store = self.store
         store.add_messages(b.durable)
         self.stored_messages += len(b.committed)
-        by_site: dict[str, list[int]] = {}
-        for site, seq in b.committed:
-            by_site.setdefault(site, []).append(seq)
-        for site, first, last, at in b.gaps:
-            if store.add_gap(site, first, last, at):
-                size = last - first + 1
-                why = f"site dropped seq {first}-{last} ({size} messages) by its outbox policy"
-                b.events.append(EventRow(site, at, "gap", None, None, why))
-            self.tracker.gap(site, first, last)
-            b.ack_sites.add(site)
-        for site, seqs in by_site.items():
-            self.tracker.committed(site, seqs)
-            b.ack_sites.add(site)
-        for site in b.ack_sites:
+        by_stream: dict[tuple[str, str], list[int]] = {}
+        for site, epoch, seq in b.committed:
+            by_stream.setdefault((site, epoch), []).append(seq)
+        for site, epoch, seq, gaps, at in b.gaps:
+            self._gaps(site, epoch, seq, gaps, at, b)
+        for key, seqs in by_stream.items():
+            self.tracker.committed(key, seqs)
+            b.ack_streams.add(key)
+        for site, epoch in b.ack_streams:
+            acked = self.tracker.acked((site, epoch))
+            self.streams.acked(site, epoch, acked)
+            store.purge_gaps(site, epoch, acked)
             rec = self.sites[site]
-            rec.acked = self.tracker.acked(site)
-            b.touched[site] = rec
+            if epoch == rec.epoch:
+                rec.acked = acked
+                b.touched[site] = rec
+        if self.admission.new_devices:
+            store.add_devices((s, d, self.clock()) for s, d in self.admission.new_devices)
+            self.admission.new_devices = []
         store.add_heartbeats(b.heartbeats)
         store.add_events(b.events)
         store.add_dead_letters(b.dead)
         store.save_sites(b.touched.values())
+        store.save_streams(self.streams.take_dirty())
         store.commit()
         # Committed: now the broker and the sites may forget these messages.
         for mid, qos in b.mids:
             self.ack(mid, qos)
-        for site in b.ack_sites:
-            ack = Ack(site=site, session=self.session, acked=self.tracker.acked(site))
+        for site, epoch in b.ack_streams:
+            acked = self.tracker.acked((site, epoch))
+            ack = Ack(site=site, epoch=epoch, session=self.session, acked=acked)
             self.publish(self.topics.ack(site), encode(ack), 1, False)
+        for topic in b.clear_retained:
+            self.publish(topic, b"", 1, True)
         for site in b.needs_registration:
             if self.sites[site].registration is None:
                 self._send_rebirth(site)
 
+    def _gaps(
+        self,
+        site: str,
+        epoch: str,
+        seq: int,
+        gaps: tuple[tuple[int, int], ...],
+        at: int,
+        b: Batch,
+    ) -> None:
+        """Count the ranges a message announces as dropped: only between the stream's
+        current ack and the message's own seq, merged, one event per message."""
+        key = (site, epoch)
+        acked = self.tracker.acked(key)
+        ranges = [r for r in (clip_gap(f, last, acked, seq) for f, last in gaps) if r]
+        if not ranges:
+            return
+        new = 0
+        for first, last in ranges:
+            if self.store.add_gap(site, first, last, at, epoch):
+                new += last - first + 1
+            self.tracker.gap(key, first, last)
+        b.ack_streams.add(key)
+        if new:
+            if len(ranges) == 1:
+                first, last = ranges[0]
+                why = f"site dropped seq {first}-{last} ({new} messages) by its outbox policy"
+            else:
+                why = f"site dropped {new} messages in {len(ranges)} ranges by its outbox policy"
+            b.events.append(EventRow(site, at, "gap", None, None, why))
+
     def _send_rebirth(self, site: str) -> None:
-        if not self._rebirth.allow(site)[0]:
+        if not self._rebirth.allow(site)[0] or not self._rebirth_budget.allow():
             return
         cmd = RebirthCommand(
             site=site,

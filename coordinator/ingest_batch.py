@@ -11,7 +11,8 @@ __all__ = ["Batch", "durable_row"]
 
 class Batch:
     __slots__ = (
-        "ack_sites",
+        "ack_streams",
+        "clear_retained",
         "committed",
         "dead",
         "durable",
@@ -20,20 +21,24 @@ class Batch:
         "heartbeats",
         "mids",
         "needs_registration",
+        "new_sites",
         "touched",
     )
 
     def __init__(self) -> None:
         self.mids: list[tuple[int, int]] = []
         self.durable: list[DurableRow] = []
-        self.committed: list[tuple[str, int]] = []
+        self.committed: list[tuple[str, str, int]] = []  # (site, epoch, seq)
         self.heartbeats: list[HeartbeatRow] = []
         self.events: list[EventRow] = []
         self.dead: list[Any] = []
-        self.gaps: list[tuple[str, int, int, int]] = []
+        # (site, epoch, seq of the announcing message, ranges, received_at)
+        self.gaps: list[tuple[str, str, int, tuple[tuple[int, int], ...], int]] = []
         self.touched: dict[str, SiteRecord] = {}
-        self.ack_sites: set[str] = set()
+        self.ack_streams: set[tuple[str, str]] = set()
+        self.clear_retained: set[str] = set()
         self.needs_registration: set[str] = set()
+        self.new_sites: set[str] = set()  # sites first seen in this batch, admitted
 
 
 def durable_row(
@@ -51,4 +56,5 @@ def durable_row(
         job,
         samples,
         payload,
+        msg.epoch,
     )

@@ -132,7 +132,85 @@ def _m0001_core(db: Any) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration("core_0001", _m0001_core),)
+def _rebuild(db: Any, table: str, create: str, columns: str) -> None:
+    """Recreate ``table`` with a new definition (SQLite cannot change a primary key),
+    keeping its rows, their rowids and every index other modules added to it."""
+    indexes = [
+        row[0]
+        for row in db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL",
+            [table],
+        ).fetchall()
+    ]
+    db.execute(create.format(name=f"{table}_new"))
+    db.execute(f"INSERT INTO {table}_new (rowid, {columns}) SELECT rowid, {columns} FROM {table}")
+    db.execute(f"DROP TABLE {table}")
+    db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+    for sql in indexes:
+        db.execute(sql)
+
+
+def _m0002_streams(db: Any) -> None:
+    """Stream identity: the durable key becomes (site, epoch, seq).
+
+    A site's ``epoch`` is created with its state directory; rows stored before it existed
+    belong to the epoch "". Also: per-stream ack state, the devices each site streams,
+    and what a site's heartbeat says about its outbox's health.
+    """
+    _rebuild(
+        db,
+        "messages",
+        "CREATE TABLE {name} (site TEXT NOT NULL, epoch TEXT NOT NULL DEFAULT '', "
+        "seq INTEGER NOT NULL, kind TEXT, session INTEGER, ts INTEGER, received_at INTEGER, "
+        "historical INTEGER, device TEXT, job_id TEXT, payload TEXT, "
+        "PRIMARY KEY (site, epoch, seq))",
+        "site, seq, kind, session, ts, received_at, historical, device, job_id, payload",
+    )
+    _rebuild(
+        db,
+        "gaps",
+        "CREATE TABLE {name} (site TEXT NOT NULL, epoch TEXT NOT NULL DEFAULT '', "
+        "first INTEGER NOT NULL, last INTEGER NOT NULL, received_at INTEGER, "
+        "PRIMARY KEY (site, epoch, first))",
+        "site, first, last, received_at",
+    )
+    db.execute("ALTER TABLE telemetry ADD COLUMN epoch TEXT NOT NULL DEFAULT ''")
+    db.execute(
+        "CREATE TABLE streams (site TEXT NOT NULL, epoch TEXT NOT NULL, first_seen INTEGER, "
+        "last_seen INTEGER, acked INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (site, epoch))"
+    )
+    db.execute(
+        "INSERT INTO streams SELECT site, '', first_seen, last_seen, coalesce(acked, 0) FROM sites"
+    )
+    db.execute(
+        "CREATE TABLE devices (site TEXT NOT NULL, device TEXT NOT NULL, first_seen INTEGER, "
+        "PRIMARY KEY (site, device))"
+    )
+    db.execute(
+        "INSERT INTO devices SELECT site, device, min(received_at) FROM messages "
+        "WHERE device IS NOT NULL GROUP BY site, device"
+    )
+    for column, kind in (
+        ("epoch", "TEXT NOT NULL DEFAULT ''"),
+        ("conflict_at", "INTEGER NOT NULL DEFAULT 0"),
+        ("conflict_reason", "TEXT"),
+        ("outbox_error", "TEXT"),
+        ("samples_dropped", "INTEGER NOT NULL DEFAULT 0"),
+    ):
+        db.execute(f"ALTER TABLE sites ADD COLUMN {column} {kind}")
+    for column, kind in (
+        ("epoch", "TEXT NOT NULL DEFAULT ''"),
+        ("samples_dropped", "INTEGER NOT NULL DEFAULT 0"),
+        ("outbox_error", "TEXT"),
+    ):
+        db.execute(f"ALTER TABLE heartbeats ADD COLUMN {column} {kind}")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("core_0001", _m0001_core),
+    Migration("core_0002_streams", _m0002_streams),
+)
 
 
 def apply_migrations(conn: sqlite3.Connection, migrations: Iterable[Migration]) -> list[str]:

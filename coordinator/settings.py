@@ -39,6 +39,16 @@ class CoordinatorSettings(BaseModel):
     writer_process: bool = True
     liveness_interval_s: float = Field(default=0.5, gt=0)
     rebirth_interval_s: float = Field(default=10.0, ge=0)
+    # At most this many cmd/rebirth per second in all (thousands of unknown site ids must
+    # not turn into thousands of commands).
+    rebirth_per_s: float = Field(default=20.0, gt=0)
+    # What one site may cost (see coordinator/admission.py): over its byte budget its
+    # messages are left unacked for it to re-send later; devices and unregistered sites
+    # beyond these bounds are dead letters.
+    site_bytes_per_s: float = Field(default=8_000_000, gt=0)
+    site_burst_bytes: float = Field(default=32_000_000, gt=0)
+    site_max_devices: int = Field(default=256, ge=1)
+    max_unregistered_sites: int = Field(default=1_000, ge=1)
     heartbeat_retention_days: float = Field(default=7.0, gt=0)
     telemetry_retention_days: float = Field(default=90.0, gt=0)
     purge_interval_s: float = Field(default=3600.0, gt=0)

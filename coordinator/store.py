@@ -34,6 +34,8 @@ __all__ = [
     "SiteRecord",
     "SqliteStore",
     "Store",
+    "StoreError",
+    "StreamRow",
     "apply_migrations",
 ]
 
@@ -57,6 +59,11 @@ SITE_FIELDS = (
     "mem_percent",
     "disk_percent",
     "jobs_running",
+    "epoch",
+    "conflict_at",
+    "conflict_reason",
+    "outbox_error",
+    "samples_dropped",
 )
 
 
@@ -83,6 +90,11 @@ class SiteRecord:
     mem_percent: float | None = None
     disk_percent: float | None = None
     jobs_running: int = 0
+    epoch: str = ""  # the site's current stream (see coordinator/streams.py)
+    conflict_at: int = 0  # last time two live streams of this site id interleaved
+    conflict_reason: str | None = None
+    outbox_error: str | None = None
+    samples_dropped: int = 0
 
     def row(self) -> tuple[Any, ...]:
         return tuple(getattr(self, f) for f in SITE_FIELDS)
@@ -103,6 +115,7 @@ class DurableRow(NamedTuple):
     job_id: str | None
     samples: Sequence[tuple[str, int, float, str, str]]
     payload: str | None
+    epoch: str = ""
 
 
 class HeartbeatRow(NamedTuple):
@@ -120,6 +133,19 @@ class HeartbeatRow(NamedTuple):
     outbox_dropped: int
     last_acked: int
     jobs_running: int
+    epoch: str = ""
+    samples_dropped: int = 0
+    outbox_error: str | None = None
+
+
+class StreamRow(NamedTuple):
+    """One stream of a site: its ``epoch`` and the contiguous ``acked`` seq."""
+
+    site: str
+    epoch: str
+    first_seen: int
+    last_seen: int
+    acked: int
 
 
 class EventRow(NamedTuple):
@@ -149,16 +175,29 @@ class Store(Protocol):
     def meta_set(self, key: str, value: str) -> None: ...
     def load_sites(self) -> list[SiteRecord]: ...
     def save_sites(self, records: Iterable[SiteRecord]) -> None: ...
+    def load_streams(self) -> list[StreamRow]: ...
+    def save_streams(self, rows: Iterable[StreamRow]) -> None: ...
+    def load_devices(self) -> dict[str, set[str]]: ...
+    def add_devices(self, rows: Iterable[tuple[str, str, int]]) -> None: ...
     def add_messages(self, rows: Sequence[DurableRow]) -> list[DurableRow]: ...
-    def seqs_above(self, site: str, seq: int) -> list[int]: ...
-    def add_gap(self, site: str, first: int, last: int, received_at: int) -> bool: ...
-    def gaps_above(self, site: str, seq: int) -> list[tuple[int, int]]: ...
+    def seqs_above(self, site: str, seq: int, epoch: str = "") -> list[int]: ...
+    def add_gap(
+        self, site: str, first: int, last: int, received_at: int, epoch: str = ""
+    ) -> bool: ...
+    def gaps_above(self, site: str, seq: int, epoch: str = "") -> list[tuple[int, int]]: ...
+    def purge_gaps(self, site: str, epoch: str, acked: int) -> int: ...
     def add_heartbeats(self, rows: Sequence[HeartbeatRow]) -> None: ...
     def add_events(self, rows: Sequence[EventRow]) -> None: ...
     def add_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None: ...
     def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int, int]: ...
     def commit(self) -> None: ...
+    def rollback(self) -> None: ...
     def close(self) -> None: ...
+
+
+class StoreError(Exception):
+    """A write the store could not make: the data, not the storage, is at fault
+    (e.g. a value the database cannot hold). The caller dead-letters the message."""
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -175,11 +214,16 @@ _SITE_UPSERT = (
 )
 _MSG_INSERT = (
     "INSERT OR IGNORE INTO messages (site, seq, kind, session, ts, received_at, historical, "
-    "device, job_id, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "device, job_id, payload, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _TEL_INSERT = (
-    "INSERT INTO telemetry (site, device, name, ts, value, unit, quality, historical, seq) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO telemetry (site, device, name, ts, value, unit, quality, historical, seq, "
+    "epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_HEARTBEAT_COLUMNS = ", ".join(HeartbeatRow._fields)
+_HEARTBEAT_INSERT = (
+    f"INSERT INTO heartbeats ({_HEARTBEAT_COLUMNS}) "
+    f"VALUES ({', '.join('?' * len(HeartbeatRow._fields))})"
 )
 
 
@@ -195,6 +239,7 @@ def _msg_tuple(r: DurableRow) -> tuple[Any, ...]:
         r.device,
         r.job_id,
         r.payload,
+        r.epoch,
     )
 
 
@@ -247,7 +292,7 @@ class SqliteStore:
             new = [r for r in rows if self.conn.execute(_MSG_INSERT, _msg_tuple(r)).rowcount]
         self.conn.execute("RELEASE batch")
         samples = [
-            (r.site, r.device, n, ts, v, u, q, int(r.historical), r.seq)
+            (r.site, r.device, n, ts, v, u, q, int(r.historical), r.seq, r.epoch)
             for r in new
             for (n, ts, v, u, q) in r.samples
         ]
@@ -255,29 +300,53 @@ class SqliteStore:
             self.conn.executemany(_TEL_INSERT, samples)
         return list(new)
 
-    def seqs_above(self, site: str, seq: int) -> list[int]:
+    def load_streams(self) -> list[StreamRow]:
+        cur = self.conn.execute("SELECT site, epoch, first_seen, last_seen, acked FROM streams")
+        return [StreamRow(*row) for row in cur.fetchall()]
+
+    def save_streams(self, rows: Iterable[StreamRow]) -> None:
+        self.conn.executemany("INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?, ?)", rows)
+
+    def load_devices(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for site, device in self.conn.execute("SELECT site, device FROM devices"):
+            out.setdefault(site, set()).add(device)
+        return out
+
+    def add_devices(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO devices VALUES (?, ?, ?)", rows)
+
+    def seqs_above(self, site: str, seq: int, epoch: str = "") -> list[int]:
         cur = self.conn.execute(
-            "SELECT seq FROM messages WHERE site = ? AND seq > ? ORDER BY seq", (site, seq)
+            "SELECT seq FROM messages WHERE site = ? AND epoch = ? AND seq > ? ORDER BY seq",
+            (site, epoch, seq),
         )
         return [row[0] for row in cur.fetchall()]
 
-    def add_gap(self, site: str, first: int, last: int, received_at: int) -> bool:
+    def add_gap(self, site: str, first: int, last: int, received_at: int, epoch: str = "") -> bool:
         cur = self.conn.execute(
-            "INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, ?)", (site, first, last, received_at)
+            "INSERT OR IGNORE INTO gaps (site, epoch, first, last, received_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (site, epoch, first, last, received_at),
         )
         return cur.rowcount == 1
 
-    def gaps_above(self, site: str, seq: int) -> list[tuple[int, int]]:
+    def gaps_above(self, site: str, seq: int, epoch: str = "") -> list[tuple[int, int]]:
         cur = self.conn.execute(
-            "SELECT first, last FROM gaps WHERE site = ? AND last > ? ORDER BY first",
-            (site, seq),
+            "SELECT first, last FROM gaps WHERE site = ? AND epoch = ? AND last > ? ORDER BY first",
+            (site, epoch, seq),
         )
         return [(row[0], row[1]) for row in cur.fetchall()]
 
+    def purge_gaps(self, site: str, epoch: str, acked: int) -> int:
+        """Forget the dropped ranges an ack has moved past (their events stay)."""
+        return self.conn.execute(
+            "DELETE FROM gaps WHERE site = ? AND epoch = ? AND last <= ?", (site, epoch, acked)
+        ).rowcount
+
     def add_heartbeats(self, rows: Sequence[HeartbeatRow]) -> None:
         if rows:
-            marks = ", ".join("?" * len(HeartbeatRow._fields))
-            self.conn.executemany(f"INSERT INTO heartbeats VALUES ({marks})", rows)
+            self.conn.executemany(_HEARTBEAT_INSERT, rows)
 
     def add_events(self, rows: Sequence[EventRow]) -> None:
         if rows:
@@ -310,25 +379,32 @@ class SqliteStore:
         sites = [row[0] for row in self.conn.execute("SELECT site FROM sites")]
         tel = msgs = 0
         for site in sites:
-            (cut,) = self.conn.execute(
-                "SELECT max(seq) FROM telemetry WHERE site = ? AND ts < ?",
+            cuts = self.conn.execute(
+                "SELECT epoch, max(seq) FROM telemetry WHERE site = ? AND ts < ? GROUP BY epoch",
                 (site, telemetry_before),
-            ).fetchone()
-            if cut is None:
+            ).fetchall()
+            if not cuts:
                 continue
             tel += self.conn.execute(
                 "DELETE FROM telemetry WHERE site = ? AND ts < ?", (site, telemetry_before)
             ).rowcount
-            # The primary key (site, seq) serves this range. A site's seq grows with time,
-            # so a replay of a purged message could only come from beyond the retention.
-            msgs += self.conn.execute(
-                "DELETE FROM messages WHERE site = ? AND seq <= ? AND kind = 'telemetry'",
-                (site, cut),
-            ).rowcount
+            # The primary key (site, epoch, seq) serves this range. A stream's seq grows
+            # with time, so a replay of a purged message could only come from beyond the
+            # retention.
+            for epoch, cut in cuts:
+                msgs += self.conn.execute(
+                    "DELETE FROM messages WHERE site = ? AND epoch = ? AND seq <= ? "
+                    "AND kind = 'telemetry'",
+                    (site, epoch, cut),
+                ).rowcount
         return hb, tel, msgs
 
     def commit(self) -> None:
         self.conn.commit()
+
+    def rollback(self) -> None:
+        """Drop the open transaction (after a failed write)."""
+        self.conn.rollback()
 
     def close(self) -> None:
         self.conn.close()

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import signal
+import sqlite3
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -42,8 +43,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Stored = tuple[str, int, tuple[tuple[int, int], ...]]
-"""What the child reports per stored message: site, seq and announced gaps."""
+Stored = tuple[str, str, int, tuple[tuple[int, int], ...], bool]
+"""What the child reports per stored message: site, epoch, seq, announced gaps and
+whether it is a replay (``historical``)."""
 
 
 class WriterError(RuntimeError):
@@ -124,9 +126,17 @@ def _serve(conn: Connection, db: str, prefix: str, max_payload: int) -> None:
                     out.append(None)
                     continue
                 rows.append(telemetry_row(msg, at))
-                out.append((msg.site, msg.seq, tuple((g.first, g.last) for g in msg.gaps)))
-            store.add_messages(rows)
-            store.commit()
+                gaps = tuple((g.first, g.last) for g in msg.gaps)
+                out.append((msg.site, msg.epoch, msg.seq, gaps, msg.historical))
+            try:
+                store.add_messages(rows)
+                store.commit()
+            except sqlite3.OperationalError:
+                raise  # the storage itself: the parent retries the batch
+            except Exception as exc:  # a row the store refuses: the parent isolates it
+                store.rollback()
+                log.warning("writer process: batch refused (%s); the parent retries it", exc)
+                out = [None] * len(out)
             conn.send(out)
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -75,7 +75,8 @@ def test_answers_after_commit_and_stores_a_replay_once(tmp_path: Path) -> None:
         good = (T.telemetry("a", "d"), json.dumps(_batch()).encode(), 7)
         bad = (T.telemetry("a", "d"), b"{", 7)
         w.submit([good, bad, good])
-        assert w.results() == [("a", 3, ((1, 2),)), None, ("a", 3, ((1, 2),))]
+        stored = ("a", "", 3, ((1, 2),), False)
+        assert w.results() == [stored, None, stored]
         other = sqlite3.connect(db)  # committed before the answer
         assert other.execute("SELECT count(*) FROM telemetry").fetchone()[0] == 1
         row = other.execute("SELECT site, seq, device, received_at FROM messages").fetchone()

@@ -149,7 +149,7 @@ def test_named_migrations_run_once_and_others_can_add_tables(make: Any) -> None:
     store = make(extra_migrations=[Migration("train_0001_runs", runs)])
     assert calls == ["runs"]
     names = [r[0] for r in store.conn.execute("SELECT name FROM _migrations ORDER BY name")]
-    assert names == ["core_0001", "train_0001_runs"]
+    assert names == ["core_0001", "core_0002_streams", "train_0001_runs"]
     store.conn.execute("INSERT INTO runs VALUES ('r1', 'rul')")
 
 
@@ -175,4 +175,4 @@ def test_a_migrated_database_opens_without_importing_sqlite_utils(tmp_path: Path
     assert opened() == "True"  # a new database: the migrations ran
     assert opened() == "False"
     names = [r[0] for r in sqlite3.connect(db).execute("SELECT name FROM _migrations")]
-    assert names == ["core_0001"]
+    assert names == ["core_0001", "core_0002_streams"]
