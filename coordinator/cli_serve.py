@@ -101,7 +101,7 @@ def run(
     except Exception as exc:  # sqlite3 errors: unwritable path, not a database, ...
         log.error("cannot open database %s: %s", settings.db, exc)
         return EXIT["error"]
-    sign = _signer(settings.signing_key_file)
+    sign = _signer(settings.signing_key_file, settings.mqtt.prefix)
     session = store.begin_session()
     inbound: queue.SimpleQueue[Any] = queue.SimpleQueue()
     options = BusOptions(
@@ -137,10 +137,10 @@ def run(
     return code
 
 
-def _signer(path: Path | None) -> Any:
+def _signer(path: Path | None, prefix: str) -> Any:
     if path is None:
         return None
     from coordinator import signing
 
     key = signing.load_private_key(path)
-    return lambda cmd: signing.sign(cmd, key)
+    return lambda cmd: signing.sign(cmd, key, prefix)

@@ -1,7 +1,8 @@
 """Ed25519 command signing: the coordinator's key pair and signatures on commands.
 
 Sites pin the public key and verify ``Command.signature`` (standard base64) over
-``schemas.signing_bytes(raw_payload)``; this module only signs. Keys are PEM: the private
+``schemas.signing_bytes(command, prefix)``: the command's topic and its validated fields
+(see there); this module only signs. Keys are PEM: the private
 key PKCS8 unencrypted with file mode 0600, the public key SubjectPublicKeyInfo.
 """
 
@@ -109,7 +110,8 @@ def load_public_key(path: Path | str) -> Ed25519PublicKey:
     return key
 
 
-def sign(cmd: C, key: Ed25519PrivateKey) -> C:
-    """Return a copy of ``cmd`` whose ``signature`` covers every other field."""
-    signature = key.sign(signing_bytes(cmd))
+def sign(cmd: C, key: Ed25519PrivateKey, prefix: str) -> C:
+    """Return a copy of ``cmd`` whose ``signature`` covers every other field and its
+    topic under ``prefix`` (the one it is published on)."""
+    signature = key.sign(signing_bytes(cmd, prefix))
     return cmd.model_copy(update={"signature": base64.b64encode(signature).decode("ascii")})

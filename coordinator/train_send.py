@@ -99,7 +99,7 @@ class CommandSender:
     def _sign(self, cmd: Any) -> Any:
         from coordinator.signing import sign
 
-        return sign(cmd, self.key)
+        return sign(cmd, self.key, self.topics.prefix)
 
     def train(
         self,

@@ -1,6 +1,14 @@
 """Encode messages to bytes and decode (topic, payload) into validated messages.
 
 ``decode`` raises only :class:`~schemas.errors.DecodeError`, whatever the input.
+
+JSON objects with duplicate keys are refused, at any depth and for every kind: parsers
+disagree on which duplicate wins (pydantic's validator and ``json.loads`` pick different
+ones), so such a payload could mean one thing to a check and another to its use. The
+check parses the payload a second time (~30 us for a 10-sample telemetry batch, measured
+against ~19 us for validation alone); the coordinator's telemetry fast path
+(``coordinator.writer_proc.decode_telemetry``) skips it, since a site is the authority
+over its own telemetry and no signature is involved.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from schemas.messages import CHANNEL_KINDS, COMMAND_KINDS, KINDS, MESSAGE_ADAPTE
 from schemas.topics import RETAINED, Channel, ParsedTopic, Topics
 from schemas.version import MAJOR, major_of
 
-__all__ = ["DEFAULT_MAX_PAYLOAD", "Cleared", "Codec", "decode", "encode"]
+__all__ = ["DEFAULT_MAX_PAYLOAD", "Cleared", "Codec", "decode", "encode", "refuse_duplicate_keys"]
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
@@ -63,7 +71,37 @@ class Codec:
         if major_of(msg.v) != MAJOR:
             raise DecodeError(Reason.UNSUPPORTED_VERSION, f"version {msg.v}, expected {MAJOR}.x")
         _check_topic(parsed, msg)
+        refuse_duplicate_keys(payload)
         return msg  # type: ignore[no-any-return]
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def refuse_duplicate_keys(payload: bytes) -> None:
+    """Raise DecodeError if any JSON object in ``payload`` repeats a key.
+
+    Call it on a payload that already validated (so it is JSON); anything else raises
+    DecodeError too.
+    """
+    try:
+        json.loads(payload, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as exc:
+        raise DecodeError(Reason.INVALID, f"duplicate key {str(exc)[:64]!r}") from None
+    except Exception as exc:  # not JSON after all, or nested too deep for json
+        raise DecodeError(Reason.INVALID, type(exc).__name__) from None
 
 
 def _check_topic(parsed: ParsedTopic, msg: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from schemas.envelope import INT63_MAX, Envelope, EpochMs, Id, Level
+from schemas.topics import Topics
 from schemas.weights import ChunkFields, WeightsBlob
 
 __all__ = [
@@ -86,15 +87,43 @@ class CoordinatorStatus(Envelope):
     state: Literal["online", "offline"]
 
 
-def signing_bytes(cmd: Command | bytes) -> bytes:
-    """The canonical bytes a command signature covers: every field but ``signature``.
+def signing_bytes(cmd: Command, prefix: str) -> bytes:
+    """The bytes a command's signature covers: where it goes, and exactly what it says.
 
-    Pass the raw payload when verifying, so fields that this minor version does not know
-    (and that the model therefore ignores) are still covered by the signature.
+    Canonical JSON (sorted keys, no spaces) of ``{"body": ..., "topic": ...}``:
+
+    - ``topic`` is the command's topic ``{prefix}/site/{site}/cmd/{kind}``, so a command
+      signed for one site, command name or prefix (e.g. another plant's namespace under a
+      bridge) does not verify anywhere else.
+    - ``body`` is the *validated model* (every field but ``signature``), never the raw
+      payload: the signer signs the model it sends and the site verifies the model it
+      decoded, i.e. what it will act on. Nothing the model reads differently from a plain
+      JSON parser (a duplicated key, an ignored unknown field) can change the meaning of
+      a signed command without breaking the signature.
+
+    Exactness over forward compatibility, by choice: a field that this minor version does
+    not know is not in the body, so a newer coordinator's command that sets one fails
+    verification at an older site (it is refused rather than acted on without it). Top
+    level fields at their static default are left out (``v`` and factory defaults such
+    as ``ts`` never are), so that adding a defaulted field in a later minor version keeps
+    commands that do not use it verifiable both ways.
+
+    Raises:
+        TopicError: ``prefix`` or the command's site or kind cannot form a command topic.
     """
-    if isinstance(cmd, bytes):
-        body = json.loads(cmd)
-        body.pop("signature", None)
-    else:
-        body = cmd.model_dump(mode="json", exclude={"signature"})
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    body = cmd.model_dump(mode="json", exclude={"signature"} | _at_static_default(cmd))
+    topic = Topics(prefix).cmd(cmd.site, str(getattr(cmd, "kind", "")))
+    text = json.dumps(
+        {"body": body, "topic": topic}, sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+    return text.encode()
+
+
+def _at_static_default(cmd: Command) -> set[str]:
+    # Not pydantic's exclude_defaults: it calls default factories (``ts`` = now), so
+    # signer and verifier could disagree on whether a field is left out.
+    out = set()
+    for name, info in type(cmd).model_fields.items():
+        if name != "v" and info.default_factory is None and getattr(cmd, name) == info.default:
+            out.add(name)
+    return out

@@ -1,7 +1,8 @@
 """Accept a command only if it is signed by the pinned coordinator key, fresh, and new.
 
 Checks, in order: the signature (Ed25519, standard base64, over
-``schemas.signing_bytes(raw_payload)``) against the pinned public key; the expiry
+``schemas.signing_bytes(command, prefix)``: the command's topic under this site's prefix
+and the validated command, exactly as it will be acted on) against the pinned public key; the expiry
 (``expires_at`` epoch ms, with a clock skew allowance); replay (``cmd_id`` seen before,
 persisted in SQLite so a restart does not reopen the window). A site without a pinned key
 accepts only the harmless ``rebirth`` and ``ping``; ``train`` and ``cancel`` always need a
@@ -56,8 +57,11 @@ class CommandGuard:
         public_key: Ed25519PublicKey | None,
         skew_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        *,
+        prefix: str,
     ) -> None:
         self._key = public_key
+        self._prefix = prefix
         self._skew_ms = int(skew_s * 1000)
         self._clock = clock
         Path(db_path).parent.mkdir(parents=True, exist_ok=True)
@@ -67,15 +71,20 @@ class CommandGuard:
             "CREATE TABLE IF NOT EXISTS seen (cmd_id TEXT PRIMARY KEY, expires_at INTEGER)"
         )
 
-    def check(self, cmd: Command, raw: bytes) -> None:
-        """Return if ``cmd`` (decoded from ``raw``) may run; else raise CommandRefused."""
+    def check(self, cmd: Command) -> None:
+        """Return if ``cmd`` may run; else raise CommandRefused.
+
+        ``cmd`` is the codec's validated model (the codec refuses duplicate keys, and a
+        kind or site that does not match the topic): the signature is checked over it,
+        never over the raw payload, so what is verified is what runs.
+        """
         now = int(self._clock() * 1000)
         kind = str(getattr(cmd, "kind", ""))
         if self._key is None:
             if kind not in UNSIGNED_SAFE:
                 raise CommandRefused(f"{kind} needs a signature and no key is pinned")
         else:
-            self._verify(raw, cmd.signature)
+            self._verify(cmd)
         if cmd.expires_at + self._skew_ms < now:
             raise CommandRefused(f"expired {(now - cmd.expires_at) / 1000:.0f} s ago")
         try:
@@ -85,15 +94,15 @@ class CommandGuard:
         # Expired ids can go: their commands are refused by the expiry check anyway.
         self._db.execute("DELETE FROM seen WHERE expires_at < ?", (now - 2 * self._skew_ms,))
 
-    def _verify(self, raw: bytes, signature: str) -> None:
+    def _verify(self, cmd: Command) -> None:
         from cryptography.exceptions import InvalidSignature
 
         assert self._key is not None
-        if not signature:
+        if not cmd.signature:
             raise CommandRefused("unsigned")
         try:
-            sig = base64.b64decode(signature, validate=True)
-            self._key.verify(sig, signing_bytes(raw))
+            sig = base64.b64decode(cmd.signature, validate=True)
+            self._key.verify(sig, signing_bytes(cmd, self._prefix))
         except (InvalidSignature, binascii.Error, ValueError):
             raise CommandRefused("bad signature") from None
 

@@ -186,7 +186,9 @@ class SiteDaemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda _s, _f: self._stop.set())
         s = self.settings
-        self.guard = CommandGuard(s.commands_path, self._key, s.command_clock_skew_s)
+        self.guard = CommandGuard(
+            s.commands_path, self._key, s.command_clock_skew_s, prefix=s.mqtt.prefix
+        )
         self._load_extensions()
         self.outbox.start()
         self.bus.start()
@@ -326,7 +328,7 @@ class SiteDaemon:
         kind = str(getattr(cmd, "kind", ""))
         assert self.guard is not None
         try:
-            self.guard.check(cmd, raw)
+            self.guard.check(cmd)
         except CommandRefused as exc:
             log.warning("refused %s command %s: %s", kind, cmd.cmd_id, exc)
             if self._refusal is not None:

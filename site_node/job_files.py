@@ -31,9 +31,23 @@ JOB_PREFIX = "fedmq_job_"
 SLOT_PREFIX = "fedmq_slot_"
 
 
+_ESCAPES = {"_": "_u", "-": "_h"}
+_LONGEST = 128  # escaped ids longer than this are hashed (file names stop at 255 bytes)
+
+
 def func_name(job_id: str) -> str:
-    """The syft function (and folder) name of a job's own code request."""
-    return JOB_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", job_id)
+    """The syft function (and folder) name of a job's own code request.
+
+    One name per job id and never the same for two: ``_`` and ``-`` are escaped (``_u``,
+    ``_h``), so ``a-1`` and ``a_1`` get different folders and functions (``-`` is not
+    allowed in a Python name). Letters and digits are kept, so a job id without ``_`` or
+    ``-`` keeps the folder it had before the escaping. A very long id is named by its
+    sha256 under a prefix no escaped name can have.
+    """
+    escaped = re.sub(r"[_-]", lambda m: _ESCAPES[m.group(0)], job_id)
+    if len(escaped) <= _LONGEST and re.fullmatch(r"[A-Za-z0-9_]*", escaped):
+        return JOB_PREFIX + escaped
+    return JOB_PREFIX + "sha256_" + hashlib.sha256(job_id.encode()).hexdigest()
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from coordinator.signing import generate_keypair, load_public_key
-from schemas import SiteStatus, Topics, encode, signing_bytes
+from schemas import RebirthCommand, SiteStatus, Topics, encode, signing_bytes
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import (
     Coordinator,
@@ -110,10 +110,11 @@ def test_late_will_of_older_session_and_rebirth(
     )  # fmt: skip
     wait_until(lambda: _states(db).get("late") == "online", 20, "online")
     wait_until(lambda: sites_json(db)["late"]["registered"], 10, "registration after rebirth")
-    # The rebirth was signed with the configured key, over signing_bytes of the payload.
+    # The rebirth was signed with the configured key, over its topic and fields.
     raw = cmds.expect(lambda m: True).payload
     signature = base64.b64decode(json.loads(raw)["signature"])
-    load_public_key(pub).verify(signature, signing_bytes(raw))
+    rebirth = RebirthCommand.model_validate_json(raw)
+    load_public_key(pub).verify(signature, signing_bytes(rebirth, prefix))
     cmds.close()
     # A Will of session 4 that arrives after session 5 is online (published by hand).
     client = TestClient(own_broker.port).connect()

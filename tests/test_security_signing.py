@@ -1,4 +1,4 @@
-"""Command signing: key files, signatures that sites can verify over raw payload bytes."""
+"""Command signing: key files, signatures that sites verify over the decoded command."""
 
 from __future__ import annotations
 
@@ -48,57 +48,55 @@ def test_keypair_files_modes_and_formats(tmp_path: Path) -> None:
     assert load_public_key(pub).public_bytes_raw() == key.public_key().public_bytes_raw()
 
 
-def test_signature_verifies_over_raw_payload(tmp_path: Path) -> None:
+P = "fedmq/v1"
+
+
+def test_signature_verifies_over_the_decoded_command(tmp_path: Path) -> None:
     priv, pub = tmp_path / "k", tmp_path / "k.pub"
     generate_keypair(priv, pub)
     cmd = _cmd()
-    signed = sign(cmd, load_private_key(priv))
+    signed = sign(cmd, load_private_key(priv), P)
     assert cmd.signature == ""  # the original is untouched (frozen model, copy returned)
     assert signed.model_copy(update={"signature": ""}) == cmd
     payload = encode(signed)
     sig = base64.b64decode(json.loads(payload)["signature"], validate=True)
     assert len(sig) == 64
-    # What a site does: verify over the raw payload bytes with the pinned key.
-    load_public_key(pub).verify(sig, signing_bytes(payload))
+    # What a site does: decode the payload, verify over the model with the pinned key.
+    decoded = Codec().decode(Topics(P).cmd("plant-a", "train"), payload)
+    assert isinstance(decoded, TrainCommand)
+    load_public_key(pub).verify(sig, signing_bytes(decoded, P))
 
 
 def test_tampered_field_or_other_key_fails(tmp_path: Path) -> None:
     generate_keypair(tmp_path / "k", tmp_path / "k.pub")
     generate_keypair(tmp_path / "o", tmp_path / "o.pub")
-    signed = sign(_cmd(), load_private_key(tmp_path / "k"))
+    signed = sign(_cmd(), load_private_key(tmp_path / "k"), P)
     sig = base64.b64decode(signed.signature)
-    tampered = json.loads(encode(signed))
-    tampered["round"] = 7
+    tampered = signed.model_copy(update={"round": 7})
     with pytest.raises(InvalidSignature):
-        load_public_key(tmp_path / "k.pub").verify(
-            sig, signing_bytes(json.dumps(tampered).encode())
-        )
+        load_public_key(tmp_path / "k.pub").verify(sig, signing_bytes(tampered, P))
     with pytest.raises(InvalidSignature):
-        load_public_key(tmp_path / "o.pub").verify(sig, signing_bytes(encode(signed)))
+        load_public_key(tmp_path / "o.pub").verify(sig, signing_bytes(signed, P))
 
 
-def test_unknown_fields_from_newer_minor_are_covered(tmp_path: Path) -> None:
-    """A field this version ignores is still signed: stripping it breaks the signature."""
+def test_unknown_fields_are_not_acted_on_and_not_signed(tmp_path: Path) -> None:
+    """Exactness over forward compatibility: the signature covers the model a site acts
+    on. A field this version does not know is ignored by the codec and not covered."""
     generate_keypair(tmp_path / "k", tmp_path / "k.pub")
-    key = load_private_key(tmp_path / "k")
-    body = json.loads(encode(_cmd()))
+    signed = sign(_cmd(), load_private_key(tmp_path / "k"), P)
+    body = json.loads(encode(signed))
     body["future_field"] = "x"
-    sig = key.sign(signing_bytes(json.dumps(body).encode()))
-    body["signature"] = base64.b64encode(sig).decode()
-    raw = json.dumps(body).encode()
-    pub = load_public_key(tmp_path / "k.pub")
-    pub.verify(sig, signing_bytes(raw))
-    decoded = Codec().decode(Topics().cmd("plant-a", "train"), raw)
+    decoded = Codec().decode(Topics(P).cmd("plant-a", "train"), json.dumps(body).encode())
     assert isinstance(decoded, TrainCommand) and not hasattr(decoded, "future_field")
-    del body["future_field"]
-    with pytest.raises(InvalidSignature):
-        pub.verify(sig, signing_bytes(json.dumps(body).encode()))
+    assert signing_bytes(decoded, P) == signing_bytes(signed, P)
+    pub = load_public_key(tmp_path / "k.pub")
+    pub.verify(base64.b64decode(signed.signature), signing_bytes(decoded, P))
 
 
 def test_sign_keeps_subclass_type(tmp_path: Path) -> None:
     generate_keypair(tmp_path / "k", tmp_path / "k.pub")
     ping = PingCommand(site="s1", session=1, cmd_id="p1", expires_at=1)
-    signed = sign(ping, load_private_key(tmp_path / "k"))
+    signed = sign(ping, load_private_key(tmp_path / "k"), P)
     assert isinstance(signed, PingCommand) and signed.signature
 
 

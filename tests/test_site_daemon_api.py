@@ -99,7 +99,7 @@ def test_signed_train_dispatched_and_job_status_delivered_durably(
     )
     forged = cmd.model_copy(update={"signature": base64.b64encode(b"x" * 64).decode()})
     signed = cmd.model_copy(
-        update={"signature": base64.b64encode(key[0].sign(signing_bytes(cmd))).decode()}
+        update={"signature": base64.b64encode(key[0].sign(signing_bytes(cmd, prefix))).decode()}
     )
     client = TestClient(broker.port).connect()
     try:

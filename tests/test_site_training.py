@@ -19,6 +19,7 @@ import pytest
 
 from coordinator.signing import generate_keypair
 from schemas import CancelCommand, Registration, Topics, encode
+from site_node.job_files import func_name
 from site_node.tasks import get_task
 from tests.helpers.acker import Acker
 from tests.helpers.broker import Broker
@@ -110,8 +111,8 @@ def _jobs(proc: SiteProc) -> dict[str, dict]:
 
 
 def _submitted_to_datasite(proc: SiteProc, job_id: str) -> bool:
-    # Datasite.submit_job keeps every job's code and spec under syft/jobs/fedmq_job_<id>.
-    return (proc.data_dir / "syft" / "jobs" / f"fedmq_job_{job_id.replace('-', '_')}").exists()
+    # Datasite.submit_job keeps every job's code and spec under syft/jobs/<func_name>.
+    return (proc.data_dir / "syft" / "jobs" / func_name(job_id)).exists()
 
 
 def test_registration_advertises_task_datasets_and_approval_mode(fed: Federation) -> None:
@@ -195,7 +196,11 @@ def test_unsigned_forged_and_expired_commands_are_refused_and_reported(
     forged, _ = c.train_command("auto", "forged-1", fed.code_hash)
     expired, _ = c.train_command("auto", "expired-1", fed.code_hash, expires_in_s=-300)
     c.publish("auto", "train", encode(unsigned))
-    c.publish("auto", "train", encode(sign(forged, load_private_key(tmp_path / "other.key"))))
+    c.publish(
+        "auto",
+        "train",
+        encode(sign(forged, load_private_key(tmp_path / "other.key"), c.topics.prefix)),
+    )
     c.publish("auto", "train", encode(c.signed(expired)))
     cases = (("unsigned-1", "unsigned"), ("forged-1", "bad signature"), ("expired-1", "expired"))
     for job_id, why in cases:

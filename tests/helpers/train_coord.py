@@ -100,7 +100,7 @@ class TestCoordinator:
         return cmd, chunks
 
     def signed(self, cmd: Any) -> Any:
-        return sign(cmd, self.key)
+        return sign(cmd, self.key, self.topics.prefix)
 
     def publish(self, site: str, command: str, payload: bytes) -> None:
         self.client.publish(self.topics.cmd(site, command), payload)
