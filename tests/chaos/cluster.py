@@ -222,13 +222,29 @@ class Cluster:
         proc.wait(10)
         return pids
 
+    def pause_coordinator(self) -> list[psutil.Process]:
+        """SIGSTOP the coordinator and its children; returns them for :meth:`resume_coordinator`."""
+        proc = self.coordinator.proc
+        if proc is None or proc.poll() is not None:
+            return []
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.suspend()
+        return procs
+
+    def resume_coordinator(self, procs: list[psutil.Process]) -> None:
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.resume()
+
     def close(self) -> None:
         """Kill every process this run started, unmount its tmpfs (idempotent)."""
         for site in self.sites:
             with contextlib.suppress(Exception):
                 site.kill()
         with contextlib.suppress(Exception):
-            self.kill_coordinator()
+            self.kill_coordinator()  # SIGKILL ends a stopped process too
         with contextlib.suppress(Exception):
             self.broker.kill()
         if self.proxy is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from schemas import now_ms
 from tests.chaos.cluster import KEEPALIVE_S, Cluster, fill_disk, writer_child
+from tests.chaos.monitor import HeartbeatMonitor
 
 __all__ = ["FaultResult", "Injector"]
 
@@ -43,8 +44,10 @@ class Injector:
         rng: random.Random,
         rows: Callable[[], int],
         recover_timeout_s: float = 60.0,
+        monitor: HeartbeatMonitor | None = None,
     ) -> None:
         self.cluster = cluster
+        self.monitor = monitor
         self.rng = rng
         self.rows = rows
         self.timeout = recover_timeout_s
@@ -128,11 +131,26 @@ class Injector:
         return res
 
     def disk_full(self, index: int, hold_s: float) -> FaultResult:
-        site = self.cluster.sites[index]
+        """Fill the site's file system; the coordinator is paused meanwhile (SIGSTOP), so
+        the outbox must grow: with acks flowing, SQLite reuses its pages and never needs a
+        new block. Held ``hold_s`` after the site announces the error, then freed."""
+        c = self.cluster
+        site = c.sites[index]
         pid = site.proc.pid if site.proc is not None else None
         filler = site.data_dir / "filler"
+        paused = c.pause_coordinator()
+        t_fill = time.monotonic()
         written = fill_disk(filler)
-        notes = [f"filled {written >> 20} MiB"]
+        notes = [f"filled {written >> 20} MiB", "coordinator paused while full"]
+        hit = None
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline and site.alive() and hit is None:
+            if self._announced_error(site.site_id, t_fill):
+                hit = time.monotonic() - t_fill
+            time.sleep(0.1)
+        notes.append(
+            "no outbox error announced" if hit is None else f"outbox error announced {hit:.1f} s in"
+        )
         deadline = time.monotonic() + hold_s
         while time.monotonic() < deadline and site.alive():
             time.sleep(0.1)
@@ -141,6 +159,7 @@ class Injector:
             notes.append(f"site exited (code {code}) on the full disk")
         with contextlib.suppress(OSError):
             filler.unlink()
+        c.resume_coordinator(paused)
         if not site.alive():
             site.runs[-1].ended = "died on the full disk"
             site.start(self.rows())
@@ -149,6 +168,11 @@ class Injector:
         same = site.alive() and site.proc is not None and site.proc.pid == pid
         res.notes.append("survived without a restart" if same else "site restarted")
         return res
+
+    def _announced_error(self, site: str, since: float) -> bool:
+        if self.monitor is None:
+            return False
+        return any(b.outbox_error and b.at >= since for b in self.monitor.beats(site))
 
     # -- recovery ------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ class Report:
     integrity: dict[str, str]
     coordinator_exit: int
     coordinator_starts: int
+    code: str = ""
     outbox_errors: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
@@ -48,8 +49,8 @@ class Report:
 
     def acceptance(self) -> list[tuple[str, bool, str]]:
         t = self.totals()
-        reconnects = [f.reconnect_s for f in self.faults if f.reconnect_s is not None]
         broker_faults = [f for f in self.faults if f.kind == "broker" or "broker" in f.detail]
+        reconnects = [f.reconnect_s for f in broker_faults if f.reconnect_s is not None]
         disk = [f for f in self.faults if f.kind == "disk_full"]
         unrecovered = [f for f in self.faults if f.recover_s is None]
         out = [
@@ -111,6 +112,7 @@ class Report:
             "outbox_errors": self.outbox_errors,
             "notes": self.notes,
             "options": self.options,
+            "code": self.code,
             "wall_s": round(self.wall_s, 1),
             "workdir": self.workdir,
         }
@@ -122,7 +124,8 @@ class Report:
         o, t = self.options, self.totals()
         lines = [
             f"fedmq chaos: {o['sites']} sites x {o['rate']:g} samples/s, {len(self.faults)} "
-            f"faults ({self.kills()} kill -9) in {self.wall_s:.0f} s, seed {o['seed']}",
+            f"faults ({self.kills()} kill -9) in {self.wall_s:.0f} s, seed {o['seed']}, "
+            f"code {self.code}",
             "",
             f"{'fault':<12}{'count':>6}{'recovered':>10}  {'recover s med/max':>18}"
             f"  {'reconnect s med/max':>20}",

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import random
 import sqlite3
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -50,7 +51,10 @@ def run(opts: Options) -> Report:
     started = time.monotonic()
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="fedmq-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    deadline = started + opts.max_minutes * 60
+    # About 15 s per fault at worst: the bound sizes the replay files (rewritten at each
+    # site restart) and stops the loops if faults take far longer than they should.
+    planned = opts.kills * len(KINDS) + opts.proxy_stall + opts.disk_full
+    deadline = started + min(opts.max_minutes * 60, 120 + 15 * planned)
     rng = random.Random(opts.seed)
 
     def rows() -> int:
@@ -64,7 +68,7 @@ def run(opts: Options) -> Report:
     try:
         cluster.start(rows())
         monitor = HeartbeatMonitor(cluster.broker.port, cluster.prefix).start()
-        inject = Injector(cluster, rng, rows, opts.recover_timeout_s)
+        inject = Injector(cluster, rng, rows, opts.recover_timeout_s, monitor)
         first = inject.recover("start", "first data acked")
         if first.recover_s is None:
             raise RuntimeError("no data flowed after the start: " + "; ".join(first.notes))
@@ -98,6 +102,7 @@ def run(opts: Options) -> Report:
         errors = {s.site_id: monitor.outbox_errors(s.site_id) for s in cluster.sites}
         return Report(
             options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+            code=_code_version(),
             sites=tallies,
             faults=faults,
             integrity=checks,
@@ -113,6 +118,25 @@ def run(opts: Options) -> Report:
             with contextlib.suppress(Exception):
                 monitor.stop()
         cluster.close()
+
+
+def _code_version() -> str:
+    """The commit the run tested, ``-dirty`` when tracked files had uncommitted changes."""
+    repo = Path(__file__).resolve().parents[2]
+    git = ["git", "-C", str(repo)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
 
 
 def _one(inject: Injector, kind: str, i: int, n_sites: int) -> FaultResult:
