@@ -1,4 +1,10 @@
-"""Groups samples per device into batches by count and by time window."""
+"""Groups samples per device into batches by count and by time window.
+
+A row (the samples of one reading, :meth:`Batcher.add_row`) always goes into one batch
+whole. What a batcher holds is not durable: a kill -9 loses, per device, at most the
+samples of its open window: fewer than ``batch_max_samples`` samples (or one row, when a
+row is larger), collected over at most ``batch_max_wait_s`` seconds.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from schemas import Sample
 
@@ -62,6 +68,32 @@ class Batcher:
                 buf = self._buffers[device] = []
                 self._opened[device] = self._clock()
             buf.append(sample)
+            if len(buf) < self.max_samples:
+                return
+            self._take(device)
+        self._drain()
+
+    def add_row(self, device: str, samples: Sequence[Sample]) -> None:
+        """Buffer one reading's samples; they go into one batch together.
+
+        If the row does not fit the open batch, that batch is flushed first; a row larger
+        than ``max_samples`` makes a batch of its own.
+        """
+        if not samples:
+            return
+        if len(samples) > _MAX_BATCH:  # a wider "row" than any batch may hold
+            for i in range(0, len(samples), _MAX_BATCH):
+                self.add_row(device, samples[i : i + _MAX_BATCH])
+            return
+        with self._lock:
+            buf = self._buffers.get(device)
+            if buf is not None and len(buf) + len(samples) > self.max_samples:
+                self._take(device)
+                buf = None
+            if buf is None:
+                buf = self._buffers[device] = []
+                self._opened[device] = self._clock()
+            buf.extend(samples)
             if len(buf) < self.max_samples:
                 return
             self._take(device)

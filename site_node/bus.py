@@ -3,10 +3,12 @@
 One thread owns the connection loop. Each attempt uses a fresh paho client (so the Last
 Will can carry the new session, and no stale in-memory queue survives a reconnect), with
 exponential backoff and full jitter between attempts; a broker that is down at start is
-retried forever. paho callbacks only put :class:`Connected`, :class:`Disconnected` and
-:class:`Inbound` events into the inbound queue. QoS 1 publishes are held to a bounded
-in-flight window (paho's message ids wrap at 65,535): :meth:`SiteBus.publish` refuses
-when the window is full and :meth:`SiteBus.wait_room` blocks until it has room.
+retried forever; the backoff starts again from its minimum after every connection the
+broker accepted (CONNACK) that held at least ``STABLE_S``. paho callbacks only put
+:class:`Connected`, :class:`Disconnected` and :class:`Inbound` events into the inbound
+queue. QoS 1 publishes are held to a bounded in-flight window (paho's message ids wrap at
+65,535): :meth:`SiteBus.publish` refuses when the window is full and
+:meth:`SiteBus.wait_room` blocks until it has room.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # Broker-side session lifetime (MQTT 5): commands sent while the site is briefly away wait.
 SESSION_EXPIRY_S = 3600
+# A connection accepted and held this long resets the backoff; one dropped sooner (e.g. a
+# duplicate client id taking the session over) keeps backing off, so it cannot spin.
+STABLE_S = 1.0
 
 
 class BusError(RuntimeError):
@@ -148,6 +153,7 @@ class SiteBus:
         self._early: set[int] = set()
         self._client: mqtt.Client | None = None
         self._connected = False
+        self._connacked_at: float | None = None
         self._session = 0
         self._thread: threading.Thread | None = None
         # Fail at start, not on the connection thread: bad TLS files, password file, flags.
@@ -231,7 +237,7 @@ class SiteBus:
             client.on_message = self._on_message
             client.user_data_set(session)
             self._lost.clear()
-            started = time.monotonic()
+            self._connacked_at = None
             try:
                 _connect(client, self.settings)
             except (OSError, ssl.SSLError) as exc:
@@ -248,8 +254,9 @@ class SiteBus:
                 client.loop_stop()
                 self._client = None
                 self._set_connected(False)
-            if time.monotonic() - started > 60:
-                attempt = 0  # a connection that held a while resets the backoff
+            accepted = self._connacked_at
+            if accepted is not None and time.monotonic() - accepted >= STABLE_S:
+                attempt = 0  # the broker took us: the next outage starts from the minimum
             delay = self._delay(attempt)
             attempt += 1
             if not self._stop.is_set():
@@ -275,6 +282,7 @@ class SiteBus:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
+        self._connacked_at = time.monotonic()
         self._set_connected(True)
         log.info("connected to %s:%s (session %d)", self.settings.host, self.settings.port, session)
         self.inbound.put(Connected(session, bool(flags.session_present)))

@@ -14,7 +14,7 @@ import logging
 import queue
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -27,6 +27,7 @@ from schemas import (
     Command,
     CoordinatorStatus,
     DecodeError,
+    Envelope,
     Registration,
     Sample,
     TaskOffer,
@@ -139,8 +140,27 @@ class SiteDaemon:
         Example: ``daemon.send_durable("job_status", daemon.topics.job_status(site, job),
         lambda seq: JobStatus.for_command(cmd, site=site, session=daemon.session, seq=seq,
         state="running"))``. The future resolves to the seq once the row is committed.
+        The message is stamped with the stream's epoch.
         """
-        return self.outbox.append(kind, topic, lambda seq: encode(make(seq)))
+        return self.outbox.append(kind, topic, lambda seq: encode(self._stamp(make(seq))))
+
+    def send_samples(
+        self, topic: str, make: Callable[[int], BaseModel], samples: int
+    ) -> Future[int]:
+        """:meth:`send_durable` for telemetry: ``samples`` are counted if it is dropped."""
+        return self.outbox.append(
+            "telemetry", topic, lambda seq: encode(self._stamp(make(seq))), samples
+        )
+
+    @property
+    def epoch(self) -> str:
+        """The site's stream epoch (from the outbox database)."""
+        return self.outbox.epoch
+
+    def _stamp(self, msg: BaseModel) -> BaseModel:
+        if isinstance(msg, Envelope) and msg.epoch != self.outbox.epoch:
+            return msg.model_copy(update={"epoch": self.outbox.epoch})
+        return msg
 
     def announce(self) -> None:
         """Publish the retained online status and registration (on connect and rebirth)."""
@@ -148,7 +168,7 @@ class SiteDaemon:
         s = self.settings
         self.bus.publish(
             self.topics.status(s.site_id),
-            lifecycle.status(s, self.session, "online", seq),
+            lifecycle.status(s, self.session, "online", seq, epoch=self.epoch),
             retain=True,
         )
         telemetry = tuple(
@@ -159,7 +179,9 @@ class SiteDaemon:
             )
             for src in self.sources
         )
-        payload = lifecycle.registration(s, self.session, seq, telemetry, self._tasks())
+        payload = lifecycle.registration(
+            s, self.session, seq, telemetry, self._tasks(), epoch=self.epoch
+        )
         extra = self._registration_extra()
         if extra:
             reg = Registration.model_validate_json(payload).model_copy(update=extra)
@@ -193,7 +215,7 @@ class SiteDaemon:
         self.outbox.start()
         self.bus.start()
         for src in self.sources:
-            src.start(self._emitter(src.device))
+            src.start(self._emitter(src.device), self._row_emitter(src.device))
         self.heartbeat.start()
         log.info("site %s running with %d device(s)", self.site_id, len(self.sources))
         while not self._stop.is_set():
@@ -236,7 +258,9 @@ class SiteDaemon:
         if self.bus.connected:
             self.bus.wait_idle(2.0)
             seq = self.outbox.stats().last_seq
-            payload = lifecycle.status(self.settings, self.session, "offline", seq, "shutdown")
+            payload = lifecycle.status(
+                self.settings, self.session, "offline", seq, "shutdown", self.epoch
+            )
             self.bus.publish(self.topics.status(self.site_id), payload, retain=True)
             if not self.bus.wait_idle(3.0):
                 log.warning("offline status not acknowledged by the broker")
@@ -258,21 +282,27 @@ class SiteDaemon:
         add = self.batcher.add
         return lambda sample: add(device, sample)
 
+    def _row_emitter(self, device: str) -> Callable[[Sequence[Sample]], None]:
+        add_row = self.batcher.add_row
+        return lambda row: add_row(device, row)
+
     def _flush_batch(self, device: str, samples: list[Sample]) -> None:
         site, session = self.site_id, self.session
-        self.send_durable(
-            "telemetry",
+        self.send_samples(
             self.topics.telemetry(site, device),
             lambda seq: TelemetryBatch(
                 site=site, session=session, seq=seq, device=device, samples=tuple(samples)
             ),
+            len(samples),
         )
 
     def _will(self) -> tuple[int, str, bytes]:
         # Runs on the bus thread before each attempt: the Will carries the new session.
         session = self.state.next_session()
         seq = self.outbox.stats().last_seq
-        payload = lifecycle.status(self.settings, session, "offline", seq, "connection lost")
+        payload = lifecycle.status(
+            self.settings, session, "offline", seq, "connection lost", self.epoch
+        )
         return session, self.topics.status(self.site_id), payload
 
     # -- inbound events --------------------------------------------------------------------
@@ -304,7 +334,7 @@ class SiteDaemon:
         if isinstance(msg, Cleared):
             return
         if isinstance(msg, Ack):
-            self.outbox.ack(msg.acked)
+            self.outbox.ack(msg.acked, msg.epoch)
         elif isinstance(msg, CoordinatorStatus):
             self._on_coordinator(msg, event.retain)
         elif isinstance(msg, Command):

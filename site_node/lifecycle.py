@@ -59,9 +59,15 @@ def status(
     state: Literal["online", "offline"],
     seq: int,
     reason: str = "",
+    epoch: str = "",
 ) -> bytes:
     msg = SiteStatus(
-        site=settings.site_id, session=session, seq=seq, state=state, reason=reason or None
+        site=settings.site_id,
+        epoch=epoch,
+        session=session,
+        seq=seq,
+        state=state,
+        reason=reason or None,
     )
     return encode(msg)
 
@@ -72,9 +78,11 @@ def registration(
     seq: int,
     telemetry: tuple[TelemetryDevice, ...],
     tasks: tuple[TaskOffer, ...] = (),
+    epoch: str = "",
 ) -> bytes:
     msg = Registration(
         site=settings.site_id,
+        epoch=epoch,
         session=session,
         seq=seq,
         name=settings.name,
@@ -93,13 +101,14 @@ def registration(
 def heartbeat(
     settings: SiteSettings, session: int, stats: OutboxStats, jobs_running: int = 0
 ) -> bytes:
-    """A heartbeat with host health (psutil) and the outbox's state."""
+    """A heartbeat with host health (psutil) and the outbox's state (and stream epoch)."""
     try:
         disk: float | None = psutil.disk_usage(str(settings.data_dir)).percent
     except OSError:
         disk = None
     msg = Heartbeat(
         site=settings.site_id,
+        epoch=stats.epoch,
         session=session,
         seq=stats.last_seq,
         interval_s=settings.heartbeat_interval_s,
@@ -112,5 +121,7 @@ def heartbeat(
         outbox_dropped=stats.dropped,
         last_acked=stats.last_acked,
         jobs_running=jobs_running,
+        samples_dropped=stats.samples_dropped,
+        outbox_error=stats.error,
     )
     return encode(msg)

@@ -7,6 +7,13 @@ On (re)connect and when the coordinator comes online every unacked row is replay
 Rows sent longer than ``ack_timeout_s`` ago without an ack are re-sent. The outbox is
 bounded by rows, bytes and age; rows dropped by policy are recorded as gaps and announced
 in the ``gaps`` field of every durable message until the coordinator acks past them.
+
+The stream ``epoch`` is created with the database (see ``outbox_store.open_epoch``); only
+acks of this epoch delete rows. A storage failure (a full disk) never ends the thread: the
+transaction is rolled back, telemetry that cannot be stored is dropped and counted before
+it gets a seq (job messages wait in memory), and the outbox retries by itself every second
+(see ``outbox_health``). The queue from other threads holds at most ``max_queued``
+droppable messages; past that ``append`` refuses at once instead of growing or blocking.
 """
 
 from __future__ import annotations
@@ -19,15 +26,33 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from schemas import now_ms
-from site_node.outbox_store import OutboxStats, connect, load_meta, read_stats, with_flags
+from site_node.outbox_health import OutboxHealth, OutboxRefused
+from site_node.outbox_store import (
+    OutboxStats,
+    connect,
+    load_meta,
+    open_epoch,
+    probe_write,
+    read_stats,
+    with_flags,
+)
 from site_node.settings import OutboxSettings
 
-__all__ = ["PROTECTED_KINDS", "Outbox", "OutboxStats", "PayloadBuilder", "Publisher", "read_stats"]
+__all__ = [
+    "MAX_QUEUED",
+    "PROTECTED_KINDS",
+    "Outbox",
+    "OutboxRefused",
+    "OutboxStats",
+    "PayloadBuilder",
+    "Publisher",
+    "read_stats",
+]
 
 
 log = logging.getLogger(__name__)
@@ -36,6 +61,8 @@ log = logging.getLogger(__name__)
 PROTECTED_KINDS = frozenset({"job_status", "job_result", "result_chunk"})
 PayloadBuilder = Callable[[int], bytes]
 _BATCH = 2000
+# Droppable messages waiting for the outbox thread (at 100 samples each, ~100k samples).
+MAX_QUEUED = 1000
 
 
 class Publisher(Protocol):
@@ -57,16 +84,28 @@ class _Append:
     topic: str
     build: PayloadBuilder
     future: Future[int]
+    samples: int = 0
 
 
 class Outbox:
     """SQLite-backed durable queue of one site; see the module docstring."""
 
-    def __init__(self, path: Path, limits: OutboxSettings, publisher: Publisher) -> None:
+    def __init__(
+        self,
+        path: Path,
+        limits: OutboxSettings,
+        publisher: Publisher,
+        max_queued: int = MAX_QUEUED,
+    ) -> None:
         self.path = Path(path)
         self.limits = limits
         self._pub = publisher
         self._q: queue.Queue[object] = queue.Queue()
+        self._max_queued = max_queued
+        self._queued = 0  # droppable appends in _q
+        self._queued_lock = threading.Lock()
+        self._health = OutboxHealth()
+        self._epoch = ""
         self._thread: threading.Thread | None = None
         self._stats = OutboxStats()
         self._ready = threading.Event()
@@ -78,6 +117,9 @@ class Outbox:
         self._tokens = 0.0
         self._token_at = time.monotonic()
         self._gaps: list[list[int]] = []
+        self._held: list[_Append] = []  # protected appends waiting for storage to work
+        self._ack_due = 0  # an ack that could not be stored yet
+        self._stop_flush: float | None = None
 
     # -- public, any thread ----------------------------------------------------------------
 
@@ -96,18 +138,38 @@ class Outbox:
         if self._thread is not None:
             self._thread.join(flush_s + 30)
 
-    def append(self, kind: str, topic: str, build: PayloadBuilder) -> Future[int]:
+    @property
+    def epoch(self) -> str:
+        """This outbox's stream epoch (known once :meth:`start` returned)."""
+        return self._epoch
+
+    def append(self, kind: str, topic: str, build: PayloadBuilder, samples: int = 0) -> Future[int]:
         """Queue a durable message; ``build(seq)`` makes its payload on the outbox thread.
 
-        The future resolves to the ``seq`` once the row is committed (before publishing).
+        The future resolves to the ``seq`` once the row is committed (before publishing),
+        or fails with :class:`OutboxRefused` when a droppable message cannot be stored
+        (its ``samples`` are then counted as dropped). Never blocks.
         """
         fut: Future[int] = Future()
-        self._q.put(_Append(kind, topic, build, fut))
+        if kind not in PROTECTED_KINDS:
+            with self._queued_lock:
+                full = self._queued >= self._max_queued
+                if not full:
+                    self._queued += 1
+            if full:
+                self._health.dropped(samples, "the queue to the outbox is full")
+                fut.set_exception(OutboxRefused("the queue to the outbox is full"))
+                return fut
+        self._q.put(_Append(kind, topic, build, fut, samples))
         return fut
 
-    def ack(self, acked: int) -> None:
-        """The coordinator committed every seq up to ``acked``."""
-        self._q.put(("ack", acked))
+    def ack(self, acked: int, epoch: str | None = None) -> None:
+        """The coordinator committed every seq up to ``acked`` of stream ``epoch``.
+
+        An ack of another epoch is ignored (it is for an earlier stream of this site);
+        ``None`` means this outbox's own stream.
+        """
+        self._q.put(("ack", (acked, epoch)))
 
     def connected(self) -> None:
         """A new broker connection: replay every unacked row."""
@@ -118,32 +180,37 @@ class Outbox:
         self._q.put(("replay", None))
 
     def stats(self) -> OutboxStats:
-        return self._stats
+        health = self._health
+        return replace(self._stats, samples_dropped=health.samples_dropped, error=health.error)
 
     # -- outbox thread ---------------------------------------------------------------------
 
     def _main(self) -> None:
         try:
             self._db = connect(self.path, self.limits.synchronous)
+            self._epoch = open_epoch(self._db)
             self._load()
         except sqlite3.Error:
             log.exception("cannot open outbox %s", self.path)
             self._stopped.set()
             self._ready.set()
             return
+        log.info("outbox %s: stream epoch %r, next seq %d", self.path, self._epoch, self._next_seq)
         self._ready.set()
         next_check = 0.0
         try:
-            while True:
-                stop = self._handle(self._drain(self._idle_timeout()))
-                self._pump()
-                now = time.monotonic()
-                if now >= next_check:
-                    self._periodic(now)
-                    next_check = now + 1.0
-                if stop is not None:
-                    self._flush(stop)
-                    return
+            while self._stop_flush is None:
+                try:
+                    self._handle(self._drain(self._idle_timeout()))
+                    self._pump()
+                    now = time.monotonic()
+                    if now >= next_check:
+                        next_check = now + 1.0
+                        self._periodic(now)
+                except Exception:  # the outbox thread must outlive any one failure
+                    log.exception("outbox loop failed; going on")
+                    self._stopped.wait(0.5)
+            self._flush(self._stop_flush)
         finally:
             self._db.close()
             self._stopped.set()
@@ -177,10 +244,13 @@ class Outbox:
                 items.append(self._q.get_nowait())
             except queue.Empty:
                 break
+        taken = sum(1 for i in items if isinstance(i, _Append) and i.kind not in PROTECTED_KINDS)
+        if taken:
+            with self._queued_lock:
+                self._queued -= taken
         return items
 
-    def _handle(self, items: list[object]) -> float | None:
-        stop: float | None = None
+    def _handle(self, items: list[object]) -> None:
         appends: list[_Append] = []
         for item in items:
             if isinstance(item, _Append):
@@ -191,23 +261,60 @@ class Outbox:
                 appends = []
             op, arg = item if isinstance(item, tuple) else ("", None)
             if op == "ack":
-                self._on_ack(int(arg))
+                self._on_ack(*arg)
             elif op == "replay":
                 self._start_replay(sent_before=float("inf"))
             elif op == "stop":
-                stop = float(arg)
+                self._stop_flush = float(arg)
         if appends:
             self._insert(appends)
-        return stop
+
+    def _write(self, body: Callable[[], None], proves: bool = True) -> bool:
+        """Run ``body`` in one write transaction; False (rolled back) if storage failed.
+
+        A success clears the storage error only if ``proves`` (``body`` wrote rows).
+        """
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            body()
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # SQLite may already have rolled back (SQLITE_FULL does): ROLLBACK only if open.
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                self._load()
+            except sqlite3.Error:
+                log.debug("outbox rollback after a failed write", exc_info=True)
+            self._health.failed(exc)
+            return False
+        if proves:
+            self._health.ok()
+        return True
+
+    def _refuse(self, appends: list[_Append]) -> None:
+        """Storage failed: job messages wait in memory, the rest is dropped and counted."""
+        reason = self._health.error or "storage error"
+        for a in appends:
+            if a.future.done():  # its builder failed
+                continue
+            if a.kind in PROTECTED_KINDS:
+                self._held.append(a)
+            else:
+                self._health.dropped(a.samples, reason)
+                a.future.set_exception(OutboxRefused(reason))
 
     def _insert(self, appends: list[_Append]) -> None:
+        if self._held:
+            appends, self._held = self._held + appends, []
         created = now_ms()
         rows: list[tuple[int, str, str, bytes, int]] = []
         refused: list[int] = []
         done: list[tuple[_Append, int]] = []
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+
+        def body() -> None:
             for a in appends:
                 seq = self._next_seq
                 self._next_seq += 1
@@ -231,11 +338,11 @@ class Outbox:
                 self._dropped += len(refused)
             self._enforce_bounds(created)
             self._save_meta()
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            self._load()
-            raise
+
+        if not self._write(body):
+            self._refuse(appends)
+            self._snapshot()
+            return
         self._snapshot()
         if self._pub.connected:
             self._live.extend((s, t, p) for s, _k, t, p, _c in rows)
@@ -307,23 +414,30 @@ class Outbox:
         self._db.execute("DELETE FROM gaps")
         self._db.executemany("INSERT INTO gaps VALUES (?, ?)", self._gaps)
 
-    def _on_ack(self, acked: int) -> None:
+    def _on_ack(self, acked: int, epoch: str | None) -> None:
+        if epoch is not None and epoch != self._epoch:
+            log.debug("ignored an ack of stream %r (this stream is %r)", epoch, self._epoch)
+            return
         acked = min(acked, self._next_seq - 1)
         if acked <= self._last_acked:
             return
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        n, size = db.execute(
-            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox WHERE seq <= ?",
-            (acked,),
-        ).fetchone()
-        db.execute("DELETE FROM outbox WHERE seq <= ?", (acked,))
-        self._last_acked = acked
-        self._gaps = [g for g in self._gaps if g[1] > acked]
-        self._rows -= n
-        self._bytes -= size
-        self._save_meta()
-        db.execute("COMMIT")
+
+        def body() -> None:
+            n, size = db.execute(
+                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox WHERE seq <= ?",
+                (acked,),
+            ).fetchone()
+            db.execute("DELETE FROM outbox WHERE seq <= ?", (acked,))
+            self._last_acked = acked
+            self._gaps = [g for g in self._gaps if g[1] > acked]
+            self._rows -= n
+            self._bytes -= size
+            self._save_meta()
+
+        if not self._write(body, proves=False):
+            self._ack_due = max(self._ack_due, acked)  # retried by _periodic
+            return
         for seq in [s for s in self._sent if s <= acked]:
             del self._sent[seq]
         self._snapshot()
@@ -376,13 +490,22 @@ class Outbox:
         self._replay = None if cursor > until else [cursor, until, sent_before]
 
     def _periodic(self, now: float) -> None:
+        if self._ack_due > self._last_acked:
+            due, self._ack_due = self._ack_due, 0
+            self._on_ack(due, None)
+        if self._held:
+            self._insert([])  # job messages that could not be stored yet
+        elif self._health.error is not None:
+            self._write(lambda: probe_write(self._db))  # has space come back?
         if self._rows:
-            self._db.execute("BEGIN IMMEDIATE")
             before = self._dropped
-            self._enforce_bounds(now_ms())
-            if self._dropped != before:
-                self._save_meta()
-            self._db.execute("COMMIT")
+
+            def body() -> None:
+                self._enforce_bounds(now_ms())
+                if self._dropped != before:
+                    self._save_meta()
+
+            self._write(body, proves=False)
             self._snapshot()
         if self._replay is None and self._sent and self._pub.connected:
             oldest = next(iter(self._sent.values()))
@@ -408,5 +531,11 @@ class Outbox:
     def _snapshot(self) -> None:
         oldest = self._oldest_ms() if self._rows else None
         self._stats = OutboxStats(
-            self._rows, self._bytes, self._dropped, self._last_acked, self._next_seq - 1, oldest
+            self._rows,
+            self._bytes,
+            self._dropped,
+            self._last_acked,
+            self._next_seq - 1,
+            oldest,
+            self._epoch,
         )

@@ -1,19 +1,30 @@
-"""The outbox's SQLite file: schema, connection, offline stats and payload flags.
+"""The outbox's SQLite file: schema, connection, stream epoch, offline stats, payload flags.
 
-``read_stats`` opens its own connection, so ``fedmq-site status`` works with the daemon
-down; WAL lets it read while the daemon's outbox thread writes.
+The stream ``epoch`` lives in the same file as ``seq``: a new (or wiped) outbox starts a
+new stream, so a re-imaged site never reuses an old stream's seqs. ``read_stats`` opens
+its own connection, so ``fedmq-site status`` works with the daemon down; WAL lets it read
+while the daemon's outbox thread writes.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from schemas import now_ms
 
-__all__ = ["OutboxStats", "connect", "load_meta", "read_stats", "with_flags"]
+__all__ = [
+    "OutboxStats",
+    "connect",
+    "load_meta",
+    "open_epoch",
+    "probe_write",
+    "read_stats",
+    "with_flags",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -21,12 +32,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS gaps (first INTEGER PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS stream (epoch TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS probe (data BLOB);
 """
 
 
 @dataclass(frozen=True)
 class OutboxStats:
-    """A snapshot; ``oldest_ms`` is the creation time of the oldest unacked row."""
+    """A snapshot; ``oldest_ms`` is the creation time of the oldest unacked row.
+
+    ``samples_dropped`` counts samples lost before they got a seq (storage failing, the
+    queue to the outbox thread full) since start; ``error`` says why the outbox cannot
+    store right now (None when healthy).
+    """
 
     depth: int = 0
     bytes: int = 0
@@ -34,6 +52,9 @@ class OutboxStats:
     last_acked: int = 0
     last_seq: int = 0
     oldest_ms: int | None = None
+    epoch: str = ""
+    samples_dropped: int = 0
+    error: str | None = None
 
     def oldest_age_s(self, now: int | None = None) -> float | None:
         if self.oldest_ms is None:
@@ -52,6 +73,42 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
 
 def load_meta(db: sqlite3.Connection) -> dict[str, int]:
     return {k: int(v) for k, v in db.execute("SELECT key, value FROM meta")}
+
+
+def open_epoch(db: sqlite3.Connection) -> str:
+    """The stream epoch of this outbox, created on first use.
+
+    A new database gets a random epoch. A database from before epochs existed (rows or
+    seqs already allocated, no epoch stored) keeps the empty epoch, so its stream goes on.
+    """
+    epoch = _stored_epoch(db)
+    if epoch is not None:
+        return epoch
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        epoch = _stored_epoch(db)
+        if epoch is None:
+            used = load_meta(db).get("next_seq", 1) > 1
+            used = used or db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is not None
+            epoch = "" if used else secrets.token_hex(8)
+            db.execute("INSERT INTO stream VALUES (?)", (epoch,))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return epoch
+
+
+def _stored_epoch(db: sqlite3.Connection) -> str | None:
+    row = db.execute("SELECT epoch FROM stream LIMIT 1").fetchone()
+    return None if row is None else str(row[0])
+
+
+def probe_write(db: sqlite3.Connection, size: int = 64 * 1024) -> None:
+    """Write (and delete) ``size`` bytes inside the caller's transaction: is there room?"""
+    db.execute("INSERT INTO probe VALUES (zeroblob(?))", (size,))
+    db.execute("DELETE FROM probe")
 
 
 def read_stats(path: Path) -> OutboxStats:
@@ -73,6 +130,7 @@ def read_stats(path: Path) -> OutboxStats:
             meta.get("last_acked", 0),
             meta.get("next_seq", 1) - 1,
             oldest,
+            _stored_epoch(db) or "",
         )
     finally:
         db.close()

@@ -73,9 +73,11 @@ class SiteSettings(BaseModel):
     # Seconds of clock difference tolerated when checking a command's expiry.
     command_clock_skew_s: float = Field(default=30.0, ge=0, le=3600)
     log: LogSettings = LogSettings()
-    # Reconnect backoff: doubles from min to max, with full jitter.
+    # Reconnect backoff: doubles from min to max, with jitter, and starts again from min
+    # after a connection the broker accepted. The low max lets a site reconnect within
+    # ~4 s of a broker's return.
     reconnect_min_s: float = Field(default=0.5, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
+    reconnect_max_s: float = Field(default=4.0, gt=0)
     # "module:function" hooks called with the daemon at start. A ``[training]`` table
     # loads the training extension (site_node.jobs) by itself; without one, the site never
     # imports torch or syft.

@@ -2,12 +2,16 @@
 
 Kept in one JSON file written atomically (temp file, fsync, rename) so ``fedmq-site
 status`` can read it with the daemon and the broker down. The per-site ``seq`` lives in
-the outbox database instead, because it must commit in the same transaction as its row.
+the outbox database instead, because it must commit in the same transaction as its row;
+so does the stream ``epoch``, created with it. A write that fails (a full disk) is logged
+and the daemon goes on with the state in memory: the file catches up at the next write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -16,6 +20,8 @@ from pathlib import Path
 from schemas import now_ms
 
 __all__ = ["RuntimeState", "SiteState", "pid_alive"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,16 @@ class SiteState:
 
     def _write(self, state: RuntimeState) -> None:
         state = replace(state, updated_ms=now_ms())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as fh:
-            json.dump(asdict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
         self._state = state
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("w") as fh:
+                json.dump(asdict(state), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot write %s (%s); keeping the state in memory", self.path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)

@@ -2,7 +2,8 @@
 
 Each ``[[devices]]`` table of the site TOML is one ``DeviceConfig`` (discriminated on
 ``source``); ``build_source(cfg)`` returns a ``Source`` that the daemon starts with an
-``emit`` callback receiving ``schemas.Sample`` values (ts epoch ms, name, value, unit, q).
+``emit`` callback receiving ``schemas.Sample`` values (ts epoch ms, name, value, unit, q),
+and optionally an ``emit_row`` callback receiving all samples of one reading at once.
 
 Quality: a reading the device reports as missing (``nan``, ``inf``, an empty CSV cell,
 JSON ``null``) becomes a sample with ``q = "bad"`` and ``value = 0.0`` (the wire has no NaN),
@@ -70,7 +71,14 @@ Example devices (TOML)::
 
 from __future__ import annotations
 
-from site_node.sources.base import Backoff, Emit, RateLimitedLog, Source, ThreadedSource
+from site_node.sources.base import (
+    Backoff,
+    Emit,
+    EmitRow,
+    RateLimitedLog,
+    Source,
+    ThreadedSource,
+)
 from site_node.sources.config import (
     DEVICE_ADAPTER,
     SYSTEM_METRICS,
@@ -91,6 +99,7 @@ __all__ = [
     "ColumnSpec",
     "DeviceConfig",
     "Emit",
+    "EmitRow",
     "FileDeviceConfig",
     "RangeFilter",
     "RateLimitedLog",

@@ -6,16 +6,18 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from schemas import Sample, SensorSpec
 
-__all__ = ["Backoff", "Emit", "RateLimitedLog", "Source", "ThreadedSource"]
+__all__ = ["Backoff", "Emit", "EmitRow", "RateLimitedLog", "Source", "ThreadedSource"]
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Sample], None]
+# The samples of one reading (a file or serial row): batched together, never split.
+EmitRow = Callable[[Sequence[Sample]], None]
 
 
 @runtime_checkable
@@ -28,8 +30,12 @@ class Source(Protocol):
         """The sensors (name and unit) this source reports, for the registration."""
         ...
 
-    def start(self, emit: Emit) -> None:
-        """Start producing samples on an own thread; returns at once."""
+    def start(self, emit: Emit, emit_row: EmitRow | None = None) -> None:
+        """Start producing samples on an own thread; returns at once.
+
+        With ``emit_row`` the samples of one reading go out in one call (so a batch never
+        holds half a row); without it, one ``emit`` call per sample.
+        """
         ...
 
     def stop(self) -> None:
@@ -106,8 +112,9 @@ class ThreadedSource:
     """Skeleton of a source: a daemon thread running ``_run`` until ``stop()``.
 
     Subclasses implement ``_run()``, check ``self._stopping`` (an Event; wait on it instead
-    of sleeping) and hand samples to ``self._emit_sample``, which counts them and keeps a
-    failing callback from killing the reader.
+    of sleeping) and hand each reading's samples to ``self._emit_row`` (or single samples
+    to ``self._emit_sample``), which counts them and keeps a failing callback from killing
+    the reader.
     """
 
     def __init__(
@@ -123,6 +130,7 @@ class ThreadedSource:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._emit: Emit | None = None
+        self._emit_rows: EmitRow | None = None
         self._counts: dict[str, int] = dict.fromkeys(("samples", "emit_errors", *counters), 0)
         self._counts_lock = threading.Lock()
         self._ratelog = RateLimitedLog(logging.getLogger(type(self).__module__))
@@ -131,11 +139,12 @@ class ThreadedSource:
         """The configured sensors."""
         return self._sensors
 
-    def start(self, emit: Emit) -> None:
+    def start(self, emit: Emit, emit_row: EmitRow | None = None) -> None:
         """Start the reader thread (once)."""
         if self._thread is not None:
             raise RuntimeError(f"source {self.device!r} already started")
         self._emit = emit
+        self._emit_rows = emit_row
         self._thread = threading.Thread(
             target=self._main, name=f"source-{self.device}", daemon=True
         )
@@ -195,6 +204,26 @@ class ThreadedSource:
             log.debug("emit failure", exc_info=True)
             return
         self._count("samples")
+
+    def _emit_row(self, samples: Sequence[Sample]) -> None:
+        """Emit one reading's samples together (one call when the daemon batches rows)."""
+        if self._emit_rows is None:
+            for sample in samples:
+                self._emit_sample(sample)
+            return
+        if not samples:
+            return
+        bad = sum(1 for s in samples if s.q == "bad")
+        if bad:
+            self._count("bad_values", bad)
+        try:
+            self._emit_rows(samples)
+        except Exception:
+            self._count("emit_errors")
+            self._ratelog(logging.ERROR, "emit", "device %s: emit callback failed", self.device)
+            log.debug("emit failure", exc_info=True)
+            return
+        self._count("samples", len(samples))
 
     def _main(self) -> None:
         try:

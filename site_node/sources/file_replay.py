@@ -145,8 +145,7 @@ class FileSource(ThreadedSource):
                 self._count("malformed")
                 log.debug("row rejected: %s", exc)
                 continue
-            for sample in samples:
-                self._emit_sample(sample)
+            self._emit_row(samples)
             self._count("rows")
             emitted += 1
         return emitted, next_due

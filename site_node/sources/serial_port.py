@@ -78,8 +78,7 @@ class SerialSource(ThreadedSource):
         except MalformedLine as exc:
             self._malformed(str(exc), raw[:80])
             return
-        for sample in samples:
-            self._emit_sample(sample)
+        self._emit_row(samples)
 
     def _open(self) -> serial.Serial | None:
         cfg = self.cfg

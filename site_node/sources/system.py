@@ -100,7 +100,6 @@ class SystemSource(ThreadedSource):
         while True:
             samples = self.poll()
             self._count("polls")
-            for sample in samples:
-                self._emit_sample(sample)
+            self._emit_row(samples)
             if self._stopping.wait(self.cfg.interval_s):
                 return

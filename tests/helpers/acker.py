@@ -1,8 +1,9 @@
 """A minimal coordinator stand-in for site tests: store durable messages, then ack.
 
-Like DESIGN.md says: insert idempotently on (site, seq), commit, then publish the highest
-contiguous committed seq (counting announced ``gaps`` as done) as ``schemas.Ack`` on
-``Topics.ack(site)``. paho callbacks only enqueue; one thread owns the SQLite connection.
+Like DESIGN.md says: insert idempotently on (site, epoch, seq), commit, then publish the
+highest contiguous committed seq of that stream (counting announced ``gaps`` as done) as
+``schemas.Ack`` with the stream's ``epoch`` on ``Topics.ack(site)``. paho callbacks
+only enqueue; one thread owns the SQLite connection.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Stored:
     kind: str
     historical: bool
     payload: dict
+    epoch: str = ""
 
 
 class Acker:
@@ -64,8 +66,10 @@ class Acker:
         self._client.on_connect = self._on_connect
         self._client.on_message = lambda c, u, m: self._q.put((m.topic, bytes(m.payload)))
         self._thread = threading.Thread(target=self._run, name="acker", daemon=True)
-        self._contig: dict[str, int] = {}
-        self._gaps: dict[str, set[int]] = {}
+        # Per stream (site, epoch); _epoch: the latest stream seen per site.
+        self._contig: dict[tuple[str, str], int] = {}
+        self._gaps: dict[tuple[str, str], set[int]] = {}
+        self._epoch: dict[str, str] = {}
         self.connected = threading.Event()
 
     def _on_connect(self, client, userdata, flags, rc, properties=None):  # type: ignore[no-untyped-def]
@@ -100,7 +104,7 @@ class Acker:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(
             "CREATE TABLE IF NOT EXISTS rows (site TEXT, seq INTEGER, kind TEXT, "
-            "historical INTEGER, payload TEXT, PRIMARY KEY (site, seq))"
+            "historical INTEGER, payload TEXT, epoch TEXT, PRIMARY KEY (site, epoch, seq))"
         )
         while True:
             item = self._q.get()
@@ -110,7 +114,7 @@ class Acker:
                     batch.append(self._q.get_nowait())
                 except queue.Empty:
                     break
-            touched: set[str] = set()
+            touched: set[tuple[str, str]] = set()
             db.execute("BEGIN")
             for entry in batch:
                 if entry is None:
@@ -125,7 +129,7 @@ class Acker:
                 db.close()
                 return
 
-    def _store(self, db: sqlite3.Connection, topic: str, payload: bytes) -> str | None:
+    def _store(self, db: sqlite3.Connection, topic: str, payload: bytes) -> tuple[str, str] | None:
         try:
             msg = self.codec.decode(topic, payload)
         except DecodeError:
@@ -139,49 +143,69 @@ class Acker:
             return None
         self.received += 1
         cur = db.execute(
-            "INSERT OR IGNORE INTO rows VALUES (?, ?, ?, ?, ?)",
-            (msg.site, msg.seq, msg.kind, int(msg.historical), payload.decode()),
+            "INSERT OR IGNORE INTO rows VALUES (?, ?, ?, ?, ?, ?)",
+            (msg.site, msg.seq, msg.kind, int(msg.historical), payload.decode(), msg.epoch),
         )
         if cur.rowcount == 0:
             self.duplicates += 1
-        gaps = self._gaps.setdefault(msg.site, set())
+        stream = (str(msg.site), msg.epoch)
+        self._epoch[stream[0]] = msg.epoch
+        gaps = self._gaps.setdefault(stream, set())
         for g in msg.gaps:
             gaps.update(range(g.first, g.last + 1))
-        return str(msg.site)
+        return stream
 
-    def _ack(self, db: sqlite3.Connection, site: str) -> None:
+    def _ack(self, db: sqlite3.Connection, stream: tuple[str, str]) -> None:
         if not self.ack_enabled:
             return
-        acked = self._contig.get(site, 0)
-        gaps = self._gaps.get(site, set())
+        site, epoch = stream
+        acked = self._contig.get(stream, 0)
+        gaps = self._gaps.get(stream, set())
         have = {
             s
-            for (s,) in db.execute("SELECT seq FROM rows WHERE site = ? AND seq > ?", (site, acked))
+            for (s,) in db.execute(
+                "SELECT seq FROM rows WHERE site = ? AND epoch = ? AND seq > ?",
+                (site, epoch, acked),
+            )
         }
         while acked + 1 in have or acked + 1 in gaps:
             acked += 1
-        self._contig[site] = acked
-        ack = Ack(site=site, session=1, acked=acked)
+        self._contig[stream] = acked
+        ack = Ack(site=site, epoch=epoch, session=1, acked=acked)
         self._client.publish(self.topics.ack(site), encode(ack), qos=1)
 
-    def gap_seqs(self, site: str) -> set[int]:
-        return set(self._gaps.get(site, set()))
+    def _stream(self, site: str, epoch: str | None) -> tuple[str, str]:
+        return (site, self._epoch.get(site, "") if epoch is None else epoch)
 
-    def acked(self, site: str) -> int:
-        return self._contig.get(site, 0)
+    def gap_seqs(self, site: str, epoch: str | None = None) -> set[int]:
+        """Announced gaps of ``site``'s stream ``epoch`` (default: the latest one seen)."""
+        return set(self._gaps.get(self._stream(site, epoch), set()))
 
-    def stored(self, site: str) -> list[Stored]:
-        """Everything stored for ``site``, in seq order (own read connection)."""
+    def acked(self, site: str, epoch: str | None = None) -> int:
+        """The ack sent for ``site``'s stream ``epoch`` (default: the latest one seen)."""
+        return self._contig.get(self._stream(site, epoch), 0)
+
+    def stored(self, site: str, epoch: str | None = None) -> list[Stored]:
+        """Everything stored for ``site`` (of stream ``epoch`` if given), in seq order."""
         if not self.db_path.exists():
             return []
         db = sqlite3.connect(str(self.db_path))
         try:
+            where, args = (
+                ("site = ?", (site,))
+                if epoch is None
+                else (
+                    "site = ? AND epoch = ?",
+                    (site, epoch),
+                )
+            )
             rows = db.execute(
-                "SELECT site, seq, kind, historical, payload FROM rows WHERE site = ? ORDER BY seq",
-                (site,),
+                "SELECT site, seq, kind, historical, payload, epoch FROM rows "
+                f"WHERE {where} ORDER BY seq",
+                args,
             ).fetchall()
         except sqlite3.OperationalError:
             return []
         finally:
             db.close()
-        return [Stored(s, q, k, bool(h), json.loads(p)) for s, q, k, h, p in rows]
+        return [Stored(s, q, k, bool(h), json.loads(p), e) for s, q, k, h, p, e in rows]
