@@ -87,17 +87,19 @@ class Batcher:
             return
         with self._lock:
             buf = self._buffers.get(device)
-            if buf is not None and len(buf) + len(samples) > self.max_samples:
+            took = buf is not None and len(buf) + len(samples) > self.max_samples
+            if took:
                 self._take(device)
                 buf = None
             if buf is None:
                 buf = self._buffers[device] = []
                 self._opened[device] = self._clock()
             buf.extend(samples)
-            if len(buf) < self.max_samples:
-                return
-            self._take(device)
-        self._drain()
+            if len(buf) >= self.max_samples:
+                self._take(device)
+                took = True
+        if took:
+            self._drain()
 
     def poll(self) -> int:
         """Flush every window that is due; returns the number of batches flushed."""
