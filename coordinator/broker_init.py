@@ -11,9 +11,15 @@
     DIR/coordinator/credentials.toml   [mqtt] + signing_key_file (0600)
     DIR/coordinator/signing.key|pub    the command-signing Ed25519 key pair (key 0600)
     DIR/coordinator/tls/ca.crt|client.crt|client.key   --tls (CN = coordinator)
+    DIR/coordinator/train-credentials.toml     `fedmq train`'s own account (0600)
+    DIR/coordinator/tls/train-client.crt|key   --tls (CN = coordinator-train)
     DIR/sites/<id>/credentials.toml    site_id, coordinator_public_key_file, [mqtt] (0600)
     DIR/sites/<id>/coordinator.pub     the pinned command-signing public key
     DIR/sites/<id>/tls/ca.crt|client.crt|client.key   --tls (CN = site id)
+
+The broker binds client ids to usernames (broker_config/mosquitto.conf), so each account
+holds one connection: ``fedmq serve`` uses ``coordinator``, ``fedmq train`` its own
+``coordinator-train`` account (ACL: publish train and cancel commands only).
 
 Paths inside credentials files are where each node's directory is mounted at run time
 (``runtime_dir``, e.g. ``/etc/fedmq`` in a container), by default the generated path.
@@ -43,6 +49,7 @@ from schemas.topics import DEFAULT_PREFIX, validate_prefix, validate_site_id
 __all__ = [
     "COORDINATOR_USER",
     "MANIFEST",
+    "TRAIN_USER",
     "BrokerInitError",
     "Layout",
     "add_site",
@@ -55,6 +62,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 COORDINATOR_USER = "coordinator"
+TRAIN_USER = "coordinator-train"
+_RESERVED = (COORDINATOR_USER, TRAIN_USER)
 MANIFEST = "fedmq-broker.json"
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +138,7 @@ def _check_site(site: str) -> str:
         validate_site_id(site)
     except TopicError as exc:
         raise BrokerInitError(str(exc)) from None
-    if site == COORDINATOR_USER:
+    if site in _RESERVED:
         raise BrokerInitError(f"site id {site!r} is reserved for the coordinator's username")
     return site
 
@@ -151,9 +160,13 @@ def find_acl_template(explicit: Path | None = None) -> Path:
 
 
 def render_acl(template: str, prefix: str) -> str:
-    """The ACL with ``{prefix}`` and ``{coordinator}`` filled in."""
+    """The ACL with ``{prefix}``, ``{coordinator}`` and ``{train}`` filled in."""
     validate_prefix(prefix)
-    return template.replace("{prefix}", prefix).replace("{coordinator}", COORDINATOR_USER)
+    return (
+        template.replace("{prefix}", prefix)
+        .replace("{coordinator}", COORDINATOR_USER)
+        .replace("{train}", TRAIN_USER)
+    )
 
 
 def _toml_str(value: str) -> str:
@@ -162,7 +175,12 @@ def _toml_str(value: str) -> str:
 
 
 def _credentials(
-    manifest: dict[str, object], user: str, password: str, node_dir: Path, top: dict[str, str]
+    manifest: dict[str, object],
+    user: str,
+    password: str,
+    node_dir: Path,
+    top: dict[str, str],
+    stem: str = "",
 ) -> bytes:
     runtime = Path(str(manifest["runtime_dir"])) if manifest.get("runtime_dir") else node_dir
     tls = bool(manifest["tls"])
@@ -172,7 +190,7 @@ def _credentials(
         "# SECRET: keep mode 0600. Use as the node's config file, or copy into it.",
     ]
     lines += [f"{k} = {_toml_str(str(runtime / v))}" for k, v in top.items()]
-    if user != COORDINATOR_USER:
+    if user not in _RESERVED:
         lines.insert(2, f"site_id = {_toml_str(user)}")
     lines += [
         "",
@@ -188,8 +206,8 @@ def _credentials(
             "tls = true",
             f"ca_file = {_toml_str(str(runtime / 'tls' / 'ca.crt'))}",
             "# Presented only when the broker asks (broker_config/mtls.conf): CN = username.",
-            f"cert_file = {_toml_str(str(runtime / 'tls' / 'client.crt'))}",
-            f"key_file = {_toml_str(str(runtime / 'tls' / 'client.key'))}",
+            f"cert_file = {_toml_str(str(runtime / 'tls' / f'{stem}client.crt'))}",
+            f"key_file = {_toml_str(str(runtime / 'tls' / f'{stem}client.key'))}",
         ]
     return ("\n".join(lines) + "\n").encode()
 
@@ -199,22 +217,31 @@ def _load_ca(layout: Layout) -> CertificateAuthority:
 
 
 def _add_user(
-    layout: Layout, manifest: dict[str, object], user: str, node_dir: Path, top: dict[str, str]
+    layout: Layout,
+    manifest: dict[str, object],
+    user: str,
+    node_dir: Path,
+    top: dict[str, str],
+    stem: str = "",
 ) -> list[Path]:
-    """Password entry, credentials file and (with TLS) client certificate for one user."""
+    """Password entry, credentials file and (with TLS) client certificate for one user.
+
+    ``stem`` prefixes the file names, for a second account in the same node directory.
+    """
     password = generate_password()
     entries = read_password_file(layout.passwd)
     entries[user] = hash_password(password)
     write_password_file(layout.passwd, entries)
-    creds = node_dir / "credentials.toml"
-    write_private(creds, _credentials(manifest, user, password, node_dir, top))
+    creds = node_dir / f"{stem}credentials.toml"
+    write_private(creds, _credentials(manifest, user, password, node_dir, top, stem))
     written = [creds]
     if manifest["tls"]:
         ca = _load_ca(layout)
         tls = node_dir / "tls"
+        cert, key = tls / f"{stem}client.crt", tls / f"{stem}client.key"
         ca.write_ca_cert(tls / "ca.crt")
-        ca.issue_client(user, tls / "client.crt", tls / "client.key")
-        written += [tls / "ca.crt", tls / "client.crt", tls / "client.key"]
+        ca.issue_client(user, cert, key)
+        written += [tls / "ca.crt", cert, key] if not stem else [cert, key]
     log.info("credentials for %s written to %s", user, creds)
     return written
 
@@ -266,6 +293,7 @@ def init_broker(
         "tls": tls,
         "hosts": list(hosts),
         "coordinator_user": COORDINATOR_USER,
+        "train_user": TRAIN_USER,
         "runtime_dir": str(runtime_dir) if runtime_dir else None,
         "sites": [],
     }
@@ -284,9 +312,9 @@ def init_broker(
     coord = layout.coordinator
     generate_keypair(coord / "signing.key", coord / "signing.pub")
     written += [coord / "signing.key", coord / "signing.pub"]
-    written += _add_user(
-        layout, manifest, COORDINATOR_USER, coord, {"signing_key_file": "signing.key"}
-    )
+    signing = {"signing_key_file": "signing.key"}
+    written += _add_user(layout, manifest, COORDINATOR_USER, coord, signing)
+    written += _add_user(layout, manifest, TRAIN_USER, coord, signing, stem="train-")
     for site in sites:
         written += _add_site(layout, manifest, site)
         manifest["sites"].append(site)  # type: ignore[attr-defined]

@@ -93,9 +93,11 @@ def init_command(
 ) -> None:
     """Generate passwords, ACL, signing keys (and with --tls certificates) into OUT.
 
-    Writes OUT/broker/{passwd,acl,tls/} for the broker, OUT/coordinator/ (credentials,
-    signing key pair) and OUT/sites/<id>/ (credentials.toml, coordinator.pub, tls/) per
-    site. Refuses to overwrite an existing directory unless --force.
+    Writes OUT/broker/{passwd,acl,tls/} for the broker, OUT/coordinator/ (credentials.toml
+    for `fedmq serve`, train-credentials.toml for `fedmq train`: the broker binds client
+    ids to usernames, so each process has its own account; signing key pair) and
+    OUT/sites/<id>/ (credentials.toml, coordinator.pub, tls/) per site. Refuses to
+    overwrite an existing directory unless --force.
 
     \b
     Example:

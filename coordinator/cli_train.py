@@ -153,7 +153,9 @@ def train(
     """Run federated training rounds over live sites that advertise TASK.
 
     Needs `fedmq serve` running on the same database (it stores the sites' results) and
-    the command-signing key (signing_key_file; `fedmq broker init` generates it). Each
+    the command-signing key (signing_key_file; `fedmq broker init` generates it). On a
+    broker that binds client ids to usernames (the shipped configs) it needs its own
+    account: --config deploy/coordinator/train-credentials.toml, not serve's. Each
     round closes when all selected sites answered or at --round-timeout; it aggregates
     (--aggregate) with at least --min-sites valid results, else the run fails (exit 5).
     A result with bad weights (names, shapes, dtypes, size, non-finite values) or more
