@@ -139,7 +139,10 @@ class Bus:
     def _subscribe(self, topic: str, qos: int) -> None:
         if self._v5:
             # noLocal: our own acks and commands under P/site/# do not come back to us.
-            self.client.subscribe(topic, options=SubscribeOptions(qos=qos, noLocal=True))
+            # retainAsPublished: a site that publishes durable data retained is seen doing
+            # so at once (MQTT 3.1.1 shows the flag only when a subscription starts).
+            options = SubscribeOptions(qos=qos, noLocal=True, retainAsPublished=True)
+            self.client.subscribe(topic, options=options)
         else:
             self.client.subscribe(topic, qos)
 

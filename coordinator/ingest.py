@@ -253,6 +253,7 @@ class Ingestor:
             log.error("%s: restarting it; the batch is applied again", exc)
             assert self.writer is not None
             self.writer.stop(timeout=2.0)
+            self.writer.start()
         else:
             log.warning("batch failed (%s: %s): rolled back", type(exc).__name__, exc)
         try:
