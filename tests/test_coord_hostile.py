@@ -118,8 +118,8 @@ def test_a_retained_flood_and_a_sample_flood_do_not_starve_other_sites(
             "an over_budget event",
         )
         assert _count(db, "SELECT count(DISTINCT device) FROM messages WHERE site = 'spam'") <= 20
-        retained = _count(db, "SELECT count(*) FROM dead_letters WHERE reason = 'retained_durable'")
-        assert retained == 300
+        refused = _count(db, "SELECT count(*) FROM dead_letters WHERE reason = 'retained_durable'")
+        assert refused == 300
         # Restart: the broker replays no retained telemetry (the coordinator cleared it:
         # every retained copy that reached it was refused and removed from the broker).
         assert coord.stop() == 0
@@ -144,6 +144,7 @@ def test_killing_the_writer_child_does_not_stop_serve(
         t = Topics(prefix)
         _good_site_is_acked(own_broker.port, t, 1)  # the writer child is up
         for attempt in range(3):
+            assert coord.proc is not None
             children = psutil.Process(coord.proc.pid).children(recursive=True)
             writers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
             assert writers, "no writer child found"

@@ -43,7 +43,10 @@ def tel(
 
 
 def status(site: str, epoch: str, session: int, state: str = "online") -> tuple[str, SiteStatus]:
-    return T.status(site), SiteStatus(site=site, epoch=epoch, session=session, state=state)
+    msg = SiteStatus.model_validate(
+        {"site": site, "epoch": epoch, "session": session, "state": state}
+    )
+    return T.status(site), msg
 
 
 def heartbeat(site: str, epoch: str, session: int, **fields: Any) -> tuple[str, Heartbeat]:
