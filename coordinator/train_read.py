@@ -82,6 +82,9 @@ def _site_jobs(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     return out
 
 
+_VERDICTS = frozenset({"excluded"})
+
+
 def jobs(
     conn: sqlite3.Connection, run_id: str | None = None, state: str | None = None
 ) -> list[dict[str, Any]]:
@@ -99,6 +102,8 @@ def jobs(
         mine = out.get(job_id)
         if mine is None:
             out[job_id] = {**status, "late": 0, "source": "site"}
+        elif mine.get("state") in _VERDICTS:
+            continue  # the coordinator's verdict on the result outlives the site's "done"
         elif status["seq"] > (mine.get("status_seq") or 0):
             mine.update({k: status[k] for k in ("state", "progress", "reason", "updated_at")})
     rows = list(out.values())

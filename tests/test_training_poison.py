@@ -27,6 +27,7 @@ import pytest
 
 from coordinator.fedavg import aggregate, dump_npz, load_npz, trim_count
 from coordinator.signing import generate_keypair
+from coordinator.train_db import TrainDb
 from coordinator.train_events import TrainSpec
 from coordinator.train_inbox import JobTrack
 from coordinator.train_vet import exclude_minority, vet_result
@@ -279,9 +280,10 @@ class Fed:
     key: Path
     tmp: Path
 
-    def site(self, name: str, answer: Any, rows: int | None = 1000) -> FakeTrainer:
+    def site(self, name: str, answer: Any, rows: int | None = 1000, **kw: Any) -> FakeTrainer:
         site = f"{name.replace('_', '-')}-{uuid.uuid4().hex[:4]}"
-        return FakeTrainer(self.broker.port, self.prefix, site, TASK, CODE_HASH, answer, rows)
+        return FakeTrainer(self.broker.port, self.prefix, site, TASK, CODE_HASH, answer, rows,
+                           **kw)  # fmt: skip
 
     def train(self, sites: list[FakeTrainer], *args: str) -> subprocess.CompletedProcess[str]:
         ids = [s.site for s in sites]
@@ -291,8 +293,9 @@ class Fed:
         )  # fmt: skip
         return fedmq(
             "train", "--task", TASK, "--sites", ",".join(ids), "--round-timeout", "30",
-            "--wait-sites", "20", "--db", str(self.db), "--port", str(self.broker.port),
-            "--prefix", self.prefix, "--signing-key", str(self.key), "--json", *args,
+            "--wait-sites", "20", "--rejoin-wait", "20", "--db", str(self.db),
+            "--port", str(self.broker.port), "--prefix", self.prefix,
+            "--signing-key", str(self.key), "--json", *args,
             timeout=120, check=False,
         )  # fmt: skip
 
@@ -346,7 +349,8 @@ def test_a_poisoned_result_is_excluded_and_the_run_finishes_on_the_honest_sites(
     answer, words = POISONS[poison]
     a = started(fed.site("honest-a", honest(1.0, 100)))
     b = started(fed.site("honest-b", honest(3.0, 300)))
-    bad = started(fed.site(poison, answer))
+    # Its "done" comes after its result was excluded and the round closed without it.
+    bad = started(fed.site(poison, answer, done_delay_s=2.0))
     proc = fed.train([a, b, bad], "--rounds", "2", "--min-sites", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = _events(proc.stdout)
@@ -356,6 +360,14 @@ def test_a_poisoned_result_is_excluded_and_the_run_finishes_on_the_honest_sites(
     assert run["state"] == "done"
     assert [r["state"] for r in run["rounds"]] == ["aggregated", "aggregated"]
     assert [r["n_results"] for r in run["rounds"]] == [2, 2]
+    last = next(j for j in fed.read("jobs", "--run", run_id) if j["site"] == bad.site
+                and j["round"] == 2)["job_id"]  # fmt: skip
+    db = TrainDb(fed.db)
+    try:
+        stored = lambda: [json.loads(r["payload"]).get("state") for r in db.job_messages([last])]  # noqa: E731
+        wait_until(lambda: "done" in stored(), 30, "the late done status")
+    finally:
+        db.close()
     jobs = {(j["site"], j["round"]): j for j in fed.read("jobs", "--run", run_id)}
     for rnd in (1, 2):
         job = jobs[(bad.site, rnd)]
@@ -397,7 +409,6 @@ def test_an_error_in_the_round_driver_marks_the_run_failed_with_the_reason(
 ) -> None:
     from coordinator import training
     from coordinator.settings import CoordinatorSettings
-    from coordinator.train_db import TrainDb
     from schemas import MqttSettings
 
     def boom(*_a: Any, **_k: Any) -> Any:

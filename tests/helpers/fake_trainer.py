@@ -3,8 +3,9 @@
 It speaks the real wire protocol on the site's own topics: retained status and
 registration (one task, optionally a dataset with its row count), heartbeats, and for
 each ``cmd/train`` a ``running`` status, a ``job_result`` (inline weights, or chunks) and
-a ``done`` status, all durable messages that ``fedmq serve`` stores. What it returns is
-up to ``answer(round, global_arrays) -> (npz bytes, n_samples)``: honest or poisoned.
+a ``done`` status (``done_delay_s`` later), all durable messages that ``fedmq serve``
+stores. What it returns is up to ``answer(round, global_arrays) -> (npz bytes,
+n_samples)``: honest or poisoned.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ class FakeTrainer:
         answer: Answer,
         rows: int | None = None,
         chunk_bytes: int = 256 * 1024,
+        done_delay_s: float = 0.0,
     ) -> None:
         self.site, self.task, self.code_hash, self.answer = site, task, code_hash, answer
-        self.rows, self.chunk_bytes = rows, chunk_bytes
+        self.rows, self.chunk_bytes, self.done_delay_s = rows, chunk_bytes, done_delay_s
         self.port, self.t = port, Topics(prefix)
         self.codec = Codec(self.t)
         self.seq = 0
@@ -73,7 +75,7 @@ class FakeTrainer:
         ]
 
     def _status(self, state: str) -> bytes:
-        return encode(SiteStatus(site=self.site, session=1, state=state))  # type: ignore[arg-type]
+        return encode(SiteStatus(site=self.site, session=1, epoch=self.epoch, state=state))  # type: ignore[arg-type]
 
     def _on_connect(self, client: Any, *_: Any) -> None:
         client.subscribe(self.t.site_commands(self.site), 1)
@@ -83,7 +85,8 @@ class FakeTrainer:
             desc = f"{self.task} private rows"
             datasets = (DatasetSummary(name="data", rows=self.rows, description=desc),)
         reg = Registration(
-            site=self.site, session=1, heartbeat_interval_s=0.5, datasets=datasets,
+            site=self.site, session=1, epoch=self.epoch, heartbeat_interval_s=1.0,
+            datasets=datasets,
             tasks=(TaskOffer(name=self.task, code_hash=self.code_hash),),
         )  # fmt: skip
         client.publish(self.t.registration(self.site), encode(reg), 1, True)
@@ -106,9 +109,9 @@ class FakeTrainer:
 
     def _beat(self) -> None:
         n = 0
-        while not self.stopped.wait(0.5):
+        while not self.stopped.wait(1.0):
             n += 1
-            hb = Heartbeat(site=self.site, session=1, seq=n, interval_s=0.5)
+            hb = Heartbeat(site=self.site, session=1, epoch=self.epoch, seq=n, interval_s=1.0)
             self.c.publish(self.t.heartbeat(self.site), encode(hb), 0)
 
     def _next(self) -> dict[str, Any]:
@@ -146,4 +149,6 @@ class FakeTrainer:
         for i, part in enumerate(parts):
             self._publish(result, ResultChunk(**self._next(), job_id=cmd.job_id, index=i,
                           total=len(parts), sha256=blob.sha256, data=part))  # fmt: skip
+        if self.stopped.wait(self.done_delay_s):
+            return
         self._publish(status, JobStatus(**self._next(), **job, state="done"))
