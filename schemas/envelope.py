@@ -10,16 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.version import SCHEMA_VERSION
 
 __all__ = [
+    "INT63_MAX",
+    "MAX_GAPS",
     "DurableEnvelope",
     "Envelope",
     "EpochMs",
-    "StreamEpoch",
-    "INT63_MAX",
     "Id",
     "Level",
-    "MAX_GAPS",
     "SeqRange",
     "SiteId",
+    "StreamEpoch",
     "now_ms",
 ]
 
