@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coordinator import db_read
 from coordinator.acks import AckTracker
 from coordinator.bus import Inbound
 from schemas import (
@@ -148,6 +149,12 @@ def test_two_live_processes_with_one_site_id_are_a_conflict(h: Harness, tmp_path
     rows = db.execute("SELECT epoch, count(*) FROM messages GROUP BY epoch ORDER BY epoch")
     assert rows.fetchall() == [("p1", 5), ("p2", 5)]
     assert ("p1", 5) in _acks(h, "a") and ("p2", 5) in _acks(h, "a")
+    # `fedmq sites` shows it while it lasts, and names the cause.
+    listed, _ = db_read.sites(db_read.open_db(tmp_path / "c.db"), now=1_200)
+    assert listed[0]["state"] == "conflict" and listed[0]["conflict"] is True
+    assert "two live processes" in listed[0]["reason"]
+    later, _ = db_read.sites(db_read.open_db(tmp_path / "c.db"), now=1_200 + 600_000)
+    assert later[0]["state"] != "conflict"
 
 
 def test_replays_of_an_old_stream_are_stored_without_a_conflict(h: Harness, tmp_path: Path) -> None:
