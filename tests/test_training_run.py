@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -167,25 +168,47 @@ def test_three_sites_two_rounds_store_models_and_test_rmse(fed: Fed, tmp_path: P
 def test_manual_approval_waits_shows_pending_and_runs_when_approved(fed: Fed) -> None:
     proc = fed.train_bg("--task", TASK, "--rounds", "1", "--min-sites", "1", "--sites", "d",
                         "--round-timeout", "200")  # fmt: skip
+    lines: list[str] = []  # the run's --json events as they come
+
+    def read_events() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read_events, daemon=True)
+    reader.start()
     try:
 
         def pending() -> Any:
             rows = [j for j in fed.read("jobs", "--state", "pending_approval") if j["site"] == "d"]
             return rows[0] if rows else None
 
+        def seen_pending() -> bool:
+            return any(
+                e["event"] == "job" and e["site"] == "d" and e["state"] == "pending_approval"
+                for e in _events("".join(lines))
+            )
+
         job = wait_until(pending, 60, "job pending at d", step=0.5)
         assert job["summary"] == "pending approval at site d"
         text = fedmq("jobs", "--db", str(fed.db)).stdout
         assert "pending approval at site d" in text
-        time.sleep(2)
-        assert proc.poll() is None  # the run waits for the operator
+        # The run itself has seen the job wait for the operator, and goes on waiting.
+        wait_until(seen_pending, 60, "the run reporting d's job pending", step=0.2)
+        assert proc.poll() is None
         approve = fed.sites["d"].cli("approve", job["job_id"])
         assert approve.returncode == 0, approve.stderr
-        out, _ = proc.communicate(timeout=200)
+        proc.wait(timeout=200)
+        reader.join(30)
     finally:
         proc.kill()
     assert proc.returncode == 0
-    run_id = _events(out)[0]["run_id"]
+    events = _events("".join(lines))
+    kinds = [(e["event"], e.get("state")) for e in events]
+    # Waited, then ran: the round closed only after d's job went from pending to done.
+    assert kinds.index(("job", "pending_approval")) < kinds.index(("job", "done"))
+    assert kinds.index(("job", "done")) < kinds.index(("round_closed", "aggregated"))
+    run_id = events[0]["run_id"]
     [row] = _jobs(fed, run_id)
     assert row["state"] == "done" and row["n_samples"] > 0
 
