@@ -29,6 +29,7 @@ from tests.helpers.secure_broker import (
     secure_setup,
     subscribe_rc,
 )
+from tests.helpers.wait import wait_for
 
 NOT_AUTHORIZED = 135
 GRANTED_QOS1 = 1
@@ -233,7 +234,9 @@ def test_retained_state_survives_kill_9_after_autosave(setup: SecureSetup, secur
     t = Topics(setup.prefix)
     coord = setup.client(secure.port, COORDINATOR_USER)
     assert publish_rc(coord, t.coordinator_status(), b"online", retain=True) in (0, 16)
-    time.sleep(12)  # one autosave interval plus margin
+    acked_at = time.time()  # the broker holds the message now; the next autosave writes it
+    db = setup.root / "broker-data" / "mosquitto.db"
+    wait_for(lambda: db.exists() and db.stat().st_mtime >= acked_at, 60, "an autosave")
     secure.kill()
     secure.start()
     site_a = setup.client(secure.port, "site-a").subscribe(t.coordinator_status())
