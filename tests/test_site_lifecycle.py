@@ -123,7 +123,10 @@ def test_rebirth_republishes_and_unsigned_train_is_refused(
     expires = now_ms() + 60_000
     rebirth = RebirthCommand(site="site-a", session=1, cmd_id=uuid.uuid4().hex, expires_at=expires)
     mqtt_client().publish(t.cmd("site-a", "rebirth"), encode(rebirth))
-    gather(sub, both, lambda m: not m.retain)  # republished
+    try:
+        gather(sub, both, lambda m: not m.retain)  # republished
+    except AssertionError as exc:  # say what the site did (it once failed at load ~10)
+        raise AssertionError(f"{exc}\nsite log:\n{site.log_text()[-3000:]}") from None
     # The same cmd_id again is a replay: refused, and nothing is republished.
     mqtt_client().publish(t.cmd("site-a", "rebirth"), encode(rebirth))
     site.wait_log(f"replayed cmd_id {rebirth.cmd_id}", timeout=30)
