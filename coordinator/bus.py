@@ -22,7 +22,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from schemas import CoordinatorStatus, MqttSettings, Topics, encode, now_ms
+from fedmq_runtime.settings import MqttSettings
+from schemas import CoordinatorStatus, Topics, encode, now_ms
 
 __all__ = ["Bus", "BusOptions", "Inbound"]
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas import MqttSettings
+from fedmq_runtime.settings import MqttSettings
 
 __all__ = ["CoordinatorSettings"]
 
@@ -32,17 +32,18 @@ class CoordinatorSettings(BaseModel):
     patience: float = Field(default=3.0, gt=0)
     batch_size: int = Field(default=2_000, ge=1)
     batch_time_s: float = Field(default=0.05, gt=0)
-    # Decode and insert telemetry in a child process (see writer_proc), off the GIL that
-    # paho's network thread needs. Measured side by side (tests/bench/bench_coordinator.py,
-    # load ~4): in-process 0.66x a bare paho subscriber, writer process 1.02x. Under heavy
-    # load from other work (load 8-15) it measured slower: set false on a busy host.
+    # Decode and insert telemetry in a child process (coordinator.ingest.writer_process), off
+    # the GIL that paho's network thread needs. Measured side by side
+    # (tests/bench/bench_coordinator.py, load ~4): in-process 0.66x a bare paho subscriber,
+    # writer process 1.02x. Under heavy load from other work (load 8-15) it measured slower:
+    # set false on a busy host.
     writer_process: bool = True
     liveness_interval_s: float = Field(default=0.5, gt=0)
     rebirth_interval_s: float = Field(default=10.0, ge=0)
     # At most this many cmd/rebirth per second in all (thousands of unknown site ids must
     # not turn into thousands of commands).
     rebirth_per_s: float = Field(default=20.0, gt=0)
-    # What one site may cost (see coordinator/admission.py): over its byte budget its
+    # What one site may cost (see coordinator/ingest/admission.py): over its byte budget its
     # messages are left unacked for it to re-send later; devices and unregistered sites
     # beyond these bounds are dead letters.
     site_bytes_per_s: float = Field(default=8_000_000, gt=0)

@@ -18,7 +18,6 @@ from schemas.envelope import DurableEnvelope, Envelope, SeqRange, now_ms
 from schemas.errors import DecodeError, Reason, SchemaError, TopicError
 from schemas.jobs import JOB_STATES, JobResult, JobStatus, ResultChunk
 from schemas.messages import ALL_MODELS, DURABLE_KINDS, KINDS, MESSAGE_ADAPTER, Message
-from schemas.settings import MqttSettings, SettingsError, load_settings, masked
 from schemas.site_messages import (
     DatasetSummary,
     DeviceInfo,
@@ -75,7 +74,6 @@ __all__ = [
     "JobStatus",
     "Location",
     "Message",
-    "MqttSettings",
     "ParsedTopic",
     "PingCommand",
     "PlantHierarchy",
@@ -87,7 +85,6 @@ __all__ = [
     "SchemaError",
     "SensorSpec",
     "SeqRange",
-    "SettingsError",
     "SiteStatus",
     "TaskOffer",
     "TelemetryBatch",
@@ -100,9 +97,7 @@ __all__ = [
     "assemble",
     "decode",
     "encode",
-    "load_settings",
     "make_blob",
-    "masked",
     "now_ms",
     "sha256_hex",
     "signing_bytes",

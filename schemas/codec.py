@@ -7,7 +7,7 @@ disagree on which duplicate wins (pydantic's validator and ``json.loads`` pick d
 ones), so such a payload could mean one thing to a check and another to its use. The
 check parses the payload a second time (~30 us for a 10-sample telemetry batch, measured
 against ~19 us for validation alone); the coordinator's telemetry fast path
-(``coordinator.writer_proc.decode_telemetry``) skips it, since a site is the authority
+(``coordinator.ingest.writer_process.decode_telemetry``) skips it, since a site is the authority
 over its own telemetry and no signature is involved.
 """
 

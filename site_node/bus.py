@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from schemas import MqttSettings
+from fedmq_runtime.settings import MqttSettings
 
 __all__ = [
     "BusError",

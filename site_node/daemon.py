@@ -56,7 +56,7 @@ CommandHandler = Callable[[BaseModel, bytes], None]
 # refusal(command, raw payload, reason): a command the guard refused (never executed).
 RefusalHandler = Callable[[BaseModel, bytes, str], None]
 # Loaded when the config has a [training] table (torch/syft stay unimported otherwise).
-TRAINING_EXTENSION = "site_node.jobs.service:install"
+TRAINING_EXTENSION = "site_node.training.jobs.service:install"
 
 
 class SiteDaemon:

@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas import Location, MqttSettings, PlantHierarchy, load_settings, validate_site_id
-from site_node.jobs.config import TrainingSettings
+from fedmq_runtime.settings import MqttSettings, load_settings
+from schemas import Location, PlantHierarchy, validate_site_id
 from site_node.sources import DeviceConfig
+from site_node.training.jobs.config import TrainingSettings
 
 __all__ = ["LogSettings", "OutboxSettings", "SiteSettings", "load_site_settings"]
 
@@ -79,7 +80,7 @@ class SiteSettings(BaseModel):
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=4.0, gt=0)
     # "module:function" hooks called with the daemon at start. A ``[training]`` table
-    # loads the training extension (site_node.jobs) by itself; without one, the site never
+    # loads the training extension (site_node.training.jobs) by itself; without one, the site never
     # imports torch or syft.
     extensions: list[str] = []
     training: TrainingSettings | None = None

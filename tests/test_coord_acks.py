@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coordinator.acks import AckTracker
+from coordinator.ingest.acks import AckTracker
 
 
 def test_ack_stops_at_a_hole_until_it_is_filled() -> None:

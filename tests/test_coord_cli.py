@@ -137,7 +137,7 @@ def test_sites_watch_json_follows_changes_and_ctrl_c_exits_0(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("since", ["10m", "1700000000000", "2023-11-14T22:13:20"])
 def test_telemetry_since_forms_parse(since: str) -> None:
-    from coordinator.cli_telemetry import parse_since
+    from coordinator.cli.telemetry import parse_since
 
     assert parse_since(since, now=1_700_000_600_000) == 1_700_000_000_000
 

@@ -7,10 +7,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from coordinator.cli_serve import run
+from coordinator.cli.serve import run
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import Migration
-from schemas import MqttSettings, PingCommand, Topics, encode
+from fedmq_runtime.settings import MqttSettings
+from schemas import PingCommand, Topics, encode
 from tests.helpers.broker import Broker
 from tests.helpers.mqtt import TestClient
 

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from coordinator.bus import Inbound
-from coordinator.ingest import Ingestor
+from coordinator.ingest.ingestor import Ingestor
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import SqliteStore
+from fedmq_runtime.settings import MqttSettings
 from schemas import (
     Ack,
     Heartbeat,
-    MqttSettings,
     Registration,
     Sample,
     SeqRange,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from coordinator.liveness import LivenessChecker, SiteLiveness, evaluate
+from coordinator.ingest.liveness import LivenessChecker, SiteLiveness, evaluate
 from coordinator.store import SiteRecord
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.signing import generate_keypair, load_public_key
+from coordinator.admin.signing import generate_keypair, load_public_key
 from schemas import RebirthCommand, SiteStatus, Topics, encode, signing_bytes
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import (

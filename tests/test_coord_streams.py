@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator import db_read
-from coordinator.acks import AckTracker
 from coordinator.bus import Inbound
+from coordinator.ingest.acks import AckTracker
+from coordinator.store import read as db_read
 from schemas import (
     Ack,
     Heartbeat,

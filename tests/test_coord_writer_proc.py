@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.ingest.writer_process import (
+    CachedTopics,
+    WriterError,
+    WriterProcess,
+    decode_telemetry,
+)
 from coordinator.store import SqliteStore
-from coordinator.writer_proc import CachedTopics, WriterError, WriterProcess, decode_telemetry
 from schemas import Codec, DecodeError, Sample, SeqRange, TelemetryBatch, Topics, encode
 
 P = "wp/fedmq/v1"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from site_node.datasite import ROOT_EMAIL, Datasite, DatasiteError
-from site_node.tasks import get_task
+from site_node.training.datasite import ROOT_EMAIL, Datasite, DatasiteError
+from site_node.training.tasks import get_task
 from tests.helpers.data import TRAIN_FD001
 
 TRAIN = TRAIN_FD001
@@ -79,6 +79,6 @@ def test_pre_approved_slot_runs_the_job_bound_to_it_once(tmp_path: Path) -> None
 
 
 def test_an_unbound_slot_runs_nothing(tmp_path: Path) -> None:
-    from site_node.job_body import execute_slot
+    from site_node.training.job_body import execute_slot
 
     assert "no job bound" in execute_slot(str(tmp_path), data=None)["error"]

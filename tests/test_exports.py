@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-PACKAGES = ["schemas", "site_node", "coordinator"]
+PACKAGES = ["schemas", "fedmq_runtime", "site_node", "coordinator"]
 HEAVY = ("paho", "torch", "syft", "sqlite_utils", "numpy")
 
 

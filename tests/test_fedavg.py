@@ -8,8 +8,14 @@ import pickle
 import numpy as np
 import pytest
 
-from coordinator.fedavg import AggregationError, WeightsFormatError, dump_npz, fedavg, load_npz
-from site_node import weights_io
+from coordinator.training.aggregate import (
+    AggregationError,
+    WeightsFormatError,
+    dump_npz,
+    fedavg,
+    load_npz,
+)
+from site_node.training import weights_io
 
 
 def _npz(**arrays: np.ndarray) -> bytes:

@@ -14,8 +14,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.cli import EXIT, cli
-from coordinator.schema_export import (
+from coordinator.admin.schema_export import (
     ASYNCAPI_FILE,
     UNION_FILE,
     asyncapi_document,
@@ -25,6 +24,7 @@ from coordinator.schema_export import (
     kind_schema,
     union_schema,
 )
+from coordinator.cli import EXIT, cli
 from schemas import ALL_MODELS, DEFAULT_PREFIX, QOS, RETAINED, Channel, Topics, encode
 from schemas.messages import COMMAND_KINDS
 from tests.test_schemas_messages import SAMPLES, STRATEGIES

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.broker_init import add_site
-from coordinator.dev_ca import CertificateAuthority
+from coordinator.admin.broker_init import add_site
+from coordinator.admin.dev_ca import CertificateAuthority
 from schemas import Topics
 from tests.helpers.broker import Broker
 from tests.helpers.mqtt import TestClient

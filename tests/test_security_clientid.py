@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from coordinator.settings import CoordinatorSettings
-from coordinator.train_send import CommandSender
-from schemas import CoordinatorStatus, SiteStatus, Topics, encode, load_settings
+from coordinator.training.send import CommandSender
+from fedmq_runtime.settings import load_settings
+from schemas import CoordinatorStatus, SiteStatus, Topics, encode
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import Coordinator
 from tests.helpers.mqtt import TestClient
@@ -128,7 +129,7 @@ def test_serve_and_train_run_side_by_side_on_their_own_accounts(
         assert train.mqtt.username == "coordinator-train"
         mqtt = train.mqtt.model_copy(update={"host": "localhost", "port": b.port})
         assert train.signing_key_file is not None
-        from coordinator.signing import load_private_key
+        from coordinator.admin.signing import load_private_key
 
         sender = CommandSender(mqtt, load_private_key(train.signing_key_file), "fedmq-train")
         sender.start()

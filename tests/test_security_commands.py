@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
-from coordinator.signing import sign
+from coordinator.admin.signing import sign
 from schemas import (
     CancelCommand,
     Codec,
@@ -93,7 +93,11 @@ def site(
     d.register_refusal(seen.on_refusal)
     thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
     thread.start()
-    wait_for(lambda: d.bus.connected, 10, "daemon connected")
+    # Connected is not yet subscribed: the site announces its retained online status after
+    # subscribing to its commands on the same connection, so that status means ready.
+    status = TestClient(broker.port).connect().subscribe(Topics(prefix).status(SITE))
+    status.expect(lambda m: b'"online"' in m.payload, timeout=30)
+    status.close()
     yield d, seen
     d.request_stop()
     thread.join(20)
@@ -150,7 +154,7 @@ def test_duplicate_key_cancel_is_refused_by_a_real_site(
     try:
         client.publish(topic, forged)
         client.publish(topic, marker)
-        wait_for(lambda: "marker-job" in seen.cancelled, 10, "the legitimate cancel ran")
+        wait_for(lambda: "marker-job" in seen.cancelled, 30, "the legitimate cancel ran")
     finally:
         client.close()
     assert seen.cancelled == ["marker-job"]
@@ -173,7 +177,7 @@ def test_command_signed_under_another_prefix_is_refused_by_a_real_site(
     try:
         client.publish(here, replayed)
         client.publish(here, marker)
-        wait_for(lambda: "marker-job" in seen.cancelled, 10, "the legitimate cancel ran")
+        wait_for(lambda: "marker-job" in seen.cancelled, 30, "the legitimate cancel ran")
     finally:
         client.close()
     assert seen.cancelled == ["marker-job"]

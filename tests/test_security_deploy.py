@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coordinator.broker_init import init_broker
-from coordinator.passwords import (
+from coordinator.admin.broker_init import init_broker
+from coordinator.admin.passwords import (
     generate_password,
     hash_password,
     read_password_file,

@@ -15,10 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from coordinator.admin.passwords import read_password_file, verify_password
 from coordinator.cli import cli
-from coordinator.passwords import read_password_file, verify_password
 from coordinator.settings import CoordinatorSettings
-from schemas import load_settings
+from fedmq_runtime.settings import load_settings
 from site_node.settings import SiteSettings
 
 if sys.version_info >= (3, 11):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.passwords import (
+from coordinator.admin.passwords import (
     PasswordFileError,
     generate_password,
     hash_password,

@@ -11,7 +11,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.signing import (
+from coordinator.admin.signing import (
     SigningError,
     generate_keypair,
     load_private_key,

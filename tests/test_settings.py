@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from schemas import MqttSettings, SettingsError, load_settings, masked
+from fedmq_runtime.settings import MqttSettings, SettingsError, load_settings, masked
 
 
 class DaemonSettings(BaseModel):

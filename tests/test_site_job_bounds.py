@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import TrainChunk, make_blob
-from site_node.job_files import func_name
-from site_node.jobs.chunks import CHUNK_OVERHEAD, ChunkBuffer
+from site_node.training.job_files import func_name
+from site_node.training.jobs.chunks import CHUNK_OVERHEAD, ChunkBuffer
 
 JOB_IDS = st.from_regex(r"[A-Za-z0-9_-]{1,128}", fullmatch=True)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from schemas import TrainChunk, make_blob
-from site_node.jobs.chunks import ChunkBuffer
-from site_node.jobs.reporter import finite_metrics
-from site_node.jobs.store import JobStore, JobStoreError, UnknownJobError
+from site_node.training.jobs.chunks import ChunkBuffer
+from site_node.training.jobs.reporter import finite_metrics
+from site_node.training.jobs.store import JobStore, JobStoreError, UnknownJobError
 from tests.helpers.broker import Broker
 from tests.helpers.mqtt import wait_for
 from tests.helpers.site_proc import SITE_BIN, SiteProc, to_toml

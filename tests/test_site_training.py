@@ -1,7 +1,7 @@
 """Site-side training end to end: real Mosquitto, real ``fedmq-site`` processes with syft.
 
 Two site processes share the module (syft starts in 10-30 s): ``auto`` (approval auto)
-and ``manual``. A test-side coordinator signs commands with ``coordinator.signing`` and
+and ``manual``. A test-side coordinator signs commands with ``coordinator.admin.signing`` and
 reads the sites' durable job messages back through the acker (which acks them).
 """
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.signing import generate_keypair
+from coordinator.admin.signing import generate_keypair
 from schemas import CancelCommand, Registration, Topics, encode
-from site_node.job_files import func_name
-from site_node.tasks import get_task
+from site_node.training.job_files import func_name
+from site_node.training.tasks import get_task
 from tests.helpers.acker import Acker
 from tests.helpers.broker import Broker
 from tests.helpers.data import TRAIN_FD001
@@ -190,7 +190,7 @@ def test_unsigned_forged_and_expired_commands_are_refused_and_reported(
 ) -> None:
     c = fed.coord
     generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
-    from coordinator.signing import load_private_key, sign
+    from coordinator.admin.signing import load_private_key, sign
 
     unsigned, _ = c.train_command("auto", "unsigned-1", fed.code_hash)
     forged, _ = c.train_command("auto", "forged-1", fed.code_hash)

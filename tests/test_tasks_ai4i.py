@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from site_node.tasks import get_task
+from site_node.training.tasks import get_task
 from tests.helpers.data import AI4I_CSV
 
 CSV = AI4I_CSV
@@ -15,7 +15,7 @@ LEAKS = ["TWF", "HDF", "PWF", "OSF", "RNF", "UDI", "Product ID"]
 def test_leaking_columns_never_reach_the_table_or_the_inputs() -> None:
     import pandas as pd
 
-    from site_node.tasks.ai4i_failure import FEATURES, LABEL, features
+    from site_node.training.tasks.ai4i_failure import FEATURES, LABEL, features
 
     table = get_task("ai4i-failure").read_table(CSV, {"types": ["M"]})
     assert not set(LEAKS) & set(table.columns)
@@ -32,7 +32,7 @@ def test_leaking_columns_never_reach_the_table_or_the_inputs() -> None:
 
 
 def test_auc_by_ranks() -> None:
-    from site_node.tasks.ai4i_failure import _auc
+    from site_node.training.tasks.ai4i_failure import _auc
 
     y = np.array([0, 0, 1, 1, 0, 1], np.float64)
     assert _auc(y, np.array([0.1, 0.2, 0.8, 0.9, 0.3, 0.7])) == 1.0

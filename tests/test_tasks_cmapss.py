@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from site_node.tasks import TASKS, UnknownTaskError, get_task
+from site_node.training.tasks import TASKS, UnknownTaskError, get_task
 from tests.helpers.data import TRAIN_FD001
 
 # The copy shipped with the site package.
@@ -19,12 +19,12 @@ TRAIN = TRAIN_FD001
 
 def test_registry_hashes_code_without_importing_torch() -> None:
     code = (
-        "import sys, site_node.tasks as t\n"
+        "import sys, site_node.training.tasks as t\n"
         "print(t.get_task('cmapss-rul').code_hash)\n"
         "assert 'torch' not in sys.modules and 'syft' not in sys.modules, 'heavy import'\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    here = Path(__file__).resolve().parents[1] / "site_node" / "tasks"
+    here = Path(__file__).resolve().parents[1] / "site_node" / "training" / "tasks"
     expected = hashlib.sha256(
         (here / "cmapss_rul.py").read_bytes() + (here / "common.py").read_bytes()
     ).hexdigest()
@@ -41,7 +41,7 @@ def small() -> object:
 
 
 def test_dataset_windows_and_split_by_engine(small: object) -> None:
-    from site_node.tasks.cmapss_rul import RUL_CAP, WINDOW, CmapssData
+    from site_node.training.tasks.cmapss_rul import RUL_CAP, WINDOW, CmapssData
 
     assert isinstance(small, CmapssData)
     assert len(small.val_units) == 1 and len(small.train_units) == 4
@@ -68,7 +68,7 @@ def test_train_then_evaluate_matches_and_is_deterministic(small: object) -> None
 
 
 def test_fedprox_pulls_towards_the_global_model(small: object) -> None:
-    from site_node.weights_io import load_npz
+    from site_node.training.weights_io import load_npz
 
     task = get_task("cmapss-rul")
     start = task.initial_weights(seed=0)
@@ -94,7 +94,7 @@ def test_bad_hyperparams_and_weights_are_refused(small: object) -> None:
 
 
 def test_lr_schedule_follows_the_round(small: object) -> None:
-    from site_node.weights_io import load_npz
+    from site_node.training.weights_io import load_npz
 
     task = get_task("cmapss-rul")
     start = task.initial_weights(seed=0)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from coordinator import fd001_eval
-from site_node.tasks import cmapss_rul, get_task
+from coordinator.training import fd001_eval
+from site_node.training.tasks import cmapss_rul, get_task
 from tests.helpers.data import TRAIN_FD001
 
 # The packaged copies: the test set ships with the coordinator, training runs with the site.
@@ -61,7 +61,7 @@ def test_fd001_rmse_of_a_tiny_model_matches_the_site_model() -> None:
     result = fd001_eval.fd001_test_rmse(weights, DATA)
     x, truth = fd001_eval.fd001_test_set(DATA)
     model = cmapss_rul.RulCnn()
-    from site_node.weights_io import npz_to_state_dict
+    from site_node.training.weights_io import npz_to_state_dict
 
     model.load_state_dict(npz_to_state_dict(weights))
     model.eval()

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from coordinator.fedavg import aggregate, dump_npz, load_npz, trim_count
-from coordinator.signing import generate_keypair
-from coordinator.train_db import TrainDb
-from coordinator.train_events import TrainSpec
-from coordinator.train_inbox import JobTrack
-from coordinator.train_vet import exclude_minority, vet_result
-from coordinator.weights_check import (
+from coordinator.admin.signing import generate_keypair
+from coordinator.store.training import TrainDb
+from coordinator.training.aggregate import aggregate, dump_npz, load_npz, trim_count
+from coordinator.training.events import TrainSpec
+from coordinator.training.inbox import JobTrack
+from coordinator.training.vet import exclude_minority, vet_result
+from coordinator.training.weights_check import (
     ArraySpec,
     WeightsRejected,
     check_weights,
@@ -407,9 +407,9 @@ def test_median_keeps_the_model_near_the_honest_sites(
 def test_an_error_in_the_round_driver_marks_the_run_failed_with_the_reason(
     fed: Fed, started: Callable[[FakeTrainer], FakeTrainer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from coordinator import training
     from coordinator.settings import CoordinatorSettings
-    from schemas import MqttSettings
+    from coordinator.training import driver as training
+    from fedmq_runtime.settings import MqttSettings
 
     def boom(*_a: Any, **_k: Any) -> Any:
         raise RuntimeError("disk on fire")

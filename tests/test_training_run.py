@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.signing import generate_keypair
-from site_node.job_files import func_name
+from coordinator.admin.signing import generate_keypair
+from site_node.training.job_files import func_name
 from tests.helpers.broker import DEV_CONF, Broker
 from tests.helpers.coord_proc import FEDMQ, REPO, Coordinator, fedmq, sites_json, wait_until
 from tests.helpers.data import TRAIN_FD001
@@ -314,13 +314,14 @@ def test_coordinator_killed_mid_run_then_resume_finishes(fed: Fed) -> None:
 def test_a_10mb_model_crosses_the_1mb_broker_both_ways_verified(fed: Fed) -> None:
     import numpy as np
 
-    from coordinator.fedavg import dump_npz
-    from coordinator.signing import load_private_key
-    from coordinator.train_db import TrainDb
-    from coordinator.train_inbox import JobTrack, TrainInbox
-    from coordinator.train_send import CommandSender
-    from schemas import JobResult, MqttSettings, ResultChunk, Topics, encode, make_blob
-    from site_node.tasks import get_task
+    from coordinator.admin.signing import load_private_key
+    from coordinator.store.training import TrainDb
+    from coordinator.training.aggregate import dump_npz
+    from coordinator.training.inbox import JobTrack, TrainInbox
+    from coordinator.training.send import CommandSender
+    from fedmq_runtime.settings import MqttSettings
+    from schemas import JobResult, ResultChunk, Topics, encode, make_blob
+    from site_node.training.tasks import get_task
     from tests.helpers.mqtt import TestClient
 
     task = get_task(TASK)

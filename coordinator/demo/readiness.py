@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from coordinator.db_read import DatabaseMissing, open_db, sites
 from coordinator.demo.procs import Child
+from coordinator.store.read import DatabaseMissing, open_db, sites
 
 __all__ = ["StartupFailed", "site_states", "wait_for_db", "wait_for_sites"]
 

@@ -22,7 +22,7 @@ from coordinator.demo.procs import Supervisor
 from coordinator.demo.readiness import StartupFailed
 from coordinator.demo.session import DemoSession, inspect_commands
 from coordinator.demo.startup import child_env
-from coordinator.train_events import TrainError
+from coordinator.training.events import TrainError
 
 __all__ = ["run_demo"]
 

@@ -32,7 +32,7 @@ def inspect_commands(db: Path) -> list[str]:
 
 def telemetry_counts(db: Path) -> dict[str, int]:
     """Telemetry samples stored per site (read-only; empty when unreadable)."""
-    from coordinator.db_read import DatabaseMissing, open_db
+    from coordinator.store.read import DatabaseMissing, open_db
 
     try:
         conn = open_db(db)
@@ -75,7 +75,7 @@ class DemoSession:
         return code
 
     def _print_sites(self) -> None:
-        from coordinator.cli_sites import sites
+        from coordinator.cli.sites import sites
 
         self.console.line("")
         self.console.line(f"$ fedmq sites --db {self.layout.db}")
@@ -85,8 +85,8 @@ class DemoSession:
 
     def _train(self) -> tuple[int, Any]:
         from coordinator.settings import CoordinatorSettings
-        from coordinator.train_events import TrainSpec
-        from schemas import MqttSettings
+        from coordinator.training.events import TrainSpec
+        from fedmq_runtime.settings import MqttSettings
 
         assert self.federation is not None
         settings = CoordinatorSettings(
@@ -115,7 +115,7 @@ class DemoSession:
         self.console.line(f"telemetry stored: {total:,} samples ({per_site or 'none yet'})")
 
     def _report(self, result: Any) -> None:
-        from coordinator.cli_output import table
+        from coordinator.cli.output import table
 
         assert self.training is not None
         rows = list(self.training.rows)

@@ -53,7 +53,7 @@ def start_federation(
         coordinator.demo.broker.BrokerMissing: no mosquitto.
         coordinator.demo.readiness.StartupFailed: a child exited or was not ready in time.
     """
-    from coordinator.signing import generate_keypair
+    from coordinator.admin.signing import generate_keypair
 
     started = time.monotonic()
     port = start_broker(layout.root / "broker", layout.logs, supervisor)

@@ -1,4 +1,4 @@
-"""The demo's federated run: ``coordinator.training.run_training`` on a worker thread.
+"""The demo's federated run: ``coordinator.training.driver.run_training`` on a worker thread.
 
 The run goes on a thread so that Ctrl-C on the main thread can ask it to stop (its
 ``stop`` event) and wait for it to close its MQTT client before the processes go down.
@@ -98,7 +98,7 @@ class TrainingThread:
         self._thread = threading.Thread(target=self._run, name="demo-training", daemon=True)
 
     def _run(self) -> None:
-        from coordinator.training import run_training
+        from coordinator.training.driver import run_training
 
         try:
             self.result = run_training(self.settings, self.spec, self.progress, self.stop)

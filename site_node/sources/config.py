@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from schemas import SensorSpec
+from site_node.sources.presets import CMAPSS_COLUMNS
 
 __all__ = [
     "DEVICE_ADAPTER",
@@ -233,9 +234,7 @@ class FileDeviceConfig(_Device):
     def resolved_columns(self) -> tuple[ColumnSpec, ...]:
         """The file's columns in order, from the preset or the configured list."""
         if self.preset == "cmapss":
-            from site_node.sources.presets import CMAPSS_COLUMNS
-
-            return CMAPSS_COLUMNS
+            return tuple(ColumnSpec(name=n, unit=u) for n, u in CMAPSS_COLUMNS)
         return self.columns
 
     def sensors(self) -> tuple[SensorSpec, ...]:

@@ -7,8 +7,6 @@ Saxena et al. (2008), table 2 (Rankine, psia, rpm; ratios are dimensionless).
 
 from __future__ import annotations
 
-from site_node.sources.config import ColumnSpec
-
 __all__ = ["CMAPSS_COLUMNS"]
 
 _CMAPSS_SENSOR_UNITS = (
@@ -35,11 +33,12 @@ _CMAPSS_SENSOR_UNITS = (
     "lbm/s",  # s21 W32 LPT coolant bleed
 )
 
-CMAPSS_COLUMNS: tuple[ColumnSpec, ...] = (
-    ColumnSpec(name="unit", unit=""),
-    ColumnSpec(name="cycle", unit="cycle"),
-    ColumnSpec(name="op_setting_1", unit=""),
-    ColumnSpec(name="op_setting_2", unit=""),
-    ColumnSpec(name="op_setting_3", unit="%"),
-    *(ColumnSpec(name=f"s{i}", unit=u) for i, u in enumerate(_CMAPSS_SENSOR_UNITS, start=1)),
+# (name, unit) per column; plain data, so the config module can import it (no cycle).
+CMAPSS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("unit", ""),
+    ("cycle", "cycle"),
+    ("op_setting_1", ""),
+    ("op_setting_2", ""),
+    ("op_setting_3", "%"),
+    *((f"s{i}", u) for i, u in enumerate(_CMAPSS_SENSOR_UNITS, start=1)),
 )

@@ -9,10 +9,10 @@ The 100 FD001 training engines are split at random (``--seed``) into 4 sites of 
 training engines each (``--val-fraction`` > 0 holds some back for per-site validation).
 Federated: ``--rounds`` rounds of ``--local-epochs`` epochs per site from the global model,
 with the round number passed to the task (its lr schedule decays over the run), FedAvg
-weighted by samples (``coordinator.fedavg``). Centralized: the same model from the same
+weighted by samples (``coordinator.training.aggregate``). Centralized: the same model from the same
 initial weights, trained on the union of the sites' engines for rounds x local-epochs
 epochs with the same per-epoch schedule. Both are scored by the coordinator's FD001 test
-RMSE (``coordinator.fd001_eval``, last window of each of the 100 test engines), side by
+RMSE (``coordinator.training.fd001_eval``, last window of each of the 100 test engines), side by
 side in one run. Target: federated RMSE <= 13.0 and <= 1.05 x centralized; exits 1 when
 missed. Hyperparameters default to the task's ``DEFAULTS``.
 """
@@ -31,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from coordinator.fd001_eval import DEFAULT_DATA_DIR, fd001_test_rmse
-from coordinator.fedavg import fedavg
-from site_node.tasks import get_task
+from coordinator.training.aggregate import fedavg
+from coordinator.training.fd001_eval import DEFAULT_DATA_DIR, fd001_test_rmse
+from site_node.training.tasks import get_task
 
 # The packaged copies: training runs ship with the site, the test set with the coordinator.
 TRAIN_FILE = Path(__file__).resolve().parents[2] / "site_node/data/cmapss_fd001/train_FD001.txt"

@@ -5,7 +5,7 @@ Command (not collected by pytest)::
     .venv/bin/python -m tests.bench.bench_rounds --rounds 5 --units 6 --epochs 1
 
 Starts a Mosquitto, ``fedmq serve`` and 4 ``fedmq-site run`` processes (each with
-``--units`` FD001 engines), then runs ``coordinator.training.run_training`` in this
+``--units`` FD001 engines), then runs ``coordinator.training.driver.run_training`` in this
 process. Per round: overhead = round wall time (commands sent -> model stored, FD001 test
 RMSE included) minus the slowest site's job time as the site reports it (train_time_s).
 Target: <= 0.5 s. Also prints wall minus the slowest site's running->done span (from the
@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from coordinator.admin.signing import generate_keypair
 from coordinator.settings import CoordinatorSettings
-from coordinator.signing import generate_keypair
-from coordinator.train_events import TrainSpec
-from coordinator.training import run_training
-from schemas import MqttSettings
+from coordinator.training.driver import run_training
+from coordinator.training.events import TrainSpec
+from fedmq_runtime.settings import MqttSettings
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import REPO, Coordinator, sites_json, wait_until
 from tests.helpers.site_proc import SiteProc, site_settings

@@ -24,7 +24,8 @@ import psutil
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from schemas import MqttSettings, Sample, TelemetryBatch, encode
+from fedmq_runtime.settings import MqttSettings
+from schemas import Sample, TelemetryBatch, encode
 from site_node.bus import SiteBus
 from site_node.outbox import Outbox
 from site_node.settings import OutboxSettings

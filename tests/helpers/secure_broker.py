@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.broker_init import COORDINATOR_USER, Layout, init_broker
+from coordinator.admin.broker_init import COORDINATOR_USER, Layout, init_broker
 from tests.helpers.broker import REPO, free_port
 from tests.helpers.mqtt import TestClient, wait_for
 

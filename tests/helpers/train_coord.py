@@ -1,6 +1,6 @@
 """A test-side coordinator for site training tests: signed commands out, job messages in.
 
-Commands are signed with ``coordinator.signing`` and published with a plain test client;
+Commands are signed with ``coordinator.admin.signing`` and published with a plain test client;
 job statuses, results and result chunks are read back from the acker's store (which acks
 them, as the real coordinator does), decoded with the schemas and reassembled.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.signing import load_private_key, sign
+from coordinator.admin.signing import load_private_key, sign
 from schemas import (
     CancelCommand,
     JobResult,

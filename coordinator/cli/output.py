@@ -1,0 +1,79 @@
+"""Shared pieces of the read commands: the ``--db`` option, one-line errors, tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from coordinator.store.read import DatabaseMissing, open_db
+
+__all__ = ["NotFound", "ago", "connect", "db_option", "echo_json", "fmt_ts", "table"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class NotFound(click.ClickException):
+    """A database, site or row that does not exist (exit code 3, as in EXIT)."""
+
+    exit_code = 3
+
+
+def db_option(fn: F) -> F:
+    return click.option(
+        "--db",
+        type=click.Path(path_type=Path),
+        default="fedmq.db",
+        envvar="FEDMQ_DB",
+        show_default=True,
+        help="Coordinator database (env FEDMQ_DB).",
+    )(fn)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the database read-only or fail with one line that says how to start."""
+    try:
+        conn = open_db(path)
+        conn.execute("SELECT 1 FROM sites LIMIT 1")
+    except DatabaseMissing:
+        raise NotFound(
+            f"no database at {path}: start the coordinator with `fedmq serve --db {path}`"
+        ) from None
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(f"{path} is not a fedmq database ({exc})") from None
+    return conn
+
+
+def ago(ms: int | None, now: int) -> str:
+    """``12s``, ``3m``, ``5h``, ``2d`` ago; ``-`` when never."""
+    if not ms:
+        return "-"
+    s = max(0, (now - ms) // 1000)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def fmt_ts(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A plain left-aligned text table."""
+    cells = [[str(c) for c in header], *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))

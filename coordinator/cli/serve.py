@@ -1,0 +1,146 @@
+"""``fedmq serve``: the coordinator daemon (ingest, acks, liveness)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["serve"]
+
+log = logging.getLogger(__name__)
+
+
+def _flags(**opts: Any) -> dict[str, Any]:
+    # None means "flag not given": leave the lower layers (TOML, env) in charge.
+    mqtt = {k: opts.pop(k) for k in ("host", "port", "prefix", "protocol")}
+    flags = {k: v for k, v in opts.items() if v is not None}
+    mqtt = {k: v for k, v in mqtt.items() if v is not None}
+    return {**flags, "mqtt": mqtt} if mqtt else flags
+
+
+@click.command()
+@click.option("--config", "config", type=click.Path(path_type=Path), help="TOML settings file.")
+@click.option("--db", type=click.Path(path_type=Path), help="SQLite database [fedmq.db].")
+@click.option("--host", help="Broker host [127.0.0.1].")
+@click.option("--port", type=int, help="Broker port [1883].")
+@click.option("--prefix", help="Topic prefix [fedmq/v1].")
+@click.option("--protocol", type=click.Choice(["5", "3.1.1"]), help="MQTT version [5].")
+@click.option("--patience", type=float, help="Heartbeat intervals before stale [3].")
+@click.option("--batch-size", type=int, help="Most messages per commit [2000].")
+@click.option("--batch-time", "batch_time_s", type=float, help="Longest batch wait, s [0.05].")
+@click.option("--heartbeat-retention-days", type=float, help="Keep heartbeats this long [7].")
+@click.option("--telemetry-retention-days", type=float, help="Keep telemetry this long [90].")
+@click.option("--signing-key", "signing_key_file", type=click.Path(path_type=Path))
+@click.option("--log-file", type=click.Path(path_type=Path), help="Also log to this file.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log format [text].")
+@click.option("--verbose", is_flag=True, default=None, help="Debug logging.")
+@click.option("--print-config", is_flag=True, help="Print effective settings (secrets masked).")
+def serve(config: Path | None, print_config: bool, **opts: Any) -> None:
+    """Run the coordinator: store what sites publish, ack it, track liveness.
+
+    Settings: TOML file < FEDMQ_... environment (FEDMQ_MQTT__HOST, FEDMQ_DB) < flags.
+    Stops cleanly on SIGTERM/Ctrl-C (publishes its retained offline status).
+
+    \b
+    Example:
+        fedmq serve --db fedmq.db --host broker.plant --port 1883
+        fedmq serve --config coordinator.toml --print-config
+    """
+    from coordinator.settings import CoordinatorSettings
+    from fedmq_runtime.settings import SettingsError, load_settings, masked
+
+    try:
+        settings = load_settings(CoordinatorSettings, config, _flags(**opts))
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    if print_config:
+        click.echo(json.dumps(masked(settings), indent=2))
+        return
+    sys.exit(run(settings))
+
+
+def run(
+    settings: Any,
+    stop: threading.Event | None = None,
+    extra_migrations: Iterable[Any] = (),
+    on_start: Callable[[Any, Any], None] | None = None,
+) -> int:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT); return the exit code.
+
+    Args:
+        settings: a ``CoordinatorSettings``.
+        stop: set it to stop (tests, embedding).
+        extra_migrations: ``store.Migration`` items of other modules (e.g. training tables).
+        on_start: called as ``on_start(bus, ingestor)`` once both run, so another module
+            can ``bus.subscribe``/``bus.publish`` commands and ``ingestor.call(fn)`` to
+            read or write the store on the writer thread.
+    """
+    from coordinator.bus import Bus, BusOptions
+    from coordinator.cli import EXIT
+    from coordinator.ingest.ingestor import Ingestor
+    from coordinator.ingest.liveness import LivenessChecker
+    from coordinator.store import SqliteStore
+    from fedmq_runtime.logs import setup_logging
+
+    setup_logging(settings.log_file, settings.log_format, settings.verbose)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        store = SqliteStore(settings.db, extra_migrations)
+    except Exception as exc:  # sqlite3 errors: unwritable path, not a database, ...
+        log.error("cannot open database %s: %s", settings.db, exc)
+        return EXIT["error"]
+    sign = _signer(settings.signing_key_file, settings.mqtt.prefix)
+    session = store.begin_session()
+    inbound: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    options = BusOptions(
+        settings.client_id, session, settings.session_expiry_s, settings.receive_maximum
+    )
+    bus = Bus(settings.mqtt, inbound, options)
+    ingest = Ingestor(store, settings, session, bus.publish, bus.ack, inbound, sign=sign)
+    checker = LivenessChecker(ingest.tick, settings.liveness_interval_s)
+    ingest.start()
+    bus.subscribe(bus.topics.all_sites(), 1)
+    bus.start()
+    checker.start()
+    if on_start is not None:
+        on_start(bus, ingest)
+    log.info(
+        "coordinator session %d: db %s, broker %s:%s, prefix %s",
+        session,
+        settings.db,
+        settings.mqtt.host,
+        settings.mqtt.port,
+        settings.mqtt.prefix,
+    )
+    code = EXIT["ok"]
+    while not stop.wait(0.2):
+        if ingest.failed is not None:
+            code = EXIT["error"]
+            break
+    checker.stop()
+    ingest.stop()
+    bus.stop()
+    store.close()
+    log.info("coordinator stopped")
+    return code
+
+
+def _signer(path: Path | None, prefix: str) -> Any:
+    if path is None:
+        return None
+    from coordinator.admin import signing
+
+    key = signing.load_private_key(path)
+    return lambda cmd: signing.sign(cmd, key, prefix)

@@ -1,0 +1,205 @@
+"""Telemetry decode and insert in a child process, so they run on another core.
+
+On a small machine the coordinator's paho network thread and its writer share one GIL:
+measured here, decoding (pydantic) and inserting (sqlite3) the samples took most of the
+writer's CPU and slowed paho's reading. The writer thread therefore hands raw telemetry
+``(topic, payload, received_at)`` batches to this child, which validates each payload
+fully, inserts it idempotently, **commits**, and only then answers ``(site, seq, gaps)``
+per message (``None`` for anything it did not store: the parent handles those itself,
+dead letters included). The parent sends PUBACKs and acks after that answer, so a crash
+of either process loses nothing acked: uncommitted work is rolled back and redelivered.
+
+The child is the only process that inserts telemetry; the parent never writes while a
+batch is in the child (it would wait for the child's lock while the child waits for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import signal
+import sqlite3
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from coordinator.ingest.batch import durable_row
+from coordinator.store import DurableRow, SqliteStore
+from schemas import Codec, TelemetryBatch, Topics
+from schemas.errors import TopicError
+from schemas.topics import Channel, ParsedTopic
+from schemas.version import MAJOR, major_of
+
+__all__ = [
+    "CachedTopics",
+    "Stored",
+    "WriterError",
+    "WriterProcess",
+    "decode_telemetry",
+    "telemetry_row",
+]
+
+log = logging.getLogger(__name__)
+
+Stored = tuple[str, str, int, tuple[tuple[int, int], ...], bool]
+"""What the child reports per stored message: site, epoch, seq, announced gaps and
+whether it is a replay (``historical``)."""
+
+
+class WriterError(RuntimeError):
+    """The writer process failed or went away; nothing after its last answer is acked."""
+
+
+class CachedTopics(Topics):
+    """Topics whose ``parse`` remembers recent results: a site's topics repeat endlessly,
+    and parsing (regexes per level) cost ~10% of the writer's time per message."""
+
+    def parse(self, topic: str) -> ParsedTopic:
+        cache: dict[str, ParsedTopic] = self.__dict__.setdefault("_cache", {})
+        hit = cache.get(topic)
+        if hit is None:
+            hit = super().parse(topic)  # raises TopicError for bad topics: never cached
+            if len(cache) >= 100_000:
+                cache.clear()
+            cache[topic] = hit
+        return hit
+
+
+def decode_telemetry(codec: Codec, topic: str, payload: bytes) -> TelemetryBatch | None:
+    """``codec.decode`` for a valid telemetry message, about twice as fast; else None.
+
+    The message union finds its ``kind`` discriminator by parsing the JSON before
+    validating it (measured ~35 us vs ~18 us per 10-sample batch here), but the topic
+    already says which model applies. Returns exactly what ``codec.decode`` would return
+    whenever that is a :class:`TelemetryBatch` (same model, same size, version, kind,
+    site and device checks); None for anything else, so the caller runs ``codec.decode``
+    for the precise rejection reason.
+    """
+    if not payload or len(payload) > codec.max_payload:
+        return None
+    try:
+        parsed = codec.topics.parse(topic)
+    except TopicError:
+        return None
+    if parsed.channel is not Channel.TELEMETRY:
+        return None
+    try:
+        msg = TelemetryBatch.model_validate_json(payload)
+    except Exception:  # ValidationError, or pydantic-core on pathological input
+        return None
+    # The union requires "kind"; the model alone would default it.
+    if "kind" not in msg.model_fields_set or major_of(msg.v) != MAJOR:
+        return None
+    if msg.site != parsed.site or msg.device != parsed.device:
+        return None
+    return msg
+
+
+def telemetry_row(msg: TelemetryBatch, received_at: int) -> DurableRow:
+    """The store row of a decoded telemetry batch."""
+    samples = [(s.name, s.ts, s.value, s.unit, s.q) for s in msg.samples]
+    return durable_row(msg, received_at, msg.device, None, samples, None)
+
+
+def _serve(conn: Connection, db: str, prefix: str, max_payload: int) -> None:
+    """The child: receive raw batches until None or EOF; store, commit, answer."""
+    # The parent decides when we stop (Ctrl-C and SIGTERM reach the whole group).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    store = SqliteStore(db)  # the parent applied every migration before starting us
+    codec = Codec(CachedTopics(prefix), max_payload)
+    try:
+        while True:
+            try:
+                batch = conn.recv()
+            except EOFError:  # the parent died: our last uncommitted batch is not acked
+                break
+            if batch is None:
+                break
+            rows: list[DurableRow] = []
+            out: list[Stored | None] = []
+            for topic, payload, at in batch:
+                msg = decode_telemetry(codec, topic, payload)
+                if msg is None:
+                    out.append(None)
+                    continue
+                rows.append(telemetry_row(msg, at))
+                gaps = tuple((g.first, g.last) for g in msg.gaps)
+                out.append((msg.site, msg.epoch, msg.seq, gaps, msg.historical))
+            try:
+                store.add_messages(rows)
+                store.commit()
+            except sqlite3.OperationalError:
+                raise  # the storage itself: the parent retries the batch
+            except Exception as exc:  # a row the store refuses: the parent isolates it
+                store.rollback()
+                log.warning("writer process: batch refused (%s); the parent retries it", exc)
+                out = [None] * len(out)
+            conn.send(out)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            conn.send(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        store.close()
+
+
+class WriterProcess:
+    """Parent-side handle of the child: ``start``, ``submit`` + ``results``, ``stop``."""
+
+    def __init__(self, db: Path | str, prefix: str, max_payload: int) -> None:
+        self.db, self.prefix, self.max_payload = str(db), prefix, max_payload
+        self._conn: Connection | None = None
+        self._proc: Any = None
+
+    @property
+    def started(self) -> bool:
+        return self._proc is not None
+
+    def start(self) -> None:
+        # spawn, not fork: the parent already runs threads (paho, liveness).
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_serve,
+            args=(child, self.db, self.prefix, self.max_payload),
+            name="fedmq-writer",
+            daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        log.info("writer process %s started", self._proc.pid)
+
+    def submit(self, batch: Sequence[tuple[str, bytes, int]]) -> None:
+        """Send one batch; :meth:`results` answers it once it is committed."""
+        assert self._conn is not None
+        try:
+            self._conn.send(list(batch))
+        except OSError as exc:
+            raise WriterError(f"writer process gone: {exc}") from None
+
+    def results(self) -> list[Stored | None]:
+        """Block until the submitted batch is committed; one entry per message."""
+        assert self._conn is not None
+        try:
+            got = self._conn.recv()
+        except (EOFError, OSError):
+            raise WriterError(f"writer process exited ({self._proc.exitcode})") from None
+        if isinstance(got, str):
+            raise WriterError(f"writer process failed: {got}")
+        return got  # type: ignore[no-any-return]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the child to finish and wait for it."""
+        if self._proc is None or self._conn is None:
+            return
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(2)
+        self._conn.close()
+        self._proc = None

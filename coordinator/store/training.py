@@ -1,0 +1,210 @@
+"""The training tables (runs, rounds, train_jobs, models) and the train process's writes.
+
+``fedmq train`` owns these tables; ``fedmq serve`` owns the rest of the database and keeps
+storing what sites send (job statuses, results, chunks) in ``messages``, which the train
+process polls by ``rowid`` (the table's own index). Both write the same WAL database: every
+write here is a short transaction, and the connection waits up to 30 s for the other writer.
+
+Migrations are named ``train_...`` and idempotent (``if_not_exists``), so whichever process
+opens the database first creates the tables, and a race between two is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from coordinator.store.migrations import MIGRATIONS, Migration, apply_migrations
+
+__all__ = ["TRAIN_MIGRATIONS", "JobRow", "TrainDb", "now_ms"]
+
+JOB_KINDS = ("job_status", "job_result", "result_chunk")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _m0001_tables(db: Any) -> None:
+    db["runs"].create(
+        {
+            "run_id": str, "task": str, "code_hash": str, "strategy": str, "rounds": int,
+            "min_sites": int, "round_timeout_s": float, "sites": str, "hyperparams": str,
+            "spec": str, "state": str, "reason": str, "created_at": int, "finished_at": int,
+            "last_rowid": int,
+        },
+        pk="run_id", if_not_exists=True,
+    )  # fmt: skip
+    db["rounds"].create(
+        {
+            "run_id": str, "round": int, "state": str, "started_at": int, "closed_at": int,
+            "selected": str, "n_results": int, "reason": str, "model_id": str, "metrics": str,
+            "test_rmse": float, "job_time_max_s": float, "wall_s": float,
+        },
+        pk=("run_id", "round"), if_not_exists=True,
+    )  # fmt: skip
+    db["train_jobs"].create(
+        {
+            "job_id": str, "run_id": str, "round": int, "site": str, "state": str,
+            "progress": float, "reason": str, "n_samples": int, "metrics": str,
+            "train_time_s": float, "late": int, "updated_at": int, "created_at": int,
+            "status_seq": int,
+        },
+        pk="job_id", if_not_exists=True,
+    )  # fmt: skip
+    db["models"].create(
+        {
+            "model_id": str, "run_id": str, "round": int, "task": str, "created_at": int,
+            "sha256": str, "size": int, "n_sites": int, "n_samples": int, "metrics": str,
+            "test_rmse": float, "weights": bytes,
+        },
+        pk="model_id", if_not_exists=True,
+    )  # fmt: skip
+    db.execute("CREATE INDEX IF NOT EXISTS train_jobs_run ON train_jobs (run_id, round)")
+    db.execute("CREATE INDEX IF NOT EXISTS models_run ON models (run_id, round)")
+    # Partial: telemetry rows (job_id NULL) never touch it, so ingest pays nothing for it;
+    # `fedmq jobs` finds every site-reported job through it.
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS messages_job_id ON messages (job_id, site, seq) "
+        "WHERE job_id IS NOT NULL"
+    )
+
+
+def _m0002_run_aggregate(db: Any) -> None:
+    # How a run combines its results (fedavg | median | trimmed-mean); older runs: fedavg.
+    cols = {r[1] for r in db.execute("PRAGMA table_info(runs)").fetchall()}
+    if "aggregate" not in cols:
+        db.execute("ALTER TABLE runs ADD COLUMN aggregate TEXT NOT NULL DEFAULT 'fedavg'")
+
+
+TRAIN_MIGRATIONS: tuple[Migration, ...] = (
+    Migration("train_0001_tables", _m0001_tables),
+    Migration("train_0002_run_aggregate", _m0002_run_aggregate),
+)
+
+
+def apply_train_migrations(conn: sqlite3.Connection) -> None:
+    """Core and training migrations; a concurrent first start may race us once: retry."""
+    for attempt in range(3):
+        try:
+            apply_migrations(conn, (*MIGRATIONS, *TRAIN_MIGRATIONS))
+            return
+        except sqlite3.DatabaseError:
+            if conn.in_transaction:
+                conn.rollback()
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
+
+
+JobRow = dict[str, Any]
+
+
+class TrainDb:
+    """The train process's connection (one thread); every method commits."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.conn = sqlite3.connect(str(self.path), timeout=30)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        apply_train_migrations(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _upsert(self, table: str, row: dict[str, Any], pk: Iterable[str]) -> None:
+        cols = list(row)
+        keys = list(pk)
+        sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in keys)
+        sql = (
+            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}"
+        )
+        with self.conn:
+            self.conn.execute(sql, [_cell(row[c]) for c in cols])
+
+    # Runs ---------------------------------------------------------------------------
+
+    def put_run(self, row: dict[str, Any]) -> None:
+        self._upsert("runs", row, ["run_id"])
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        self._upsert("runs", {"run_id": run_id, **fields}, ["run_id"])
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else dict(row)
+
+    # Rounds -------------------------------------------------------------------------
+
+    def put_round(self, run_id: str, rnd: int, **fields: Any) -> None:
+        self._upsert("rounds", {"run_id": run_id, "round": rnd, **fields}, ["run_id", "round"])
+
+    def rounds(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT * FROM rounds WHERE run_id = ? ORDER BY round", (run_id,)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    # Jobs ---------------------------------------------------------------------------
+
+    def put_job(self, row: JobRow) -> None:
+        self._upsert("train_jobs", {**row, "updated_at": now_ms()}, ["job_id"])
+
+    def jobs(self, run_id: str) -> list[JobRow]:
+        rows = self.conn.execute(
+            "SELECT * FROM train_jobs WHERE run_id = ? ORDER BY round, site", (run_id,)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    # Models -------------------------------------------------------------------------
+
+    def put_model(self, row: dict[str, Any]) -> None:
+        self._upsert("models", row, ["model_id"])
+
+    def model_weights(self, model_id: str) -> bytes | None:
+        row = self.conn.execute(
+            "SELECT weights FROM models WHERE model_id = ?", (model_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # What serve stored --------------------------------------------------------------
+
+    def max_rowid(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(max(rowid), 0) FROM messages").fetchone()[0])
+
+    def messages_after(self, rowid: int, limit: int = 5000) -> list[sqlite3.Row]:
+        """Job messages stored after ``rowid`` (rowid order is serve's commit order)."""
+        return self.conn.execute(
+            "SELECT rowid, site, seq, kind, job_id, payload FROM messages "
+            "WHERE rowid > ? AND job_id IS NOT NULL ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        ).fetchall()
+
+    def job_messages(self, job_ids: Iterable[str]) -> list[sqlite3.Row]:
+        """Every stored message of these jobs, in (site, seq) order (resume)."""
+        ids = list(job_ids)
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        return self.conn.execute(
+            "SELECT rowid, site, seq, kind, job_id, payload FROM messages "
+            f"WHERE job_id IN ({marks}) ORDER BY rowid",
+            ids,
+        ).fetchall()
+
+    def serve_alive_at(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'alive_at'").fetchone()
+        return int(row[0]) if row is not None else 0
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    return value

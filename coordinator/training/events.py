@@ -1,0 +1,184 @@
+"""What a training run is asked to do (:class:`TrainSpec`), what it reports while it runs
+(small typed events for progress displays) and how it ended (:class:`RunResult`).
+
+Exceptions::
+
+    TrainError            a run cannot start or go on; ``code`` names an ``EXIT`` entry
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+__all__ = [
+    "JobUpdate",
+    "RoundClosed",
+    "RoundStarted",
+    "RunFinished",
+    "RunResult",
+    "RunStarted",
+    "TrainError",
+    "TrainEvent",
+    "TrainSpec",
+]
+
+
+class TrainError(Exception):
+    """A run cannot start or go on; ``code`` is a key of ``coordinator.cli.EXIT``."""
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A run: task, rounds, quorum, deadline, sites and the hyperparameters sent to sites.
+
+    ``epochs``/``lr``/``batch_size``/``mu`` left None use the task's defaults at the site.
+    ``wait_sites_s``: how long to wait at the start for enough live sites advertising the
+    task. ``rejoin_wait_s``: before each later round, how long to wait for run sites that
+    are not live (e.g. restarting) before going on with the live ones.
+
+    ``aggregate``: how results are combined (``coordinator.training.aggregate``); ``trim`` is the
+    fraction a trimmed mean drops at each end. A result's weights may declare at most
+    ``max_weights_bytes`` of arrays. Its sample count is capped by the dataset rows the
+    site registered (a result claiming more is excluded); a site that registered none is
+    clipped to ``max_samples`` and flagged.
+    """
+
+    task: str
+    rounds: int = 5
+    min_sites: int = 3
+    round_timeout_s: float = 300.0
+    sites: tuple[str, ...] | None = None
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    mu: float | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    wait_sites_s: float = 60.0
+    rejoin_wait_s: float = 0.0
+    eval_data_dir: Path | None = None
+    poll_s: float = 0.1
+    aggregate: Literal["fedavg", "median", "trimmed-mean"] = "fedavg"
+    trim: float = 0.2
+    max_samples: int = 10_000_000
+    max_weights_bytes: int = 256 * 1024 * 1024
+
+    def hyperparams(self) -> dict[str, float | int]:
+        """The hyperparameters every job of the run gets (``round`` is added per round)."""
+        hp: dict[str, float | int] = {}
+        for name in ("epochs", "lr", "batch_size", "mu"):
+            value = getattr(self, name)
+            if value is not None:
+                hp[name] = value
+        return hp
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["sites"] = list(self.sites) if self.sites is not None else None
+        out["eval_data_dir"] = str(self.eval_data_dir) if self.eval_data_dir else None
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("sites") is not None:
+            values["sites"] = tuple(values["sites"])
+        if values.get("eval_data_dir"):
+            values["eval_data_dir"] = Path(values["eval_data_dir"])
+        return cls(**values)
+
+
+class _Event:
+    kind: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.kind, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class RunStarted(_Event):
+    kind: ClassVar[str] = "run_started"
+    run_id: str
+    task: str
+    code_hash: str
+    rounds: int
+    sites: tuple[str, ...]
+    resumed_at_round: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class RoundStarted(_Event):
+    kind: ClassVar[str] = "round_started"
+    run_id: str
+    round: int
+    sites: tuple[str, ...]
+    jobs: dict[str, str]  # site -> job id
+    deadline_s: float
+
+
+@dataclass(frozen=True)
+class JobUpdate(_Event):
+    kind: ClassVar[str] = "job"
+    run_id: str
+    round: int
+    site: str
+    job_id: str
+    state: str
+    progress: float | None = None
+    reason: str | None = None
+    late: bool = False
+
+
+@dataclass(frozen=True)
+class RoundClosed(_Event):
+    kind: ClassVar[str] = "round_closed"
+    run_id: str
+    round: int
+    state: str  # aggregated | failed
+    n_results: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    test_rmse: float | None = None
+    model_id: str | None = None
+    reason: str = ""
+    wall_s: float = 0.0
+    job_time_max_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RunFinished(_Event):
+    kind: ClassVar[str] = "run_finished"
+    run_id: str
+    state: str  # done | failed
+    reason: str = ""
+    model_id: str | None = None
+
+
+TrainEvent = RunStarted | RoundStarted | JobUpdate | RoundClosed | RunFinished
+Progress = Callable[[TrainEvent], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended; ``exit_code``: 0 done, 5 failed, 130 interrupted."""
+
+    run_id: str
+    state: str
+    reason: str = ""
+    model_id: str | None = None
+    rounds: tuple[RoundClosed, ...] = ()
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 0 if self.state == "done" else 5

@@ -1,0 +1,76 @@
+"""Which sites take part in a round: live (as ``fedmq sites`` computes it) and advertising
+the task in their registration, with the code hash the sites agree on."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from coordinator.store.read import sites as site_summaries
+
+__all__ = ["Offer", "choose_hash", "offers", "registered_rows"]
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A live site that advertises the task with ``code_hash``."""
+
+    site: str
+    code_hash: str
+    approval_mode: str
+
+
+def offers(conn: sqlite3.Connection, task: str, only: Iterable[str] | None = None) -> list[Offer]:
+    """Live sites advertising ``task`` (restricted to ``only`` when given), by site id."""
+    wanted = set(only) if only is not None else None
+    summaries, _ = site_summaries(conn, state="online")
+    live = {s["site"] for s in summaries}
+    out = []
+    for row in conn.execute("SELECT site, registration FROM sites ORDER BY site"):
+        site, raw = row[0], row[1]
+        if site not in live or not raw or (wanted is not None and site not in wanted):
+            continue
+        reg = json.loads(raw)
+        for offer in reg.get("tasks") or ():
+            if offer.get("name") == task and offer.get("code_hash"):
+                out.append(Offer(site, offer["code_hash"], reg.get("approval_mode", "auto")))
+                break
+    return out
+
+
+def choose_hash(found: list[Offer]) -> tuple[str, str]:
+    """The code hash most sites advertise, and a note naming the sites that disagree."""
+    counts = Counter(o.code_hash for o in found)
+    code_hash, _ = counts.most_common(1)[0]
+    others = sorted(o.site for o in found if o.code_hash != code_hash)
+    note = ""
+    if others:
+        note = (
+            f"sites disagree on the task's code hash: using {code_hash[:12]} "
+            f"({counts[code_hash]} of {len(found)} sites); left out: {', '.join(others)}"
+        )
+    return code_hash, note
+
+
+def registered_rows(conn: sqlite3.Connection, site: str, task: str) -> int | None:
+    """The most rows one dataset of ``site`` holds for ``task``, as its registration says.
+
+    A site describes each dataset as "<task> private rows"; when none names the task, its
+    largest dataset bounds it. None when the site registered no datasets.
+    """
+    row = conn.execute("SELECT registration FROM sites WHERE site = ?", (site,)).fetchone()
+    if row is None or not row[0]:
+        return None
+    datasets = [d for d in json.loads(row[0]).get("datasets") or () if isinstance(d, dict)]
+    sized: list[tuple[str, int]] = [
+        (str(d.get("description") or ""), d["rows"])
+        for d in datasets
+        if isinstance(d.get("rows"), int) and d["rows"] >= 0
+    ]
+    if not sized:
+        return None
+    for_task = [rows for desc, rows in sized if desc.split(" ", 1)[0] == task]
+    return max(for_task or [rows for _, rows in sized])
