@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from coordinator.store.read import DatabaseMissing, open_db
+from coordinator.store.read import DatabaseMissing, NotAFedmqDatabase, open_fedmq_db
 
 __all__ = ["NotFound", "ago", "connect", "db_option", "echo_json", "fmt_ts", "table"]
 
@@ -38,15 +38,13 @@ def db_option(fn: F) -> F:
 def connect(path: Path) -> sqlite3.Connection:
     """Open the database read-only or fail with one line that says how to start."""
     try:
-        conn = open_db(path)
-        conn.execute("SELECT 1 FROM sites LIMIT 1")
+        return open_fedmq_db(path)
     except DatabaseMissing:
         raise NotFound(
             f"no database at {path}: start the coordinator with `fedmq serve --db {path}`"
         ) from None
-    except sqlite3.DatabaseError as exc:
+    except NotAFedmqDatabase as exc:
         raise click.ClickException(f"{path} is not a fedmq database ({exc})") from None
-    return conn
 
 
 def ago(ms: int | None, now: int) -> str:

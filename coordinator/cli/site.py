@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from coordinator.cli.output import NotFound, ago, connect, db_option, echo_json, fmt_ts, table
-from coordinator.store.read import now_ms, site_detail
+from coordinator.store.read import site_detail
+from fedmq_runtime.clock import now_ms
 
 __all__ = ["site"]
 

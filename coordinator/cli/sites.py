@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from coordinator.cli.output import ago, connect, db_option, echo_json, table
-from coordinator.store.read import now_ms
 from coordinator.store.read import sites as list_sites
+from fedmq_runtime.clock import now_ms
 
 __all__ = ["sites"]
 

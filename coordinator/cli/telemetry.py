@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from coordinator.cli.output import connect, db_option, echo_json, fmt_ts, table
-from coordinator.store.read import now_ms
 from coordinator.store.read import telemetry as query
+from fedmq_runtime.clock import now_ms
 
 __all__ = ["parse_since", "telemetry"]
 

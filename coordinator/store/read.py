@@ -9,23 +9,31 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator.ingest.liveness import evaluate
+from fedmq_runtime.clock import now_ms
+
+if TYPE_CHECKING:
+    from schemas import Registration
 
 __all__ = [
     "ALIVE_WINDOW_MS",
     "DatabaseMissing",
+    "NotAFedmqDatabase",
     "coordinator_info",
     "dead_letters",
     "events",
+    "is_ready",
     "open_db",
+    "open_fedmq_db",
+    "registrations",
     "site_detail",
     "sites",
     "streams",
     "telemetry",
+    "telemetry_counts",
 ]
 
 # The writer stamps ``alive_at`` every liveness tick (0.5 s); older means not running.
@@ -39,8 +47,8 @@ class DatabaseMissing(Exception):
     """The database file does not exist (the coordinator never ran with this path)."""
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+class NotAFedmqDatabase(Exception):
+    """The file exists but is not a coordinator database (or not a database at all)."""
 
 
 def open_db(path: Path | str) -> sqlite3.Connection:
@@ -50,6 +58,32 @@ def open_db(path: Path | str) -> sqlite3.Connection:
         raise DatabaseMissing(str(p))
     conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True, timeout=10)
     conn.row_factory = sqlite3.Row
+    return conn
+
+
+def is_ready(conn: sqlite3.Connection) -> bool:
+    """Whether ``serve`` has created and migrated this database (its core tables read)."""
+    try:
+        conn.execute("SELECT 1 FROM sites LIMIT 1")
+        conn.execute("SELECT 1 FROM meta LIMIT 1")
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def open_fedmq_db(path: Path | str) -> sqlite3.Connection:
+    """Open read-only a database ``serve`` created.
+
+    Raises:
+        DatabaseMissing: there is no such file.
+        NotAFedmqDatabase: the file is not a coordinator database (the reason as message).
+    """
+    conn = open_db(path)
+    try:
+        conn.execute("SELECT 1 FROM sites LIMIT 1")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise NotAFedmqDatabase(str(exc)) from None
     return conn
 
 
@@ -212,3 +246,32 @@ def dead_letters(
         args = (reason,)
     rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
     return [dict(r) for r in rows]
+
+
+def telemetry_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Telemetry samples stored per site."""
+    rows = conn.execute("SELECT site, count(*) FROM telemetry GROUP BY site").fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def registrations(conn: sqlite3.Connection) -> dict[str, Registration]:
+    """Every registered site's registration as the wire model, by site id.
+
+    Imports pydantic (~0.3 s), so the quick read commands use :func:`sites` instead. A
+    stored registration was validated when it arrived; one that no longer validates (an
+    older schema) is left out rather than failing every reader.
+    """
+    from pydantic import ValidationError
+
+    from schemas import Registration
+
+    out: dict[str, Registration] = {}
+    rows = conn.execute(
+        "SELECT site, registration FROM sites WHERE registration IS NOT NULL ORDER BY site"
+    )
+    for site, raw in rows.fetchall():
+        try:
+            out[str(site)] = Registration.model_validate_json(raw)
+        except ValidationError:
+            continue
+    return out
