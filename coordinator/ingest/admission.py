@@ -79,8 +79,10 @@ class Admission:
         retain: bool,
         known_site: bool,
         unregistered_sites: int,
+        now: float | None = None,
     ) -> Verdict | None:
-        """None to admit the message, else what to do with it instead."""
+        """None to admit the message, else what to do with it instead (``now``: the
+        clock's time, read once per batch by the caller)."""
         site = parsed.site
         if site is None:
             return None
@@ -110,7 +112,7 @@ class Admission:
                     )
                 seen.add(parsed.device)
                 self.new_devices.append((site, parsed.device))
-        if not self._spend(site, size):
+        if not self._spend(site, size, self.clock() if now is None else now):
             return Verdict(
                 "defer",
                 "over_budget",
@@ -130,8 +132,7 @@ class Admission:
         self._reported[key] = now
         return self.refused.pop(key)
 
-    def _spend(self, site: str, size: int) -> bool:
-        now = self.clock()
+    def _spend(self, site: str, size: int, now: float) -> bool:
         limits = self.limits
         b = self._buckets.get(site)
         if b is None:

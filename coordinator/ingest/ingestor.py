@@ -35,7 +35,7 @@ from coordinator.ingest.writer_process import (
     telemetry_row,
 )
 from coordinator.settings import CoordinatorSettings
-from coordinator.store import EventRow, HeartbeatRow, SiteRecord, Store
+from coordinator.store import DurableRow, EventRow, HeartbeatRow, SiteRecord, Store
 from fedmq_runtime.logs import RateLimiter
 from schemas import (
     Ack,
@@ -153,6 +153,9 @@ class Ingestor:
         self.failed: BaseException | None = None
         self.stored_messages = 0
         self.recoveries = 0
+        # Called on this thread right after each commit with the job messages (status,
+        # result, chunk) it stored for the first time: the round driver's feed.
+        self.on_job_messages: Callable[[list[DurableRow]], None] | None = None
         self.load()
 
     def load(self) -> None:
@@ -308,9 +311,10 @@ class Ingestor:
         b = Batch()
         admitted: list[Inbound] = []
         later: list[Any] = []
+        now = time.monotonic()
         for item in items:
             if isinstance(item, Inbound):
-                if self._admit(item, b):
+                if self._admit(item, b, now):
                     admitted.append(item)
             elif isinstance(item, (_Tick, tuple)):
                 later.append(item)
@@ -348,7 +352,7 @@ class Ingestor:
     def _offloads(self, topic: str) -> bool:
         return topic.startswith(self._site_prefix) and "/telemetry/" in topic
 
-    def _admit(self, item: Inbound, b: Batch) -> bool:
+    def _admit(self, item: Inbound, b: Batch, now: float) -> bool:
         """Weigh a message by its topic before decoding it (see coordinator/ingest/admission.py);
         a refused one is PUBACKed here and reported."""
         if not item.topic.startswith(self._site_prefix):
@@ -362,7 +366,9 @@ class Ingestor:
         site = parsed.site
         known = site in self.sites or site in b.new_sites
         unregistered = self._unregistered + len(b.new_sites)
-        verdict = self.admission.check(parsed, len(item.payload), item.retain, known, unregistered)
+        verdict = self.admission.check(
+            parsed, len(item.payload), item.retain, known, unregistered, now
+        )
         if verdict is None:
             if not known:
                 b.new_sites.add(site)
@@ -555,7 +561,7 @@ class Ingestor:
 
     def _flush(self, b: Batch) -> None:
         store = self.store
-        store.add_messages(b.durable)
+        new = store.add_messages(b.durable)
         self.stored_messages += len(b.committed)
         by_stream: dict[tuple[str, str], list[int]] = {}
         for site, epoch, seq in b.committed:
@@ -582,6 +588,10 @@ class Ingestor:
         store.save_sites(b.touched.values())
         store.save_streams(self.streams.take_dirty())
         store.commit()
+        if self.on_job_messages is not None and new:
+            jobs = [r for r in new if r.job_id is not None]
+            if jobs:
+                self.on_job_messages(jobs)
         # Committed: now the broker and the sites may forget these messages.
         for mid, qos in b.mids:
             self.ack(mid, qos)

@@ -37,19 +37,36 @@ class Role(Enum):
     OLDER = "older"  # an earlier stream of the site
 
 
+class _Stream:
+    __slots__ = ("acked", "first_seen", "last_seen")
+
+    def __init__(self, first_seen: int, last_seen: int, acked: int) -> None:
+        self.first_seen, self.last_seen, self.acked = first_seen, last_seen, acked
+
+
 class Streams:
-    """Per-site epochs; owned by the writer thread like the site records."""
+    """Per-site epochs; owned by the writer thread like the site records.
+
+    On the hot path (a message of the site's current stream) :meth:`observe` costs two
+    dict lookups and a comparison; rows are built only when saved.
+    """
 
     def __init__(self) -> None:
-        self._known: dict[str, dict[str, StreamRow]] = {}
-        self.dirty: dict[tuple[str, str], StreamRow] = {}
+        self._known: dict[str, dict[str, _Stream]] = {}
+        self._dirty: set[tuple[str, str]] = set()
 
     def load(self, rows: list[StreamRow]) -> None:
         for row in rows:
-            self._known.setdefault(row.site, {})[row.epoch] = row
+            self._known.setdefault(row.site, {})[row.epoch] = _Stream(
+                row.first_seen, row.last_seen, row.acked
+            )
 
     def all(self) -> list[StreamRow]:
-        return [row for by_epoch in self._known.values() for row in by_epoch.values()]
+        return [
+            StreamRow(site, epoch, s.first_seen, s.last_seen, s.acked)
+            for site, by_epoch in self._known.items()
+            for epoch, s in by_epoch.items()
+        ]
 
     def observe(
         self,
@@ -67,15 +84,16 @@ class Streams:
         after the current one fell silent for ``quiet_ms`` becomes current again (the
         newer process went away). Appends the events to store to ``events``.
         """
-        known = self._known.setdefault(rec.site, {})
-        row = known.get(epoch)
-        fresh = row is None
-        if row is None:
-            row = StreamRow(rec.site, epoch, at, at, 0)
-        elif at > row.last_seen:
-            row = row._replace(last_seen=at)
-        known[epoch] = row
-        self.dirty[(rec.site, epoch)] = row
+        known = self._known.get(rec.site)
+        if known is None:
+            known = self._known[rec.site] = {}
+        stream = known.get(epoch)
+        fresh = stream is None
+        if stream is None:
+            stream = known[epoch] = _Stream(at, at, 0)
+        elif at > stream.last_seen:
+            stream.last_seen = at
+        self._dirty.add((rec.site, epoch))
         if epoch == rec.epoch:
             return Role.CURRENT
         if fresh and len(known) == 1:
@@ -101,15 +119,21 @@ class Streams:
 
     def acked(self, site: str, epoch: str, acked: int) -> None:
         """Record the contiguous ack of a stream (saved with the next commit)."""
-        row = self._known.setdefault(site, {}).get(epoch)
-        if row is None or row.acked == acked:
+        stream = self._known.get(site, {}).get(epoch)
+        if stream is None:
+            stream = self._known.setdefault(site, {})[epoch] = _Stream(0, 0, acked)
+        elif stream.acked == acked:
             return
-        row = row._replace(acked=acked)
-        self._known[site][epoch] = row
-        self.dirty[(site, epoch)] = row
+        stream.acked = acked
+        self._dirty.add((site, epoch))
 
     def take_dirty(self) -> list[StreamRow]:
-        rows, self.dirty = list(self.dirty.values()), {}
+        """The streams changed since the last call, as rows to save."""
+        rows = []
+        for site, epoch in self._dirty:
+            s = self._known[site][epoch]
+            rows.append(StreamRow(site, epoch, s.first_seen, s.last_seen, s.acked))
+        self._dirty = set()
         return rows
 
     @staticmethod

@@ -153,7 +153,13 @@ def bare(port: int, publishers: int, n: int, drain: bool) -> tuple[float, float,
 
 
 def serve(
-    port: int, publishers: int, n: int, workdir: Path, drain: bool, env: dict[str, str]
+    port: int,
+    publishers: int,
+    n: int,
+    workdir: Path,
+    drain: bool,
+    env: dict[str, str],
+    code: Path = REPO,
 ) -> tuple[float, float, float]:
     """Seconds (wall, CPU of serve and its writer process, broker CPU) until every site's
     ack covers its last seq."""
@@ -179,14 +185,14 @@ def serve(
     c = _v5_client(f"acks-{uuid.uuid4().hex[:6]}", port, on_message)
     c.subscribe(f"{prefix}/site/+/ack", 1)
     db = workdir / f"bench-{uuid.uuid4().hex[:6]}.db"
-    coord = Coordinator(db, port, prefix, env=env).start().wait_ready()
+    coord = Coordinator(db, port, prefix, env=env, cwd=code).start().wait_ready()
     try:
         if not drain:
             elapsed = _run_stream(port, prefix, publishers, n, lambda: done.wait(600))
         else:
             coord.stop()  # its persistent session keeps the subscription and queues
             _run_stream(port, prefix, publishers, n, lambda: None)
-            coord = Coordinator(db, port, prefix, env=env).start()
+            coord = Coordinator(db, port, prefix, env=env, cwd=code).start()
             done.wait(600)
             # First ack (first committed batch) to last: startup imports are not ingest.
             elapsed = stamps[-1] - stamps[0]
@@ -267,11 +273,22 @@ def main() -> None:
         metavar="ENV=VALUE[,ENV=VALUE]",
         help="also run serve with these FEDMQ_... settings (e.g. FEDMQ_WRITER_PROCESS=false)",
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also run serve from another checkout (e.g. `git worktree add /tmp/base <commit>`):"
+        " the old code side by side with this one",
+    )
     a = ap.parse_args()
     total = a.publishers * a.messages
-    variants = [("default", {})] + [
-        (c, dict(kv.split("=", 1) for kv in c.split(","))) for c in a.compare
-    ]
+    variants: list[tuple[str, dict[str, str], Path]] = [("default", {}, REPO)]
+    if a.baseline is not None:
+        base = a.baseline.resolve()
+        rev = subprocess.run(["git", "-C", str(base), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+        variants.append((f"baseline {rev or base.name}", {}, base))
+    variants += [(c, dict(kv.split("=", 1) for kv in c.split(",")), REPO) for c in a.compare]
     load_before = os.getloadavg()
     results: list[tuple[str, tuple[float, float, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,8 +300,8 @@ def main() -> None:
         BROKER_PID = broker.proc.pid
         try:
             results.append(("bare", bare(broker.port, a.publishers, a.messages, not a.live)))
-            for name, env in variants:
-                got = serve(broker.port, a.publishers, a.messages, work, not a.live, env)
+            for name, env, code in variants:
+                got = serve(broker.port, a.publishers, a.messages, work, not a.live, env, code)
                 results.append((f"serve {name}", got))
             # Bare again: the machine is shared, so its rate brackets the serve runs.
             results.append(("bare", bare(broker.port, a.publishers, a.messages, not a.live)))

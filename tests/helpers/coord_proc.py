@@ -43,6 +43,7 @@ class Coordinator:
     log: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    cwd: Path = REPO  # another checkout runs its own code (benchmarks: old vs new)
 
     def start(self) -> Coordinator:
         args = [
@@ -52,7 +53,7 @@ class Coordinator:
         self.log = self.log or self.db.with_suffix(".log")
         out = self.log.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.proc = subprocess.Popen([*FEDMQ, *args], stdout=out, stderr=out, cwd=REPO, env=env)
+        self.proc = subprocess.Popen([*FEDMQ, *args], stdout=out, stderr=out, cwd=self.cwd, env=env)
         return self
 
     def wait_ready(self, timeout: float = 20) -> Coordinator:
