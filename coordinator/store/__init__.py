@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 from coordinator.store.migrations import MIGRATIONS, Migration, apply_migrations
 
 __all__ = [
+    "COUNTED",
     "MIGRATIONS",
     "DeadLetterRow",
     "DurableRow",
@@ -190,9 +191,29 @@ class Store(Protocol):
     def add_events(self, rows: Sequence[EventRow]) -> None: ...
     def add_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None: ...
     def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int, int]: ...
+    # Reads for checks and audits (the contract suite talks only through these).
+    def messages(self, site: str | None = None, epoch: str | None = None) -> list[DurableRow]: ...
+    def heartbeats(self, site: str | None = None) -> list[HeartbeatRow]: ...
+    def counts(self) -> dict[str, int]: ...
+    def migrations(self) -> list[str]: ...
+    def integrity_ok(self) -> bool: ...
     def commit(self) -> None: ...
     def rollback(self) -> None: ...
     def close(self) -> None: ...
+
+
+# What :meth:`Store.counts` counts: the rows of each kind of record the store holds.
+COUNTED = (
+    "messages",
+    "telemetry",
+    "heartbeats",
+    "events",
+    "dead_letters",
+    "gaps",
+    "devices",
+    "sites",
+    "streams",
+)
 
 
 class StoreError(Exception):
@@ -225,6 +246,18 @@ _HEARTBEAT_INSERT = (
     f"INSERT INTO heartbeats ({_HEARTBEAT_COLUMNS}) "
     f"VALUES ({', '.join('?' * len(HeartbeatRow._fields))})"
 )
+
+
+# COUNTED name -> table (names chosen by what they hold, not how SQLite spells it).
+_TABLES = {name: name for name in COUNTED} | {"events": "site_events"}
+
+
+def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
+    """`` WHERE a = ? AND b = ?`` for the filters that are set (column names from code)."""
+    used = {k: v for k, v in filters.items() if v is not None}
+    if not used:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{k} = ?" for k in used), tuple(used.values())
 
 
 def _msg_tuple(r: DurableRow) -> tuple[Any, ...]:
@@ -398,6 +431,54 @@ class SqliteStore:
                     (site, epoch, cut),
                 ).rowcount
         return hb, tel, msgs
+
+    def messages(self, site: str | None = None, epoch: str | None = None) -> list[DurableRow]:
+        """Stored durable messages (of ``site``, of ``epoch``) by key; ``samples`` a tuple."""
+        where, args = _where(site=site, epoch=epoch)
+        rows = self.conn.execute(
+            "SELECT site, seq, kind, session, ts, received_at, historical, device, job_id, "
+            f"payload, epoch FROM messages{where} ORDER BY site, epoch, seq",
+            args,
+        ).fetchall()
+        samples: dict[tuple[str, str, int], list[tuple[str, int, float, str, str]]] = {}
+        for key_site, key_epoch, seq, *sample in self.conn.execute(
+            f"SELECT site, epoch, seq, name, ts, value, unit, quality FROM telemetry{where} "
+            "ORDER BY rowid",
+            args,
+        ):
+            samples.setdefault((key_site, key_epoch, seq), []).append(tuple(sample))  # type: ignore[arg-type]
+        return [
+            DurableRow(
+                r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8],
+                tuple(samples.get((r[0], r[10], r[1]), ())), r[9], r[10],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    def heartbeats(self, site: str | None = None) -> list[HeartbeatRow]:
+        """Stored heartbeats (of ``site``), oldest received first."""
+        where, args = _where(site=site)
+        cur = self.conn.execute(
+            f"SELECT {_HEARTBEAT_COLUMNS} FROM heartbeats{where} ORDER BY received_at, rowid",
+            args,
+        )
+        return [HeartbeatRow(*row) for row in cur.fetchall()]
+
+    def counts(self) -> dict[str, int]:
+        """How many rows of each kind in :data:`COUNTED` the store holds."""
+        return {
+            name: int(self.conn.execute(f"SELECT count(*) FROM {_TABLES[name]}").fetchone()[0])
+            for name in COUNTED
+        }
+
+    def migrations(self) -> list[str]:
+        """The names of the migrations applied to this database, sorted."""
+        cur = self.conn.execute("SELECT name FROM _migrations ORDER BY name")
+        return [row[0] for row in cur.fetchall()]
+
+    def integrity_ok(self) -> bool:
+        """Whether SQLite's ``integrity_check`` finds the file sound."""
+        return bool(self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 
     def commit(self) -> None:
         self.conn.commit()
