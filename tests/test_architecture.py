@@ -3,7 +3,8 @@ every module, lazy ones inside functions included, ``TYPE_CHECKING`` blocks too)
 
 - the site and the coordinator never import each other;
 - ``schemas`` (the wire contract) imports only the standard library and pydantic;
-- ``fedmq_runtime`` (shared run-time helpers) only those and ``schemas``;
+- ``fedmq_runtime`` (shared run-time helpers) only those and ``schemas`` (and its ``cli``
+  module click);
 - no import cycle between the project's modules;
 - no SQL in the coordinator outside ``coordinator/store/`` (a scan of string literals and
   ``execute`` calls, so a second store implementation replaces one package).
@@ -95,14 +96,29 @@ def test_schemas_imports_only_stdlib_and_pydantic() -> None:
 def test_the_runtime_package_imports_only_stdlib_pydantic_and_schemas() -> None:
     # tomli: the standard library's tomllib before Python 3.11.
     allowed = STDLIB | {"pydantic", "pydantic_core", "schemas", "fedmq_runtime", "tomli"}
+    # The one exception: fedmq_runtime.cli, the exit codes, errors and lazy command group
+    # both CLIs share, imports click (a dependency of both CLIs; no daemon imports it).
+    extra = {"fedmq_runtime.cli": {"click"}}
     bad = [
         f"{m} imports {i}"
         for m, imports in GRAPH.items()
         if _top(m) == "fedmq_runtime"
         for i in imports
-        if _top(i) not in allowed
+        if _top(i) not in allowed | extra.get(m, set())
     ]
     assert bad == []
+
+
+def test_both_clis_share_one_error_and_exit_code_helper() -> None:
+    for package in ("coordinator.cli", "site_node.cli"):
+        assert "fedmq_runtime.cli" in GRAPH[package], f"{package} has its own main/EXIT"
+    # Nobody else defines exit codes or a ClickException of their own.
+    for m, path in MODULES.items():
+        if m == "fedmq_runtime.cli":
+            continue
+        text = path.read_text()
+        assert "(click.ClickException)" not in text, f"{m}: use fedmq_runtime.cli's errors"
+        assert "EXIT = " not in text, f"{m}: use fedmq_runtime.cli.EXIT"
 
 
 def _cycles() -> list[list[str]]:

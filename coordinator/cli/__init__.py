@@ -7,25 +7,14 @@ Exit codes (also in ``fedmq --help``):
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from coordinator.cli.lazy_group import LazyGroup
+from fedmq_runtime.cli import EXIT, LazyGroup, run_main
 
 __all__ = ["EXIT", "cli", "main"]
 
-EXIT = {
-    "ok": 0,
-    "error": 1,
-    "usage": 2,
-    "not_found": 3,
-    "broker": 4,
-    "failed": 5,
-    "interrupted": 130,
-}
-
-# name -> "module:command". Each command lives in its own module; add one line here.
+# name -> "module:command", imported only when the command runs (as ``fedmq-site``
+# does). One module per command group; add one line here.
 COMMANDS: dict[str, str] = {
     "broker": "coordinator.cli.broker:broker",
     "schema": "coordinator.cli.schema:schema",
@@ -63,14 +52,4 @@ def cli() -> None:
 
 
 def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT["interrupted"])
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT["interrupted"])
+    run_main(cli)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from coordinator.cli import EXIT
+from fedmq_runtime.cli import UsageError
 from schemas import DEFAULT_PREFIX
 
 __all__ = ["broker"]
@@ -26,14 +26,6 @@ def broker() -> None:
         fedmq broker init --sites sites.txt --out deploy --tls --hosts broker.plant.local
         fedmq broker add-site press-7 --out deploy
     """
-
-
-class _UsageError(click.ClickException):
-    exit_code = EXIT["usage"]
-
-
-def _error(message: str) -> click.ClickException:
-    return _UsageError(message)
 
 
 def _report(written: list[Path], out: Path, as_json: bool) -> None:
@@ -122,9 +114,9 @@ def init_command(
             acl_template=acl_template,
         )
     except (BrokerInitError, DevCaError) as exc:
-        raise _error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise _error(f"cannot write to {out}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot write to {out}: {exc.strerror or exc}") from None
     _report(written, out, as_json)
 
 
@@ -149,7 +141,7 @@ def add_site_command(site: str, out: Path, force: bool, as_json: bool) -> None:
     try:
         written = add_site(out, site, force=force)
     except (BrokerInitError, DevCaError) as exc:
-        raise _error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise _error(f"cannot write to {out}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot write to {out}: {exc.strerror or exc}") from None
     _report(written, out, as_json)

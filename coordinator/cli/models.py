@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from coordinator.cli.output import NotFound, connect, db_option, echo_json, fmt_ts, table
+from coordinator.cli.output import connect, db_option, echo_json, fmt_ts, table
+from fedmq_runtime.cli import NotFound
 
 __all__ = ["models"]
 

@@ -12,16 +12,11 @@ from typing import Any, TypeVar
 import click
 
 from coordinator.store.read import DatabaseMissing, NotAFedmqDatabase, open_fedmq_db
+from fedmq_runtime.cli import NotFound
 
-__all__ = ["NotFound", "ago", "connect", "db_option", "echo_json", "fmt_ts", "table"]
+__all__ = ["ago", "connect", "db_option", "echo_json", "fmt_ts", "table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class NotFound(click.ClickException):
-    """A database, site or row that does not exist (exit code 3, as in EXIT)."""
-
-    exit_code = 3
 
 
 def db_option(fn: F) -> F:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from coordinator.cli import EXIT
+from fedmq_runtime.cli import UsageError
 from schemas import DEFAULT_PREFIX, TopicError
 
 __all__ = ["schema"]
@@ -48,16 +48,10 @@ def export_command(directory: Path, prefix: str) -> None:
     try:
         written = export(directory, prefix=prefix)
     except TopicError as exc:
-        raise _BadInput(f"invalid --prefix: {exc}") from None
+        raise UsageError(f"invalid --prefix: {exc}") from None
     except NotADirectoryError as exc:
-        raise _BadInput(str(exc)) from None
+        raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise _BadInput(f"cannot write to {directory}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot write to {directory}: {exc.strerror or exc}") from None
     for path in written:
         click.echo(str(path))
-
-
-class _BadInput(click.ClickException):
-    """A user error: one line, exit code ``usage``."""
-
-    exit_code = EXIT["usage"]

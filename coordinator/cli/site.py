@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from coordinator.cli.output import NotFound, ago, connect, db_option, echo_json, fmt_ts, table
+from coordinator.cli.output import ago, connect, db_option, echo_json, fmt_ts, table
 from coordinator.store.read import site_detail
+from fedmq_runtime.cli import NotFound
 from fedmq_runtime.clock import now_ms
 
 __all__ = ["site"]

@@ -1,4 +1,5 @@
-"""The operator's decision on a pending training job, shared by ``approve`` and ``reject``.
+"""``fedmq-site approve`` and ``fedmq-site reject``: the operator's decision on a training
+job that waits for approval.
 
 The decision is written to the job store; the running daemon picks it up within ~1 s.
 """
@@ -9,21 +10,11 @@ from pathlib import Path
 
 import click
 
+from fedmq_runtime.cli import NotFound, UsageError
+from site_node.cli.options import settings_from, site_options
 from site_node.training.jobs.store import JobStore, JobStoreError, UnknownJobError
 
-__all__ = ["NotFound", "NotPending", "decide"]
-
-
-class NotFound(click.ClickException):
-    """Unknown job: exit 3."""
-
-    exit_code = 3
-
-
-class NotPending(click.ClickException):
-    """The job is not pending approval: exit 2."""
-
-    exit_code = 2
+__all__ = ["approve", "decide", "reject"]
 
 
 def decide(jobs_path: Path, job_id: str, decision: str, reason: str = "") -> None:
@@ -35,7 +26,53 @@ def decide(jobs_path: Path, job_id: str, decision: str, reason: str = "") -> Non
         store.decide(job_id, decision, reason)
     except UnknownJobError as exc:
         raise NotFound(str(exc)) from None
-    except JobStoreError as exc:
-        raise NotPending(str(exc)) from None
+    except JobStoreError as exc:  # not pending approval, or already decided
+        raise UsageError(str(exc)) from None
     finally:
         store.close()
+
+
+@click.command()
+@click.argument("job")
+@site_options
+def approve(
+    job: str,
+    config: Path | None,
+    site_id: str | None,
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+) -> None:
+    """Approve a job that is pending approval; the daemon then runs it.
+
+    \b
+    Example:
+        fedmq-site approve run7-r2-press-1 --config site.toml
+    """
+    settings = settings_from(config, site_id, host, port, data_dir)
+    decide(settings.jobs_path, job, "approve")
+    click.echo(f"approved {job}")
+
+
+@click.command()
+@click.argument("job")
+@click.option("--reason", required=True, help="Why (sent to the coordinator).")
+@site_options
+def reject(
+    job: str,
+    reason: str,
+    config: Path | None,
+    site_id: str | None,
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+) -> None:
+    """Reject a job that is pending approval; the coordinator is told the reason.
+
+    \b
+    Example:
+        fedmq-site reject run7-r2-press-1 --reason "line down for maintenance" -c site.toml
+    """
+    settings = settings_from(config, site_id, host, port, data_dir)
+    decide(settings.jobs_path, job, "reject", reason)
+    click.echo(f"rejected {job}")

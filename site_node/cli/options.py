@@ -8,18 +8,13 @@ from typing import Any, TypeVar
 
 import click
 
+from fedmq_runtime.cli import UsageError
 from fedmq_runtime.settings import SettingsError
 from site_node.settings import SiteSettings, load_site_settings
 
-__all__ = ["ConfigError", "settings_from", "site_options"]
+__all__ = ["settings_from", "site_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class ConfigError(click.ClickException):
-    """Invalid settings: one line, exit code 2 (usage)."""
-
-    exit_code = 2
 
 
 def site_options(func: F) -> F:
@@ -63,7 +58,7 @@ def settings_from(
     data_dir: Path | None,
     **extra: Any,
 ) -> SiteSettings:
-    """Layer TOML < env < flags; a bad value is a one-line usage error."""
+    """Layer TOML < env < flags; a bad value is a one-line usage error (exit 2)."""
     flags: dict[str, Any] = {
         "site_id": site_id,
         "data_dir": data_dir,
@@ -73,6 +68,6 @@ def settings_from(
     try:
         return load_site_settings(config, _prune(flags))
     except SettingsError as exc:
-        raise ConfigError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     except Exception as exc:  # e.g. a missing site_id reported by pydantic
-        raise ConfigError(f"invalid settings: {exc}") from None
+        raise UsageError(f"invalid settings: {exc}") from None

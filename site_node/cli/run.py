@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
+from fedmq_runtime.cli import UsageError
 from fedmq_runtime.settings import masked
-from site_node.cli.options import ConfigError, settings_from, site_options
+from site_node.cli.options import settings_from, site_options
 
 __all__ = ["run"]
 
@@ -57,5 +58,5 @@ def run(
     try:
         daemon = SiteDaemon(settings)
     except (OSError, ValueError, BusError) as exc:
-        raise ConfigError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     sys.exit(daemon.run())
