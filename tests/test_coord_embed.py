@@ -27,19 +27,22 @@ def test_run_applies_extra_migrations_and_hands_out_bus_and_writer(
     stop = threading.Event()
     got: dict[str, Any] = {}
 
-    def runs_table(db: Any) -> None:
-        db["runs"].create({"run_id": str, "task": str}, pk="run_id")
+    def extra_table(db: Any) -> None:
+        db["extras"].create({"extra_id": str, "task": str}, pk="extra_id")
 
     def on_start(bus: Any, ingest: Any) -> None:
         def write(store: Any) -> int:
-            store.conn.execute("INSERT INTO runs VALUES ('r1', 'rul')")
-            return int(store.conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+            store.conn.execute("INSERT INTO extras VALUES ('r1', 'rul')")
+            # serve's own training tables are there too, and the writer feeds the driver.
+            store.conn.execute("SELECT count(*) FROM train_jobs").fetchone()
+            assert ingest.on_job_messages is not None
+            return int(store.conn.execute("SELECT count(*) FROM extras").fetchone()[0])
 
         got["rows"] = ingest.call(write)
         ping = PingCommand(site="s1", session=1, cmd_id="c1", expires_at=2**40)
         bus.publish(t.cmd("s1", "ping"), encode(ping), 1, False)
 
-    migrations = [Migration("test_0001_runs", runs_table)]
+    migrations = [Migration("test_0001_extras", extra_table)]
     thread = threading.Thread(
         target=lambda: got.setdefault("code", run(settings, stop, migrations, on_start))
     )

@@ -293,9 +293,7 @@ class Fed:
         )  # fmt: skip
         return fedmq(
             "train", "--task", TASK, "--sites", ",".join(ids), "--round-timeout", "30",
-            "--wait-sites", "20", "--rejoin-wait", "20", "--db", str(self.db),
-            "--port", str(self.broker.port), "--prefix", self.prefix,
-            "--signing-key", str(self.key), "--json", *args,
+            "--wait-sites", "20", "--rejoin-wait", "20", "--db", str(self.db), "--json", *args,
             timeout=120, check=False,
         )  # fmt: skip
 
@@ -405,8 +403,18 @@ def test_median_keeps_the_model_near_the_honest_sites(
 
 
 def test_an_error_in_the_round_driver_marks_the_run_failed_with_the_reason(
-    fed: Fed, started: Callable[[FakeTrainer], FakeTrainer], monkeypatch: pytest.MonkeyPatch
+    broker: Broker,
+    tmp_path: Path,
+    started: Callable[[FakeTrainer], FakeTrainer],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """serve embedded in this process (to break its round driver), submitted through its
+    control API by the real client: the run is stored failed with the error's reason."""
+    import threading
+
+    from coordinator.api.client import ApiClient
+    from coordinator.api.token import read_token, token_path
+    from coordinator.cli.serve import run as serve_run
     from coordinator.settings import CoordinatorSettings
     from coordinator.training import driver as training
     from fedmq_runtime.settings import MqttSettings
@@ -415,26 +423,55 @@ def test_an_error_in_the_round_driver_marks_the_run_failed_with_the_reason(
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(training, "close_round", boom)
-    sites = [started(fed.site(f"e{i}", honest(1.0, 100))) for i in range(2)]
-    wait_until(
-        lambda: all(sites_json(fed.db).get(s.site, {}).get("state") == "online" for s in sites),
-        30, "sites online", step=0.3,
-    )  # fmt: skip
+    prefix = f"test-{uuid.uuid4().hex[:10]}/fedmq/v1"
+    generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
+    db = tmp_path / "c.db"
     settings = CoordinatorSettings(
-        db=fed.db, signing_key_file=fed.key,
-        mqtt=MqttSettings(port=fed.broker.port, prefix=fed.prefix),
+        db=db, signing_key_file=tmp_path / "k.key", client_id="coord-boom",
+        mqtt=MqttSettings(port=broker.port, prefix=prefix),
     )  # fmt: skip
-    spec = TrainSpec(task=TASK, rounds=1, min_sites=2, sites=tuple(s.site for s in sites),
-                     round_timeout_s=30, wait_sites_s=20)  # fmt: skip
-    started_at = time.monotonic()
-    result = training.run_training(settings, spec)
-    assert time.monotonic() - started_at < 60
-    assert result.state == "failed" and "RuntimeError: disk on fire" in result.reason
-    db = TrainDb(fed.db)
+    stop = threading.Event()
+    daemon = threading.Thread(
+        target=serve_run, args=(settings, stop), kwargs={"http": "127.0.0.1:0"}
+    )
+    daemon.start()
     try:
-        run = db.run(result.run_id)
-        assert run is not None and run["state"] == "failed"
-        assert "disk on fire" in run["reason"] and run["finished_at"]
-        assert [r["state"] for r in db.rounds(result.run_id)] == ["failed"]
+        fed = Fed(broker, prefix, db, tmp_path / "k.key", tmp_path)
+        sites = [started(fed.site(f"e{i}", honest(1.0, 100))) for i in range(2)]
+        ready = lambda: db.exists() and fedmq("sites", "--db", str(db), check=False).returncode == 0  # noqa: E731
+        wait_until(ready, 30, "serve ready")
+        wait_until(
+            lambda: all(sites_json(db).get(s.site, {}).get("state") == "online" for s in sites),
+            30, "sites online", step=0.3,
+        )  # fmt: skip
+        wait_until(lambda: read_token(token_path(db)) is not None, 10, "token file")
+        client = ApiClient(_api_url(db), read_token(token_path(db)))
+        spec = TrainSpec(task=TASK, rounds=1, min_sites=2, sites=tuple(s.site for s in sites),
+                         round_timeout_s=30, wait_sites_s=20)  # fmt: skip
+        started_at = time.monotonic()
+        run_id = client.submit(spec.to_json())
+        outcome = wait_until(lambda: client.events(run_id, 0, wait=1.0)["outcome"], 60, "run end")
+        assert time.monotonic() - started_at < 60
+        assert outcome["state"] == "failed" and "RuntimeError: disk on fire" in outcome["reason"]
+        assert outcome["exit_code"] == 5
+        tdb = TrainDb(db)
+        try:
+            run = tdb.run(run_id)
+            assert run is not None and run["state"] == "failed"
+            assert "disk on fire" in run["reason"] and run["finished_at"]
+            assert [r["state"] for r in tdb.rounds(run_id)] == ["failed"]
+        finally:
+            tdb.close()
     finally:
-        db.close()
+        stop.set()
+        daemon.join(30)
+
+
+def _api_url(db: Path) -> str:
+    import sqlite3
+
+    conn = sqlite3.connect(str(db))
+    try:
+        return str(conn.execute("SELECT value FROM meta WHERE key = 'api_url'").fetchone()[0])
+    finally:
+        conn.close()

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import queue
 import subprocess
 import threading
 import time
@@ -49,8 +50,7 @@ class Fed:
     tmp: Path
 
     def args(self) -> list[str]:
-        return ["--db", str(self.db), "--port", str(self.broker.port), "--prefix", self.prefix,
-                "--signing-key", str(self.key)]  # fmt: skip
+        return ["--db", str(self.db)]  # serve drives the run; train finds its API there
 
     def train(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         # --resume takes the stored run's settings (and refuses run flags such as --epochs).
@@ -277,7 +277,7 @@ def test_site_killed_mid_round_quorum_at_deadline_then_its_late_result(fed: Fed)
     assert models[1]["n_sites"] == 3 and models[2]["n_sites"] == 3
 
 
-def test_coordinator_killed_mid_run_then_resume_finishes(fed: Fed) -> None:
+def test_coordinator_killed_mid_run_then_started_again_finishes_by_itself(fed: Fed) -> None:
     proc = fed.train_bg("--task", TASK, "--rounds", "2", "--min-sites", "3", "--sites", "a,b,c",
                         "--round-timeout", "150")  # fmt: skip
     assert proc.stdout is not None
@@ -290,18 +290,19 @@ def test_coordinator_killed_mid_run_then_resume_finishes(fed: Fed) -> None:
 
         wait_until(in_round_2, 150, "round 2 open", step=0.5)
         old = {j["job_id"] for j in _jobs(fed, run_id) if j["round"] == 2}
-        proc.kill()  # kill -9
-        proc.wait()
+        fed.serve.kill()  # kill -9 of the daemon that drives the run
+        assert fed.read("run", run_id)["state"] == "running"
+        fed.serve.start().wait_ready(60)  # and nothing else: it resumes the run
+        out, _ = proc.communicate(timeout=300)
     finally:
         proc.kill()
-    assert fed.read("run", run_id)["state"] == "running"
-    resumed = fed.train("--resume", run_id)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    events = _events(resumed.stdout)
-    assert events[0]["resumed_at_round"] == 2
+    assert proc.returncode == 0  # the follower rode out the restart
+    events = _events(out)
+    assert any(e["event"] == "run_started" and e["resumed_at_round"] == 2 for e in events)
     run = fed.read("run", run_id)
     assert run["state"] == "done"
     assert [r["state"] for r in run["rounds"]] == ["aggregated", "aggregated"]
+    assert [r["n_results"] for r in run["rounds"]] == [3, 3]
     round2 = [j for j in _jobs(fed, run_id) if j["round"] == 2]
     new = {j["job_id"] for j in round2 if j["job_id"] not in old}
     assert len(new) == 3 and all(j["state"] == "done" for j in round2 if j["job_id"] in new)
@@ -315,6 +316,7 @@ def test_a_10mb_model_crosses_the_1mb_broker_both_ways_verified(fed: Fed) -> Non
     import numpy as np
 
     from coordinator.admin.signing import load_private_key
+    from coordinator.bus import Bus, BusOptions
     from coordinator.store.training import TrainDb
     from coordinator.training.aggregate import dump_npz
     from coordinator.training.inbox import JobTrack, TrainInbox
@@ -331,15 +333,20 @@ def test_a_10mb_model_crosses_the_1mb_broker_both_ways_verified(fed: Fed) -> Non
     big = dump_npz({**arrays, "pad": pad})
     assert len(big) > 10_000_000
 
-    # Coordinator -> site: the sender `fedmq train` uses splits it into 256 KiB TrainChunks;
-    # the site reassembles and verifies it, then its model refuses the extra array.
-    sender = CommandSender(
-        MqttSettings(port=fed.broker.port, prefix=fed.prefix), load_private_key(fed.key), "big"
+    # Coordinator -> site: the sender the round driver uses splits it into 256 KiB
+    # TrainChunks; the site reassembles and verifies it, then its model refuses the extra array.
+    bus = Bus(
+        MqttSettings(port=fed.broker.port, prefix=fed.prefix),
+        queue.SimpleQueue(),
+        BusOptions("big", 0, session_expiry_s=0, announce=False),
     )
+    bus.start()
+    sender = CommandSender(bus, load_private_key(fed.key))
     sender.start()
     down = f"big-down-{uuid.uuid4().hex[:6]}"
     sender.train("a", down, "run-big", 0, TASK, task.code_hash, "fedavg", {}, big, ttl_s=120)
     sender.stop()
+    bus.stop()
 
     def site_verdict() -> Any:
         rows = [j for j in fed.read("jobs") if j["job_id"] == down and j["state"] == "failed"]
@@ -349,7 +356,7 @@ def test_a_10mb_model_crosses_the_1mb_broker_both_ways_verified(fed: Fed) -> Non
     assert "weights keys differ from the model: ['pad']" in verdict["reason"], verdict
 
     # Site -> coordinator: a result in 40 chunks through `fedmq serve`, reassembled and
-    # verified by the train process's inbox; the same bytes in one message never arrive.
+    # verified by the round driver's inbox; the same bytes in one message never arrive.
     topics, up = Topics(fed.prefix), f"big-up-{uuid.uuid4().hex[:6]}"
     blob, parts = make_blob(big)
     client = TestClient(fed.broker.port).connect()

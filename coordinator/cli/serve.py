@@ -1,4 +1,4 @@
-"""``fedmq serve``: the coordinator daemon (ingest, acks, liveness)."""
+"""``fedmq serve``: the coordinator daemon (ingest, acks, liveness, training runs, control API)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from typing import Any
 
 import click
 
-__all__ = ["serve"]
+__all__ = ["DEFAULT_HTTP", "serve"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_HTTP = "127.0.0.1:8321"
 
 
 def _flags(**opts: Any) -> dict[str, Any]:
@@ -44,8 +46,18 @@ def _flags(**opts: Any) -> dict[str, Any]:
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log format [text].")
 @click.option("--verbose", is_flag=True, default=None, help="Debug logging.")
 @click.option("--print-config", is_flag=True, help="Print effective settings (secrets masked).")
-def serve(config: Path | None, print_config: bool, **opts: Any) -> None:
-    """Run the coordinator: store what sites publish, ack it, track liveness.
+@click.option("--http", "http", envvar="FEDMQ_HTTP", default=DEFAULT_HTTP, show_default=True,
+              metavar="HOST:PORT",
+              help="Control API address (port 0: any free port, announced in the database). "
+                   "Off loopback every request needs the token.")  # fmt: skip
+@click.option("--no-http", is_flag=True, help="No control API (runs still resume).")
+def serve(config: Path | None, print_config: bool, http: str, no_http: bool, **opts: Any) -> None:
+    """Run the coordinator: store what sites publish, ack it, track liveness, drive
+    training runs.
+
+    `fedmq train` submits runs through the control API (--http); the token that
+    submitting and cancelling need is written (0600) next to the database as DB.token.
+    A run left running by a stop or a crash is resumed at the next start.
 
     Settings: TOML file < FEDMQ_... environment (FEDMQ_MQTT__HOST, FEDMQ_DB) < flags.
     Stops cleanly on SIGTERM/Ctrl-C (publishes its retained offline status).
@@ -65,7 +77,14 @@ def serve(config: Path | None, print_config: bool, **opts: Any) -> None:
     if print_config:
         click.echo(json.dumps(masked(settings), indent=2))
         return
-    sys.exit(run(settings))
+    if not no_http:
+        from coordinator.api.server import parse_bind
+
+        try:
+            parse_bind(http)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    sys.exit(run(settings, http=None if no_http else http))
 
 
 def run(
@@ -73,6 +92,7 @@ def run(
     stop: threading.Event | None = None,
     extra_migrations: Iterable[Any] = (),
     on_start: Callable[[Any, Any], None] | None = None,
+    http: str | None = None,
 ) -> int:
     """Run until ``stop`` is set (or SIGTERM/SIGINT); return the exit code.
 
@@ -83,6 +103,7 @@ def run(
         on_start: called as ``on_start(bus, ingestor)`` once both run, so another module
             can ``bus.subscribe``/``bus.publish`` commands and ``ingestor.call(fn)`` to
             read or write the store on the writer thread.
+        http: ``HOST:PORT`` of the control API (None: none; runs still resume).
     """
     from coordinator.bus import Bus, BusOptions
     from coordinator.cli import EXIT
@@ -96,8 +117,11 @@ def run(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    from coordinator.store.training import TRAIN_MIGRATIONS
+    from coordinator.training.service import TrainService
+
     try:
-        store = SqliteStore(settings.db, extra_migrations)
+        store = SqliteStore(settings.db, (*TRAIN_MIGRATIONS, *extra_migrations))
     except Exception as exc:  # sqlite3 errors: unwritable path, not a database, ...
         log.error("cannot open database %s: %s", settings.db, exc)
         return EXIT["error"]
@@ -110,12 +134,23 @@ def run(
     bus = Bus(settings.mqtt, inbound, options)
     ingest = Ingestor(store, settings, session, bus.publish, bus.ack, inbound, sign=sign)
     checker = LivenessChecker(ingest.tick, settings.liveness_interval_s)
+    training = TrainService(settings, bus, session)
+    ingest.on_job_messages = training.on_job_messages
+    try:
+        api = _start_api(http, settings.db, training) if http else None
+    except (OSError, ValueError) as exc:
+        log.error("cannot serve the control API on %s: %s", http, exc)
+        store.close()
+        return EXIT["error"]
     ingest.start()
     bus.subscribe(bus.topics.all_sites(), 1)
     bus.start()
     checker.start()
     if on_start is not None:
         on_start(bus, ingest)
+    threading.Thread(
+        target=_resume_runs, args=(bus, training, stop), name="resume-runs", daemon=True
+    ).start()
     log.info(
         "coordinator session %d: db %s, broker %s:%s, prefix %s",
         session,
@@ -129,12 +164,48 @@ def run(
         if ingest.failed is not None:
             code = EXIT["error"]
             break
+    if api is not None:
+        api.stop()
+    training.stop()
     checker.stop()
     ingest.stop()
     bus.stop()
     store.close()
     log.info("coordinator stopped")
     return code
+
+
+def _start_api(http: str, db: Path, training: Any) -> Any:
+    """Bind the control API (a busy port is an error at once) and announce its URL."""
+    from coordinator.api.app import make_app
+    from coordinator.api.server import ApiServer, is_loopback, parse_bind
+    from coordinator.api.token import ensure_token, token_path
+    from coordinator.store.training import TrainDb
+
+    host, port = parse_bind(http)
+    loopback = is_loopback(host)
+    token = ensure_token(token_path(db))
+    server = ApiServer(make_app(training, token, loopback), host, port)
+    tdb = TrainDb(db)
+    try:
+        tdb.set_api_url(server.url)
+    finally:
+        tdb.close()
+    server.start()
+    log.info("control API on %s (%s)", server.url,
+             "token for changes" if loopback else "token for every request")  # fmt: skip
+    return server
+
+
+def _resume_runs(bus: Any, training: Any, stop: threading.Event) -> None:
+    """Once the broker is connected, resume the runs a stop or a crash left running."""
+    while not bus.connected.wait(0.5):
+        if stop.is_set():
+            return
+    try:
+        training.resume_all()
+    except Exception:
+        log.exception("could not resume the runs left running")
 
 
 def _signer(path: Path | None, prefix: str) -> Any:

@@ -1,11 +1,10 @@
-"""``fedmq train``: run (or resume) federated training rounds and show per-site progress."""
+"""``fedmq train``: submit a run to ``fedmq serve``'s control API and show its per-site progress."""
 
 from __future__ import annotations
 
 import json
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -92,14 +91,101 @@ def _settings(config: Path | None, opts: dict[str, Any]) -> Any:
     from coordinator.settings import CoordinatorSettings
     from fedmq_runtime.settings import SettingsError, load_settings
 
-    mqtt = {k: opts.pop(k) for k in ("host", "port", "prefix") if opts.get(k) is not None}
     flags = {k: v for k, v in opts.items() if v is not None}
     try:
-        return load_settings(
-            CoordinatorSettings, config, {**flags, "mqtt": mqtt} if mqtt else flags
-        )
+        return load_settings(CoordinatorSettings, config, flags)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _refuse_mqtt_flags(opts: dict[str, Any]) -> None:
+    given = [f"--{k.replace('_', '-')}" for k in _MQTT_FLAGS if opts.pop(k, None) is not None]
+    if given:
+        raise click.UsageError(
+            f"fedmq train no longer connects to the broker ({', '.join(given)}): `fedmq serve` "
+            "drives the run; point --api (or --db) at it"
+        )
+
+
+_MQTT_FLAGS = ("host", "port", "prefix", "protocol", "signing_key_file")
+
+
+def _api_url(db: Path) -> str:
+    """The URL the database's daemon announced, else the default."""
+    import sqlite3
+
+    from coordinator.cli.serve import DEFAULT_HTTP
+    from coordinator.store.training_read import api_url
+
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            url = api_url(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        url = None
+    return url or f"http://{DEFAULT_HTTP}"
+
+
+class _Follow:
+    """Ctrl-C (or SIGTERM) asks the daemon once to cancel; the run's end is still shown."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def __call__(self, *_: Any) -> None:
+        self.stop = True
+
+
+def _follow(
+    client: Any, run_id: str, display: _Display, ask: _Follow, relocate: Any = None
+) -> dict[str, Any]:
+    """Show the run's events until it ends; returns its outcome. Rides out a daemon restart
+    (the daemon resumes the run; its events then start again)."""
+    import time
+
+    from coordinator.api.client import ApiError
+    from coordinator.training.events import event_from_json
+
+    after, session, cancelled, down_since = 0, None, False, None
+    while True:
+        if ask.stop and not cancelled:
+            try:
+                client.cancel(run_id)
+                cancelled = True
+            except ApiError as exc:
+                click.echo(f"cancel: {exc}", err=True)
+        try:
+            page = client.events(run_id, after, wait=1.0)
+        except ApiError as exc:
+            if exc.status not in (0, 404):
+                raise
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since > _PATIENCE_S:
+                raise
+            time.sleep(0.5)  # the daemon restarts: it resumes the run by itself
+            if relocate is not None:
+                client.url = relocate()  # it may announce another port
+            continue
+        down_since = None
+        if session is not None and page.get("session") != session:
+            after = 0  # a restarted daemon: the resumed run's events start again
+            page = client.events(run_id, 0, wait=0)
+        session = page.get("session")
+        for data in page["events"]:
+            if display.as_json:
+                click.echo(json.dumps(data, default=str))
+            else:
+                event = event_from_json(data)
+                if event is not None:
+                    display(event)
+        after = page["next"]
+        if page["outcome"] is not None:
+            return dict(page["outcome"])
+
+
+_PATIENCE_S = 120.0  # how long `fedmq train` waits for a daemon that went away
 
 
 @click.command()
@@ -134,13 +220,19 @@ def _settings(config: Path | None, opts: dict[str, Any]) -> Any:
     show_default=True,
     help="Before each later round, wait this long for run sites that are down, s.",
 )
-@click.option("--resume", "resume", metavar="RUN", help="Continue RUN after a crash.")
+@click.option("--resume", "resume", metavar="RUN",
+              help="Continue RUN (failed or interrupted; a run the daemon still drives is "
+                   "followed).")  # fmt: skip
+@click.option("--api", help="Control API URL [announced by serve in --db, else "
+              "http://127.0.0.1:8321].")  # fmt: skip
+@click.option("--token-file", type=click.Path(path_type=Path), help="API token [DB.token].")
 @click.option("--config", type=click.Path(path_type=Path), help="TOML settings (as serve).")
 @click.option("--db", type=click.Path(path_type=Path), help="SQLite database [fedmq.db].")
-@click.option("--host", help="Broker host [127.0.0.1].")
-@click.option("--port", type=int, help="Broker port [1883].")
-@click.option("--prefix", help="Topic prefix [fedmq/v1].")
-@click.option("--signing-key", "signing_key_file", type=click.Path(path_type=Path))
+@click.option("--host", hidden=True)
+@click.option("--port", hidden=True)
+@click.option("--prefix", hidden=True)
+@click.option("--protocol", hidden=True)
+@click.option("--signing-key", "signing_key_file", hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @click.option("--verbose", is_flag=True, default=None, help="Debug logging.")
 def train(
@@ -148,19 +240,20 @@ def train(
     strategy: str, mu: float | None, aggregate: str, trim: float, max_samples: int,
     epochs: int | None, lr: float | None,
     batch_size: int | None, wait_sites: float, rejoin_wait: float, resume: str | None,
+    api: str | None, token_file: Path | None,
     config: Path | None, as_json: bool, **opts: Any,
 ) -> None:  # fmt: skip
     """Run federated training rounds over live sites that advertise TASK.
 
-    Needs `fedmq serve` running on the same database (it stores the sites' results) and
-    the command-signing key (signing_key_file; `fedmq broker init` generates it). On a
-    broker that binds client ids to usernames (the shipped configs) it needs its own
-    account: --config deploy/coordinator/train-credentials.toml, not serve's. Each
-    round closes when all selected sites answered or at --round-timeout; it aggregates
-    (--aggregate) with at least --min-sites valid results, else the run fails (exit 5).
-    A result with bad weights (names, shapes, dtypes, size, non-finite values) or more
-    samples than its site registered is excluded from its round with a reason (see
-    `fedmq jobs`). Ctrl-C cancels running jobs (exit 130).
+    `fedmq serve` drives the run: this command submits it through the daemon's control
+    API (--api; the token is read from --token-file, by default DB.token next to the
+    database serve writes) and shows its progress. Each round closes when all selected
+    sites answered or at --round-timeout; it aggregates (--aggregate) with at least
+    --min-sites valid results, else the run fails (exit 5). A result with bad weights
+    (names, shapes, dtypes, size, non-finite values) or more samples than its site
+    registered is excluded from its round with a reason (see `fedmq jobs`). Ctrl-C
+    cancels the run's running jobs (exit 130). A run survives a restart of the daemon,
+    which resumes it by itself; this command keeps following it.
 
     \b
     Example:
@@ -169,24 +262,32 @@ def train(
         fedmq train --task cmapss-rul --aggregate trimmed-mean --trim 0.2
         fedmq train --resume run-20250101-120000-ab12 --db fedmq.db
     """
+    from coordinator.api.client import ApiClient, ApiError
+    from coordinator.api.token import read_token, token_path
     from coordinator.cli import EXIT
-    from coordinator.training.driver import resume_training, run_training
-    from coordinator.training.events import TrainError, TrainSpec
+    from coordinator.training.events import TrainSpec
     from fedmq_runtime.logs import setup_logging
 
+    _refuse_mqtt_flags(opts)
     settings = _settings(config, opts)
     setup_logging(settings.log_file, settings.log_format, settings.verbose)
     if resume is None and not task:
         raise click.UsageError("--task is required (or --resume RUN)")
     if resume is not None:
         _refuse_run_flags(click.get_current_context())
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    db = Path(settings.db)
+    token_at = token_file or token_path(db)
+    token = read_token(token_at)
+    if token is None:
+        click.echo(f"Error: no API token at {token_at}: start `fedmq serve --db {db}` "
+                   "(it writes one), or give --token-file", err=True)  # fmt: skip
+        sys.exit(EXIT["usage"])
+    client = ApiClient(api or _api_url(db), token)
+    ask = _Follow()
     display = _Display(as_json, sys.stdout.isatty())
     try:
         if resume is not None:
-            result = resume_training(settings, resume, display, stop)
+            run_id = client.resume(resume)
         else:
             chosen = tuple(s.strip() for s in sites.split(",") if s.strip()) if sites else None
             spec = TrainSpec(
@@ -196,15 +297,26 @@ def train(
                 rejoin_wait_s=rejoin_wait, aggregate=aggregate, trim=trim,  # type: ignore[arg-type]
                 max_samples=max_samples,
             )  # fmt: skip
-            result = run_training(settings, spec, display, stop)
-    except TrainError as exc:
+            run_id = client.submit(spec.to_json())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, ask)
+        relocate = None if api else (lambda: _api_url(db))
+        outcome = _follow(client, run_id, display, ask, relocate)
+    except ApiError as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT[exc.code])
+        if exc.status == 0:
+            click.echo(f"  is `fedmq serve --db {db}` running?", err=True)
+        code = {0: "failed", 401: "usage", 400: "usage", 404: "not_found"}.get(exc.status)
+        sys.exit(EXIT[code or "error"])
+    if "error" in outcome:
+        click.echo(f"Error: {outcome['error']}", err=True)
+        sys.exit(EXIT.get(str(outcome.get("code")), EXIT["error"]))
     if not as_json:
-        tail = f": {result.reason}" if result.reason else ""
-        click.echo(f"run {result.run_id} {result.state}{tail}")
-        if result.model_id:
+        tail = f": {outcome['reason']}" if outcome.get("reason") else ""
+        click.echo(f"run {run_id} {outcome['state']}{tail}")
+        if outcome.get("model_id"):
             click.echo(
-                f"model {result.model_id} (fedmq models export {result.model_id} --out m.npz)"
+                f"model {outcome['model_id']} "
+                f"(fedmq models export {outcome['model_id']} --out m.npz)"
             )
-    sys.exit(result.exit_code)
+    sys.exit(int(outcome["exit_code"]))

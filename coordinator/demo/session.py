@@ -149,13 +149,13 @@ class DemoSession:
 
     def _keep(self) -> None:
         assert self.federation is not None
-        db, port = self.layout.db, self.federation.port
+        db = self.layout.db
         self.console.line("--keep: broker, coordinator and sites keep running; Ctrl-C stops them.")
         self.console.line("In another shell, e.g.:")
         self.console.line(f"  fedmq sites --db {db} --watch")
         self.console.line(
-            f"  fedmq train --db {db} --port {port} --signing-key {self.layout.private_key} "
-            f"--task {self.opts.task} --rounds 2 --min-sites {self.opts.sites}"
+            f"  fedmq train --db {db} --task {self.opts.task} --rounds 2 "
+            f"--min-sites {self.opts.sites}"
         )
         try:
             while True:

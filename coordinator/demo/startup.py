@@ -64,7 +64,7 @@ def start_federation(
         [
             *_fedmq_argv("fedmq", "coordinator.cli"), "serve", "--db", str(layout.db),
             "--port", str(port), "--prefix", opts.prefix,
-            "--signing-key", str(layout.private_key),
+            "--signing-key", str(layout.private_key), "--http", "127.0.0.1:0",
         ],
         layout.logs / "coordinator.log",
         layout.root,

@@ -1,8 +1,10 @@
-"""The demo's federated run: ``coordinator.training.driver.run_training`` on a worker thread.
+"""The demo's federated run: submitted to the demo's ``fedmq serve`` through its control
+API and followed on a worker thread, as ``fedmq train`` does.
 
-The run goes on a thread so that Ctrl-C on the main thread can ask it to stop (its
-``stop`` event) and wait for it to close its MQTT client before the processes go down.
-Its events become a progress display: one status line per round, a line per closed round.
+The run is followed on a thread so that Ctrl-C on the main thread can ask the daemon to
+cancel it (its ``stop`` event) and wait for the cancel to go out before the processes go
+down. Its events become a progress display: one status line per round, a line per closed
+round.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def _fmt(value: float | None) -> str:
 
 
 class TrainingThread:
-    """``run_training(settings, spec, progress, stop)`` on a daemon thread."""
+    """Submit ``spec`` to the daemon serving ``settings.db`` and follow it on a thread."""
 
     def __init__(self, settings: Any, spec: Any, progress: RoundProgress) -> None:
         self.settings = settings
@@ -98,12 +100,55 @@ class TrainingThread:
         self._thread = threading.Thread(target=self._run, name="demo-training", daemon=True)
 
     def _run(self) -> None:
-        from coordinator.training.driver import run_training
-
         try:
-            self.result = run_training(self.settings, self.spec, self.progress, self.stop)
+            self.result = self._follow()
         except BaseException as exc:  # reported on the main thread
             self.error = exc
+
+    def _follow(self) -> Any:
+        import sqlite3
+        import time
+        from pathlib import Path
+
+        from coordinator.api.client import ApiClient, ApiError
+        from coordinator.api.token import read_token, token_path
+        from coordinator.store.training_read import api_url
+        from coordinator.training.events import RunResult, TrainError, event_from_json
+
+        db = Path(self.settings.db)
+        url, deadline = None, time.monotonic() + 30
+        while url is None and time.monotonic() < deadline:  # serve announces it at start
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+            try:
+                url = api_url(conn)
+            finally:
+                conn.close()
+            if url is None:
+                time.sleep(0.2)
+        if url is None:
+            raise TrainError(f"the coordinator announced no control API in {db}", "error")
+        client = ApiClient(url, read_token(token_path(db)))
+        try:
+            run_id = client.submit(self.spec.to_json())
+            after, cancelled = 0, False
+            while True:
+                if self.stop.is_set() and not cancelled:
+                    cancelled = client.cancel(run_id) or True
+                page = client.events(run_id, after, wait=1.0)
+                for data in page["events"]:
+                    event = event_from_json(data)
+                    if event is not None:
+                        self.progress(event)
+                after = page["next"]
+                out = page["outcome"]
+                if out is not None:
+                    break
+        except ApiError as exc:
+            raise TrainError(str(exc), "failed") from None
+        if "error" in out:
+            raise TrainError(str(out["error"]), str(out.get("code") or "error"))
+        return RunResult(run_id, out["state"], out["reason"], out["model_id"], (),
+                         bool(out["interrupted"]))  # fmt: skip
 
     def start(self) -> TrainingThread:
         self._thread.start()

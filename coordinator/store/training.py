@@ -1,9 +1,11 @@
-"""The training tables (runs, rounds, train_jobs, models) and the train process's writes.
+"""The training tables (runs, rounds, train_jobs, models) and the round driver's writes.
 
-``fedmq train`` owns these tables; ``fedmq serve`` owns the rest of the database and keeps
-storing what sites send (job statuses, results, chunks) in ``messages``, which the train
-process polls by ``rowid`` (the table's own index). Both write the same WAL database: every
-write here is a short transaction, and the connection waits up to 30 s for the other writer.
+``fedmq serve``'s round-driver threads own these tables, each with its own connection; the
+writer thread owns the rest of the database and stores what sites send (job statuses,
+results, chunks) in ``messages``, handing each new one to the driver in memory after its
+commit. Both write the same WAL database: every write here is a short transaction, and
+the connection waits up to 30 s for the other writer. ``runs.last_rowid`` is no longer
+used (results are not polled any more); the column stays for older databases.
 
 Migrations are named ``train_...`` and idempotent (``if_not_exists``), so whichever process
 opens the database first creates the tables, and a race between two is harmless.
@@ -105,7 +107,7 @@ JobRow = dict[str, Any]
 
 
 class TrainDb:
-    """The train process's connection (one thread); every method commits."""
+    """A round driver's connection (one thread); every method commits."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -176,17 +178,6 @@ class TrainDb:
 
     # What serve stored --------------------------------------------------------------
 
-    def max_rowid(self) -> int:
-        return int(self.conn.execute("SELECT coalesce(max(rowid), 0) FROM messages").fetchone()[0])
-
-    def messages_after(self, rowid: int, limit: int = 5000) -> list[sqlite3.Row]:
-        """Job messages stored after ``rowid`` (rowid order is serve's commit order)."""
-        return self.conn.execute(
-            "SELECT rowid, site, seq, kind, job_id, payload FROM messages "
-            "WHERE rowid > ? AND job_id IS NOT NULL ORDER BY rowid LIMIT ?",
-            (rowid, limit),
-        ).fetchall()
-
     def job_messages(self, job_ids: Iterable[str]) -> list[sqlite3.Row]:
         """Every stored message of these jobs, in (site, seq) order (resume)."""
         ids = list(job_ids)
@@ -199,9 +190,19 @@ class TrainDb:
             ids,
         ).fetchall()
 
-    def serve_alive_at(self) -> int:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'alive_at'").fetchone()
-        return int(row[0]) if row is not None else 0
+    def running_runs(self) -> list[str]:
+        """Runs stored as running: the daemon resumes them when it starts."""
+        rows = self.conn.execute(
+            "SELECT run_id FROM runs WHERE state = 'running' ORDER BY created_at"
+        )
+        return [str(r[0]) for r in rows.fetchall()]
+
+    def set_api_url(self, url: str) -> None:
+        """Where this database's daemon serves its control API (``fedmq train`` reads it)."""
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('api_url', ?)", (url,)
+            )
 
 
 def _cell(value: Any) -> Any:

@@ -12,7 +12,7 @@ import json
 import sqlite3
 from typing import Any
 
-__all__ = ["jobs", "model_blob", "models", "run_detail", "runs"]
+__all__ = ["api_url", "jobs", "model_blob", "models", "run_detail", "runs"]
 
 
 def _has(conn: sqlite3.Connection, table: str) -> bool:
@@ -158,3 +158,9 @@ def model_blob(conn: sqlite3.Connection, model_id: str) -> bytes | None:
     if len(raw) != row["size"] or hashlib.sha256(raw).hexdigest() != row["sha256"]:
         raise ValueError(f"model {model_id}: stored weights fail their sha256 check")
     return raw
+
+
+def api_url(conn: sqlite3.Connection) -> str | None:
+    """The control API URL the database's ``fedmq serve`` announced, if any."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'api_url'").fetchone()
+    return None if row is None else str(row[0])

@@ -1,28 +1,36 @@
 """Federated training runs: rounds of signed train commands, quorum, deadline, FedAvg.
 
-Library entry points (``fedmq train`` and ``fedmq demo`` call them)::
+The round driver runs inside ``fedmq serve`` (``coordinator.training.service`` starts one
+thread per run)::
 
-    result = run_training(settings, TrainSpec(task="cmapss-rul", rounds=5, min_sites=3))
-    result = resume_training(settings, run_id)
+    result = run_training(link, spec, run_id)
+    result = resume_training(link, run_id)
 
-``fedmq serve`` must run on the same database: it stores (and acks) the job statuses and
-results sites send; this process polls them from ``messages`` and publishes commands on
-its own MQTT connection. Round 1 sends no weights (``weights=None``): every site builds
-the task's initial model from the same seed. Later rounds send the previous round's model.
+``link`` is what the daemon lends a run: its settings, its bus (commands go out on the
+daemon's one MQTT client, signed with its key) and the run's feed, which the writer thread
+fills right after each commit with the job messages it stored (never polled from the
+database). Round 1 sends no weights (``weights=None``): every site builds the task's
+initial model from the same seed. Later rounds send the previous round's model.
 
 Every result is vetted as it arrives (``coordinator.training.vet``): a bad one is excluded
 from its round with a reason and the round goes on with the others. A run that ends for
-any reason, an error in this process included, is stored as failed with that reason.
+any reason, an error in the driver included, is stored as failed with that reason; a run
+the daemon leaves when it stops (``link.halt``) stays "running" and is resumed at the next
+start: its open round restarts, the jobs already sent for it are cancelled and never
+aggregated.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.store.training import TrainDb, now_ms
@@ -44,50 +52,51 @@ from coordinator.training.send import CommandSender, load_key
 from coordinator.training.vet import exclude_minority, vet_result
 from coordinator.training.weights_check import ArraySpec, read_signature
 
-__all__ = ["resume_training", "run_training"]
+__all__ = ["Link", "new_run_id", "resume_training", "run_training"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Link:
+    """What the daemon lends one run.
+
+    ``feed`` receives lists of stored job messages (dicts with site, kind, job_id, payload)
+    right after the writer committed them; ``stop`` cancels the run (stored as failed,
+    "interrupted"); ``halt`` means the daemon is stopping: the run is left as it is.
+    """
+
+    settings: Any
+    bus: Any
+    session: int = 0
+    feed: queue.SimpleQueue[list[dict[str, Any]]] = field(default_factory=queue.SimpleQueue)
+    stop: threading.Event = field(default_factory=threading.Event)
+    halt: threading.Event = field(default_factory=threading.Event)
+
+
+def new_run_id() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 
 
 def _open_db(settings: Any) -> TrainDb:
     import sqlite3
 
-    from coordinator.store.read import coordinator_info
-
-    if not settings.db.is_file():
-        raise TrainError(
-            f"no database at {settings.db}: start the coordinator with "
-            f"`fedmq serve --db {settings.db}`",
-            "not_found",
-        )
     try:
-        db = TrainDb(settings.db)
+        return TrainDb(settings.db)
     except sqlite3.DatabaseError as exc:
         raise TrainError(f"{settings.db} is not a fedmq database ({exc})", "error") from None
-    if not coordinator_info(db.conn)["running"]:
-        db.close()
-        raise TrainError(
-            f"`fedmq serve` is not running on {settings.db}: it stores the sites' results",
-            "failed",
-        )
-    return db
 
 
 def run_training(
-    settings: Any,
-    spec: TrainSpec,
-    progress: Progress | None = None,
-    stop: threading.Event | None = None,
+    link: Link, spec: TrainSpec, run_id: str, progress: Progress | None = None
 ) -> RunResult:
-    """Start a new run and drive it to its end; raise TrainError if it cannot start."""
+    """Start run ``run_id`` and drive it to its end; raise TrainError if it cannot start."""
     if spec.sites is not None and spec.min_sites > len(spec.sites):
         raise TrainError(f"--min-sites {spec.min_sites} > {len(spec.sites)} sites given", "usage")
-    key = load_key(settings.signing_key_file)
-    db = _open_db(settings)
-    stop = stop or threading.Event()
+    key = load_key(link.settings.signing_key_file)
+    db = _open_db(link.settings)
     try:
-        sites, code_hash, note = _select(db, spec, stop)
-        run_id = time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+        sites, code_hash, note = _select(db, spec, link)
         db.put_run(
             {
                 "run_id": run_id,
@@ -105,11 +114,11 @@ def run_training(
                 "reason": "",
                 "created_at": now_ms(),
                 "finished_at": None,
-                "last_rowid": db.max_rowid(),
+                "last_rowid": 0,
             }
         )
         try:
-            runner = _Runner(settings, db, key, spec, run_id, code_hash, sites, progress, stop)
+            runner = _Runner(link, db, key, spec, run_id, code_hash, sites, progress)
         except BaseException as exc:
             _mark_failed(db, run_id, exc)
             raise
@@ -118,23 +127,16 @@ def run_training(
         db.close()
 
 
-def resume_training(
-    settings: Any,
-    run_id: str,
-    progress: Progress | None = None,
-    stop: threading.Event | None = None,
-) -> RunResult:
+def resume_training(link: Link, run_id: str, progress: Progress | None = None) -> RunResult:
     """Continue ``run_id`` after its last aggregated round (an open round restarts)."""
-    key = load_key(settings.signing_key_file)
-    db = _open_db(settings)
+    key = load_key(link.settings.signing_key_file)
+    db = _open_db(link.settings)
     try:
         run = db.run(run_id)
         if run is None:
-            raise TrainError(f"no run {run_id!r} in {settings.db} (see `fedmq runs`)", "not_found")
+            raise TrainError(f"no run {run_id!r} (see `fedmq runs`)", "not_found")
         if run["state"] == "done":
             raise TrainError(f"run {run_id} is already done", "usage")
-        import json
-
         spec = TrainSpec.from_json(json.loads(run["spec"]))
         done = [r for r in db.rounds(run_id) if r["state"] == "aggregated"]
         start = done[-1]["round"] + 1 if done else 1
@@ -142,17 +144,10 @@ def resume_training(
         db.update_run(run_id, state="running", reason="", finished_at=None)
         try:
             runner = _Runner(
-                settings,
-                db,
-                key,
-                spec,
-                run_id,
-                run["code_hash"],
-                tuple(json.loads(run["sites"])),
-                progress,
-                stop or threading.Event(),
-            )
-            runner.adopt(db.jobs(run_id), start, int(run["last_rowid"] or 0))
+                link, db, key, spec, run_id, run["code_hash"],
+                tuple(json.loads(run["sites"])), progress,
+            )  # fmt: skip
+            runner.adopt(db.jobs(run_id), start)
         except BaseException as exc:
             _mark_failed(db, run_id, exc)
             raise
@@ -164,7 +159,7 @@ def resume_training(
 def _error_reason(exc: BaseException) -> str:
     if isinstance(exc, TrainError):
         return str(exc)
-    return f"error in the train process: {type(exc).__name__}: {exc}"[:500]
+    return f"error in the round driver: {type(exc).__name__}: {exc}"[:500]
 
 
 def _mark_failed(db: TrainDb, run_id: str, exc: BaseException) -> None:
@@ -180,13 +175,20 @@ def _mark_failed(db: TrainDb, run_id: str, exc: BaseException) -> None:
         log.exception("run %s: could not store its failure (%s)", run_id, reason)
 
 
-def _select(db: TrainDb, spec: TrainSpec, stop: threading.Event) -> tuple[Any, str, str]:
+def _wait(link: Link, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True if the run was cancelled; raise _Halted on shutdown."""
+    if link.halt.is_set():
+        raise _Halted
+    return link.stop.wait(seconds)
+
+
+def _select(db: TrainDb, spec: TrainSpec, link: Link) -> tuple[Any, str, str]:
     """Wait (up to ``wait_sites_s``) for enough live sites advertising the task."""
     deadline = time.monotonic() + spec.wait_sites_s
     while True:
         found = offers(db.conn, spec.task, spec.sites)
         enough = len(found) >= (len(spec.sites) if spec.sites else spec.min_sites)
-        if enough or time.monotonic() >= deadline or stop.wait(0.5):
+        if enough or time.monotonic() >= deadline or _wait(link, 0.5):
             break
     if len(found) < spec.min_sites:
         names = ", ".join(o.site for o in found) or "none"
@@ -209,7 +211,7 @@ class _Runner:
 
     def __init__(
         self,
-        settings: Any,
+        link: Link,
         db: TrainDb,
         key: Any,
         spec: TrainSpec,
@@ -217,24 +219,21 @@ class _Runner:
         code_hash: str,
         sites: tuple[str, ...],
         progress: Progress | None,
-        stop: threading.Event,
     ) -> None:
-        self.settings, self.db, self.key, self.spec = settings, db, key, spec
+        self.link, self.db, self.key, self.spec = link, db, key, spec
         self.run_id, self.code_hash, self.sites = run_id, code_hash, sites
         self.emit: Callable[[Any], None] = progress or (lambda event: None)
-        self.stop = stop
         self.inbox = TrainInbox()
         self.stragglers: set[str] = set()  # jobs unanswered when their round closed
-        self.rowid = db.max_rowid()
         self.round = 0
         self.expected: dict[str, ArraySpec] | None = None  # the round's model's arrays
-        self.sender = CommandSender(
-            settings.mqtt, key, f"{settings.client_id}-train-{run_id[-12:]}"
-        )
+        self.sender = CommandSender(link.bus, key, link.session)
+        self._abandon: list[JobTrack] = []
 
-    def adopt(self, jobs: list[dict[str, Any]], start: int, rowid: int) -> None:
-        """Resume: track the run's unfinished jobs; those of restarted rounds are abandoned."""
-        top = self.db.max_rowid()
+    def adopt(self, jobs: list[dict[str, Any]], start: int) -> None:
+        """Resume: track the run's jobs and fold in every message stored for them (the feed
+        was registered before, so nothing committed meanwhile is missed; a message seen
+        twice changes nothing); the jobs of the restarted round are abandoned."""
         for row in jobs:
             job = JobTrack(row["job_id"], self.run_id, row["round"], row["site"])
             job.state, job.late = row["state"], bool(row["late"])
@@ -244,7 +243,6 @@ class _Runner:
             self.inbox.track(job)
             self.stragglers.add(job.job_id)
         self.inbox.apply(self.db.job_messages([j["job_id"] for j in jobs]))
-        self.rowid = max(rowid, top)
         self._abandon = [j for j in self.inbox.jobs.values() if j.round >= start]
 
     def run(self, start: int, weights: bytes | None, note: str, resumed: bool = False) -> RunResult:
@@ -265,9 +263,9 @@ class _Runner:
                     note,
                 )
             )
-            for job in getattr(self, "_abandon", []):
+            for job in self._abandon:
                 if job.state not in ("done", "failed", "rejected", "cancelled"):
-                    self.sender.cancel(job.site, job.job_id, "round restarted by --resume")
+                    self.sender.cancel(job.site, job.job_id, "round restarted")
                     job.state, job.reason = (
                         "abandoned",
                         "round restarted after a coordinator restart",
@@ -286,6 +284,9 @@ class _Runner:
             return self._finish("done", "", model_id, closed)
         except _Interrupted:
             return self._finish("failed", "interrupted", None, closed, interrupted=True)
+        except _Halted:  # the daemon stops: the run stays "running", resumed at next start
+            log.info("run %s: left running for the next start", self.run_id)
+            return RunResult(self.run_id, "running", "coordinator stopping", None, tuple(closed))
         except Exception as exc:
             log.exception("run %s failed", self.run_id)
             _mark_failed(self.db, self.run_id, exc)
@@ -308,9 +309,7 @@ class _Runner:
         closed: list[RoundClosed],
         interrupted: bool = False,
     ) -> RunResult:
-        self.db.update_run(
-            self.run_id, state=state, reason=reason, finished_at=now_ms(), last_rowid=self.rowid
-        )
+        self.db.update_run(self.run_id, state=state, reason=reason, finished_at=now_ms())
         self.emit(RunFinished(self.run_id, state, reason, model_id))
         return RunResult(self.run_id, state, reason, model_id, tuple(closed), interrupted)
 
@@ -324,7 +323,7 @@ class _Runner:
             live = [o.site for o in found if o.code_hash == self.code_hash]
             if len(live) == len(self.sites) or time.monotonic() >= deadline:
                 return live
-            if self.stop.wait(0.5):
+            if _wait(self.link, 0.5):
                 raise _Interrupted
 
     def _round(self, rnd: int, weights: bytes | None) -> RoundClosed:
@@ -380,13 +379,16 @@ class _Runner:
         )
         deadline = started + spec.round_timeout_s
         while True:
-            self._poll()
             ok = sum(j.ok for j in jobs.values())
             waiting = sum(not j.answered for j in jobs.values())
-            if waiting == 0 or ok + waiting < spec.min_sites or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if waiting == 0 or ok + waiting < spec.min_sites or left <= 0:
                 break
-            if self.stop.wait(spec.poll_s):
+            if self.link.halt.is_set():
+                raise _Halted
+            if self.link.stop.is_set():
                 self._interrupt(rnd, jobs, started, started_at)
+            self._take(min(left, 0.2))
         for job in jobs.values():
             if not job.answered:
                 self.stragglers.add(job.job_id)
@@ -398,15 +400,20 @@ class _Runner:
             for job in jobs.values():
                 if not job.answered:
                     self.sender.cancel(job.site, job.job_id, "round failed: quorum missed")
-        self.db.update_run(self.run_id, last_rowid=self.rowid)
         self.emit(closed)
         return closed
 
-    def _poll(self) -> None:
-        rows = self.db.messages_after(self.rowid)
-        if not rows:
+    def _take(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for job messages from the feed; apply all that came."""
+        try:
+            rows = self.link.feed.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
             return
-        self.rowid = rows[-1]["rowid"]
+        while True:
+            try:
+                rows = rows + self.link.feed.get_nowait()
+            except queue.Empty:
+                break
         for job in self.inbox.apply(rows):
             if job.job_id in self.stragglers:
                 job.late = True
@@ -447,3 +454,7 @@ class _Runner:
 
 class _Interrupted(Exception):
     pass
+
+
+class _Halted(Exception):
+    """The daemon is stopping."""

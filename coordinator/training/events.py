@@ -24,6 +24,7 @@ __all__ = [
     "TrainError",
     "TrainEvent",
     "TrainSpec",
+    "event_from_json",
 ]
 
 
@@ -164,6 +165,22 @@ class RunFinished(_Event):
 
 TrainEvent = RunStarted | RoundStarted | JobUpdate | RoundClosed | RunFinished
 Progress = Callable[[TrainEvent], None]
+
+_KINDS: dict[str, type[_Event]] = {
+    c.kind: c for c in (RunStarted, RoundStarted, JobUpdate, RoundClosed, RunFinished)
+}
+
+
+def event_from_json(data: dict[str, Any]) -> TrainEvent | None:
+    """The event a ``to_json()`` dict came from (None for an unknown kind: a newer daemon)."""
+    cls = _KINDS.get(str(data.get("event")))
+    if cls is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {k: v for k, v in data.items() if k in names}
+    if isinstance(values.get("sites"), list):
+        values["sites"] = tuple(values["sites"])
+    return cls(**values)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

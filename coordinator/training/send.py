@@ -1,22 +1,20 @@
-"""Signed ``cmd/train`` and ``cmd/cancel`` out of the train process.
+"""Signed ``cmd/train`` and ``cmd/cancel`` from the coordinator daemon.
 
-The train process has its own MQTT connection (``coordinator.bus`` with ``announce=False``:
-no retained status, no Will, since ``fedmq serve`` is the coordinator sites see) used only
-to publish. Global weights above ``chunk_bytes`` go as :class:`schemas.TrainChunk` messages
-after the command, which carries their size and sha256.
+Commands go out through ``fedmq serve``'s own MQTT client (one per process): the round
+driver runs inside serve and publishes with its bus and its signing key. Global weights
+above ``chunk_bytes`` go as :class:`schemas.TrainChunk` messages after the command, which
+carries their size and sha256.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from coordinator.training.events import TrainError
-from fedmq_runtime.settings import MqttSettings
 from schemas import CancelCommand, TrainChunk, TrainCommand, encode, make_blob, now_ms
 from schemas.weights import DEFAULT_CHUNK_BYTES
 
@@ -42,36 +40,28 @@ def load_key(path: Path | None) -> Any:
 
 
 class CommandSender:
-    """Publishes signed commands through its own publish-only MQTT client."""
+    """Publishes signed commands through the daemon's bus (``coordinator.bus.Bus``)."""
 
     def __init__(
-        self,
-        mqtt: MqttSettings,
-        key: Any,
-        client_id: str,
-        session: int = 0,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        self, bus: Any, key: Any, session: int = 0, chunk_bytes: int = DEFAULT_CHUNK_BYTES
     ) -> None:
-        from coordinator.bus import Bus, BusOptions
-
+        self.bus = bus
         self.key = key
         self.session = session
         self.chunk_bytes = chunk_bytes
-        options = BusOptions(client_id[:64], session, session_expiry_s=0, announce=False)
-        self.bus = Bus(mqtt, queue.SimpleQueue(), options)
-        self.topics = self.bus.topics
+        self.topics = bus.topics
         self._pending: list[Any] = []
 
     def start(self, timeout: float = 15.0) -> None:
-        self.bus.start()
+        """Wait (up to ``timeout`` s) for the daemon's bus to be connected."""
         if not self.bus.connected.wait(timeout):
-            self.bus.stop()
             s = self.bus.settings
-            raise TrainError(f"broker unreachable at {s.host}:{s.port}", "broker")
+            raise TrainError(
+                f"broker unreachable at {s.host}:{s.port} (MQTT {s.protocol})", "broker"
+            )
 
     def stop(self) -> None:
         self.flush()
-        self.bus.stop()
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until the broker acknowledged everything published so far."""

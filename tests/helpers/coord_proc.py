@@ -52,7 +52,8 @@ class Coordinator:
         ]  # fmt: skip
         self.log = self.log or self.db.with_suffix(".log")
         out = self.log.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        # The control API on a free port (announced in the database): tests run in parallel.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "FEDMQ_HTTP": "127.0.0.1:0", **self.env}
         self.proc = subprocess.Popen([*FEDMQ, *args], stdout=out, stderr=out, cwd=self.cwd, env=env)
         return self
 

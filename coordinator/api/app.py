@@ -1,0 +1,114 @@
+"""The control API's routes (Starlette): submit, follow and cancel training runs.
+
+::
+
+    GET  /api/health                          {"ok": true}
+    POST /api/runs              {"spec": {..}} 202 {"run_id"}    (token)
+    POST /api/runs/{id}/resume                 202 {"run_id"}    (token)
+    GET  /api/runs/{id}/events?after=N&wait=S  {"events", "next", "outcome", "session"}
+    POST /api/runs/{id}/cancel                 {"cancelled"}     (token)
+
+``events`` long-polls: it answers as soon as there is an event after ``N`` or the run
+ended, else after ``wait`` seconds (at most 30). ``outcome`` is null while the run goes
+on, then ``{"state", "reason", "model_id", "interrupted", "exit_code"}`` or
+``{"error", "code"}`` when it could not start or go on. Events live in the daemon's
+memory: after a restart (``session`` changes) a resumed run's events start again at 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from coordinator.training.events import TrainSpec
+from coordinator.training.service import TrainService
+
+__all__ = ["make_app"]
+
+
+def make_app(service: TrainService, token: str, loopback: bool) -> Starlette:
+    """The app; ``loopback`` False makes every route need the token, reads included."""
+
+    def authorized(request: Request, write: bool) -> bool:
+        if not write and loopback:
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    def refused() -> JSONResponse:
+        return JSONResponse(
+            {"error": "missing or wrong token (Authorization: Bearer <token file>)"},
+            status_code=401,
+        )
+
+    async def health(request: Request) -> JSONResponse:
+        if not authorized(request, False):
+            return refused()
+        return JSONResponse({"ok": True})
+
+    async def submit(request: Request) -> JSONResponse:
+        if not authorized(request, True):
+            return refused()
+        try:
+            body = await request.json()
+            spec = TrainSpec.from_json(dict(body["spec"]))
+            if not spec.task or spec.rounds < 1 or spec.min_sites < 1:
+                raise ValueError("task, rounds >= 1 and min_sites >= 1 are required")
+        except Exception as exc:  # malformed JSON, unknown shape: the client's fault
+            return JSONResponse({"error": f"bad run spec: {exc}"[:500]}, status_code=400)
+        handle = service.submit(spec)
+        return JSONResponse({"run_id": handle.run_id}, status_code=202)
+
+    async def resume(request: Request) -> JSONResponse:
+        if not authorized(request, True):
+            return refused()
+        handle = service.resume(request.path_params["run_id"])
+        return JSONResponse({"run_id": handle.run_id}, status_code=202)
+
+    async def events(request: Request) -> JSONResponse:
+        if not authorized(request, False):
+            return refused()
+        handle = service.get(request.path_params["run_id"])
+        if handle is None:
+            return JSONResponse({"error": "no such run in this daemon"}, status_code=404)
+        try:
+            after = max(int(request.query_params.get("after", "0")), 0)
+            wait = min(max(float(request.query_params.get("wait", "0")), 0.0), 30.0)
+        except ValueError:
+            return JSONResponse({"error": "after: integer, wait: seconds"}, status_code=400)
+        deadline = time.monotonic() + wait
+        while len(handle.events) <= after and not handle.finished:
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        outcome = handle.outcome()  # read before the events: none is missed
+        new: list[Any] = handle.events[after:]
+        return JSONResponse(
+            {"events": new, "next": after + len(new), "outcome": outcome,
+             "session": service.session}
+        )  # fmt: skip
+
+    async def cancel(request: Request) -> JSONResponse:
+        if not authorized(request, True):
+            return refused()
+        run_id = request.path_params["run_id"]
+        if service.get(run_id) is None:
+            return JSONResponse({"error": "no such run in this daemon"}, status_code=404)
+        return JSONResponse({"cancelled": service.cancel(run_id)})
+
+    return Starlette(
+        routes=[
+            Route("/api/health", health),
+            Route("/api/runs", submit, methods=["POST"]),
+            Route("/api/runs/{run_id}/resume", resume, methods=["POST"]),
+            Route("/api/runs/{run_id}/events", events),
+            Route("/api/runs/{run_id}/cancel", cancel, methods=["POST"]),
+        ]
+    )
