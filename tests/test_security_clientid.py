@@ -10,12 +10,14 @@ and paths substituted (tests/helpers/secure_broker.py).
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from coordinator.bus import Bus, BusOptions
 from coordinator.settings import CoordinatorSettings
 from coordinator.training.send import CommandSender
 from fedmq_runtime.settings import load_settings
@@ -107,9 +109,10 @@ def test_serve_and_train_run_side_by_side_on_their_own_accounts(
     prefix: str,
     broker_factory: Callable[..., Broker],
 ) -> None:
-    """`fedmq serve` and `fedmq train` are two processes: with client ids bound to
-    usernames they need two accounts, which `fedmq broker init` writes (the train account
-    may only publish train and cancel commands)."""
+    """A second coordinator-side client next to `fedmq serve` needs its own account with
+    client ids bound to usernames: `fedmq broker init` still writes the coordinator-train
+    account (publish train and cancel commands only). `fedmq train` itself no longer
+    connects to the broker (serve drives runs), so new deployments need not use it."""
     setup = secure_setup(tmp_path / "secure", SITES, prefix=prefix)
     b = broker_factory(config_text=setup.config_text)
     t = Topics(prefix)
@@ -120,6 +123,7 @@ def test_serve_and_train_run_side_by_side_on_their_own_accounts(
     coord.env = {"FEDMQ_MQTT__HOST": "localhost"}
     coord.start().wait_ready()
     sender: CommandSender | None = None
+    bus: Bus | None = None
     try:
         online = site_a.expect(lambda m: m.topic == t.coordinator_status())
         assert CoordinatorStatus.model_validate_json(online.payload).state == "online"
@@ -131,7 +135,13 @@ def test_serve_and_train_run_side_by_side_on_their_own_accounts(
         assert train.signing_key_file is not None
         from coordinator.admin.signing import load_private_key
 
-        sender = CommandSender(mqtt, load_private_key(train.signing_key_file), "fedmq-train")
+        bus = Bus(
+            mqtt,
+            queue.SimpleQueue(),
+            BusOptions("coordinator-train", session_expiry_s=0, announce=False),
+        )
+        bus.start()
+        sender = CommandSender(bus, load_private_key(train.signing_key_file))
         sender.start()
         for n in range(3):
             sender.cancel("site-a", f"job-{n}", "test")
@@ -145,4 +155,6 @@ def test_serve_and_train_run_side_by_side_on_their_own_accounts(
     finally:
         if sender is not None:
             sender.stop()
+        if bus is not None:
+            bus.stop()
         coord.stop()
