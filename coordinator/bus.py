@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -22,8 +21,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from fedmq_runtime.broker_connection import connection_options
+from fedmq_runtime.clock import now_ms
 from fedmq_runtime.settings import MqttSettings
-from schemas import CoordinatorStatus, Topics, encode, now_ms
+from schemas import CoordinatorStatus, Topics, encode
 
 __all__ = ["Bus", "BusOptions", "Inbound"]
 
@@ -53,7 +54,11 @@ class BusOptions:
 
 
 class Bus:
-    """Narrow MQTT interface: ``start``, ``subscribe``, ``publish``, ``ack``, ``stop``."""
+    """Narrow MQTT interface: ``start``, ``subscribe``, ``publish``, ``ack``, ``stop``.
+
+    Raises ``fedmq_runtime.settings.SettingsError`` at construction for credentials or TLS
+    settings that cannot work (``fedmq_runtime.broker_connection``).
+    """
 
     def __init__(
         self,
@@ -80,16 +85,11 @@ class Bus:
         )
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(1, 10)
-        if settings.username is not None:
-            self.client.username_pw_set(settings.username, settings.resolved_password())
-        if settings.tls:
-            self.client.tls_set(
-                ca_certs=str(settings.ca_file) if settings.ca_file else None,
-                certfile=str(settings.cert_file) if settings.cert_file else None,
-                keyfile=str(settings.key_file) if settings.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-            self.client.tls_insecure_set(settings.tls_insecure)
+        login = connection_options(settings)  # the site's bus applies the same
+        if login.username is not None:
+            self.client.username_pw_set(login.username, login.password)
+        if login.tls is not None:
+            self.client.tls_set_context(login.tls)
         if self.options.announce:
             self.client.will_set(
                 self.topics.coordinator_status(), self._status("offline"), qos=1, retain=True

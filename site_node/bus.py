@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import ssl
 import threading
 import time
@@ -27,6 +26,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from fedmq_runtime.backoff import Backoff
+from fedmq_runtime.broker_connection import connection_options
 from fedmq_runtime.settings import MqttSettings
 
 __all__ = [
@@ -92,27 +93,14 @@ def _make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
     client.connect_timeout = 5.0
     client.max_inflight_messages_set(65_000)  # our own window is the real bound
     client.max_queued_messages_set(0)
-    if settings.username is not None:
-        try:
-            password = settings.resolved_password()
-        except ValueError as exc:
-            raise BusError(str(exc)) from None
-        client.username_pw_set(settings.username, password)
-    if settings.tls:
-        try:
-            client.tls_set(
-                ca_certs=str(settings.ca_file) if settings.ca_file else None,
-                certfile=str(settings.cert_file) if settings.cert_file else None,
-                keyfile=str(settings.key_file) if settings.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise BusError(f"TLS setup failed (ca/cert/key files): {exc}") from None
-        if settings.tls_insecure:
-            log.warning("TLS hostname verification is DISABLED (mqtt.tls_insecure = true)")
-            client.tls_insecure_set(True)
-    elif settings.tls_insecure:
-        raise BusError("mqtt.tls_insecure is set but mqtt.tls is not")
+    try:
+        login = connection_options(settings)  # the coordinator's bus applies the same
+    except ValueError as exc:
+        raise BusError(str(exc)) from None
+    if login.username is not None:
+        client.username_pw_set(login.username, login.password)
+    if login.tls is not None:
+        client.tls_set_context(login.tls)
     return client
 
 
@@ -145,7 +133,7 @@ class SiteBus:
         self.inbound = inbound
         self.window = window
         self._will_factory = will_factory
-        self._backoff = (backoff_min_s, max(backoff_min_s, backoff_max_s))
+        self._backoff = Backoff(backoff_min_s, backoff_max_s)
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._cond = threading.Condition()
@@ -226,7 +214,6 @@ class SiteBus:
     # -- connection thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        attempt = 0
         while not self._stop.is_set():
             session, will_topic, will_payload = self._will_factory()
             client = _make_client(self.settings, self.client_id)
@@ -256,17 +243,11 @@ class SiteBus:
                 self._set_connected(False)
             accepted = self._connacked_at
             if accepted is not None and time.monotonic() - accepted >= STABLE_S:
-                attempt = 0  # the broker took us: the next outage starts from the minimum
-            delay = self._delay(attempt)
-            attempt += 1
+                self._backoff.reset()  # the broker took us: the next outage starts from min
+            delay = self._backoff.next_delay()
             if not self._stop.is_set():
                 log.info("reconnecting in %.1f s", delay)
             self._stop.wait(delay)
-
-    def _delay(self, attempt: int) -> float:
-        low, high = self._backoff
-        ceiling = min(high, low * 2.0**attempt)
-        return ceiling * (0.5 + 0.5 * random.random())
 
     def _set_connected(self, value: bool) -> None:
         with self._cond:

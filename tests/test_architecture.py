@@ -6,6 +6,8 @@ every module, lazy ones inside functions included, ``TYPE_CHECKING`` blocks too)
 - ``fedmq_runtime`` (shared run-time helpers) only those and ``schemas`` (and its ``cli``
   module click);
 - no import cycle between the project's modules;
+- one helper per job: the clock, backoff, rate limiter and broker login (credentials and
+  TLS) are each defined once and used by both sides;
 - no SQL in the coordinator outside ``coordinator/store/`` (a scan of string literals and
   ``execute`` calls, so a second store implementation replaces one package).
 """
@@ -236,3 +238,47 @@ def test_the_sql_scan_finds_sql() -> None:
     assert _SQL.search("SELECT 1 FROM sites LIMIT 1") and _SQL.search("PRAGMA synchronous")
     assert not _SQL.search("Select the sites that offer a task from the registrations.")
     assert not _SQL.search("CREATED")
+
+
+# Helpers that exist once: where each is defined, and the pattern of a copy elsewhere.
+# schemas keeps its own now_ms: the wire contract imports nothing of the project's.
+ONE_PLACE = {
+    "now_ms": (
+        {"fedmq_runtime.clock", "schemas.envelope"},
+        re.compile(r"def _?now_ms\b|time_ns\(\) // 1_000_000"),
+    ),
+    "backoff": (
+        {"fedmq_runtime.backoff"},
+        re.compile(r"class \w*Backoff\b|2\.0\s*\*\*\s*[\w.]*attempt"),
+    ),
+    "rate limiter": ({"fedmq_runtime.logs"}, re.compile(r"class \w*RateLimit\w*")),
+    # Each bus builds its paho client, but logs in only through
+    # fedmq_runtime.broker_connection (one set of TLS rules): no tls_set(...) of its own.
+    "broker login": (
+        {"fedmq_runtime.broker_connection"},
+        re.compile(r"\.tls_set\(|\.tls_insecure_set\(|ssl\.SSLContext\("),
+    ),
+}
+# Copies still in modules owned by the "one coordinator daemon" work: empty as they go.
+ONE_PLACE_ALLOWED = {
+    ("now_ms", "coordinator.store.training"),  # its own now_ms: use fedmq_runtime.clock
+    ("now_ms", "coordinator.ingest.liveness"),  # a lambda clock: use fedmq_runtime.clock
+}
+
+
+def test_each_shared_helper_is_defined_in_one_place() -> None:
+    found = {
+        (helper, m)
+        for helper, (homes, pattern) in ONE_PLACE.items()
+        for m, path in MODULES.items()
+        if m not in homes and pattern.search(path.read_text())
+    }
+    assert found - ONE_PLACE_ALLOWED == set()
+    assert ONE_PLACE_ALLOWED - found == set(), "fixed: remove it from ONE_PLACE_ALLOWED"
+
+
+def test_both_buses_log_in_through_the_shared_builder() -> None:
+    for bus in ("site_node.bus", "coordinator.bus"):
+        assert "fedmq_runtime.broker_connection" in GRAPH[bus], bus
+    for helper, (homes, pattern) in ONE_PLACE.items():
+        assert all(pattern.search(MODULES[m].read_text()) for m in homes), helper

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from schemas import now_ms
+from fedmq_runtime.clock import now_ms
 from site_node.cli.options import settings_from, site_options
 from site_node.outbox import read_stats
 from site_node.state import SiteState, pid_alive

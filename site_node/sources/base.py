@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+from fedmq_runtime.backoff import Backoff
+from fedmq_runtime.logs import RateLimitedLog
 from schemas import Sample, SensorSpec
 
+# Backoff and RateLimitedLog live in fedmq_runtime (the site's bus uses them too).
 __all__ = ["Backoff", "Emit", "EmitRow", "RateLimitedLog", "Source", "ThreadedSource"]
 
 log = logging.getLogger(__name__)
@@ -45,67 +47,6 @@ class Source(Protocol):
     def stats(self) -> dict[str, int]:
         """Counters (samples, malformed lines, reopens, ...)."""
         ...
-
-
-class Backoff:
-    """Exponential backoff with full jitter between ``base_s`` and ``max_s``.
-
-    ``next_delay()`` returns the wait before the next attempt and doubles the ceiling;
-    ``reset()`` after a success. ``rng`` is injectable so tests are deterministic.
-    """
-
-    def __init__(
-        self, base_s: float, max_s: float, rng: Callable[[], float] = random.random
-    ) -> None:
-        self.base_s = base_s
-        self.max_s = max(max_s, base_s)
-        self._rng = rng
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt: between half and all of the current ceiling."""
-        ceiling = min(self.max_s, self.base_s * (2.0**self._attempt))
-        self._attempt += 1
-        # Half fixed, half jitter: never zero (no hot loop), and sites that lost the same
-        # device at the same time do not retry in lock step.
-        return ceiling * (0.5 + 0.5 * self._rng())
-
-    def reset(self) -> None:
-        """Forget earlier failures."""
-        self._attempt = 0
-
-
-class RateLimitedLog:
-    """Logs a recurring problem at most once per ``interval_s`` per key, counting the rest."""
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        interval_s: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._logger = logger
-        self._interval_s = interval_s
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, level: int, key: str, msg: str, *args: object) -> bool:
-        """Log ``msg % args`` unless ``key`` was logged recently; True if it was logged."""
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval_s:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return False
-            self._last[key] = now
-            suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            self._logger.log(level, msg + " (%d similar suppressed)", *args, suppressed)
-        else:
-            self._logger.log(level, msg, *args)
-        return True
 
 
 class ThreadedSource:
