@@ -278,6 +278,10 @@ def train(
     db = Path(settings.db)
     token_at = token_file or token_path(db)
     token = read_token(token_at)
+    if token is None and token_file is None and not db.is_file():
+        click.echo(f"Error: no database at {db}: start the coordinator with "
+                   f"`fedmq serve --db {db}`", err=True)  # fmt: skip
+        sys.exit(EXIT["not_found"])
     if token is None:
         click.echo(f"Error: no API token at {token_at}: start `fedmq serve --db {db}` "
                    "(it writes one), or give --token-file", err=True)  # fmt: skip
