@@ -231,6 +231,22 @@ def test_no_sql_in_the_coordinator_outside_its_store() -> None:
     assert stale == set(), "no SQL left there: remove it from SQL_OUTSIDE_STORE_ALLOWED"
 
 
+def test_the_read_commands_reach_the_database_only_through_the_reader() -> None:
+    # One module opens the reader for every read command (coordinator.cli.output); the
+    # commands see a StoreReader, never a connection. train.py: the other engineer's, still
+    # opens one for the control API's URL (StoreReader.api_url is there for it); serve is
+    # the daemon that owns the writer side.
+    allowed = {"coordinator.cli.output", "coordinator.cli.train", "coordinator.cli.serve"}
+    bad = [
+        f"{m} imports {i}"
+        for m, imports in GRAPH.items()
+        if m.startswith("coordinator.cli.") and m not in allowed
+        for i in imports
+        if i == "sqlite3" or i.startswith("coordinator.store")
+    ]
+    assert bad == []
+
+
 def test_the_sql_scan_finds_sql() -> None:
     """Guard: the scan above would pass if it recognised nothing."""
     store = _sql_uses(REPO / "coordinator" / "store" / "__init__.py")

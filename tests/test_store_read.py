@@ -60,3 +60,36 @@ def test_ready_counts_and_registrations_as_models(tmp_path: Path) -> None:
     assert list(got) == ["a"]  # b never registered
     assert isinstance(got["a"], Registration) and got["a"] == reg
     conn.close()
+
+
+def test_training_read_commands_go_through_the_reader(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from coordinator.store.training import TrainDb
+
+    db = tmp_path / "c.db"
+    SqliteStore(db).close()
+    train = TrainDb(db)
+    train.put_run({"run_id": "r1", "task": "rul", "strategy": "fedavg", "rounds": 1,
+                   "min_sites": 1, "sites": json.dumps(["a"]), "state": "done",
+                   "created_at": 5})  # fmt: skip
+    train.put_round("r1", 1, state="aggregated", test_rmse=12.5, model_id="r1-r1")
+    weights = b"npz-bytes"
+    train.put_model({"model_id": "r1-r1", "run_id": "r1", "round": 1, "task": "rul",
+                     "created_at": 6, "sha256": hashlib.sha256(weights).hexdigest(),
+                     "size": len(weights), "n_sites": 1, "n_samples": 9,
+                     "weights": weights})  # fmt: skip
+    train.close()
+
+    [run] = json.loads(fedmq("runs", "--db", str(db), "--json").stdout)
+    assert (run["run_id"], run["aggregated"], run["test_rmse"]) == ("r1", 1, 12.5)
+    detail = json.loads(fedmq("run", "r1", "--db", str(db), "--json").stdout)
+    assert [r["round"] for r in detail["rounds"]] == [1]
+    assert fedmq("run", "nope", "--db", str(db), check=False).returncode == 3
+    [model] = json.loads(fedmq("models", "--db", str(db), "--json").stdout)
+    assert model["model_id"] == "r1-r1"
+    out = tmp_path / "m.npz"
+    fedmq("models", "export", "r1-r1", "--out", str(out), "--db", str(db))
+    assert out.read_bytes() == weights
+    assert json.loads(fedmq("jobs", "--db", str(db), "--json").stdout) == []

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from coordinator.cli.output import connect, db_option, echo_json, fmt_ts, table
-from coordinator.store.read import dead_letters as query
 
 __all__ = ["dead_letters"]
 
@@ -25,9 +24,9 @@ def dead_letters(db: Path, reason: str | None, limit: int, as_json: bool) -> Non
         fedmq dead-letters --limit 20
         fedmq dead-letters --reason site_mismatch --json
     """
-    conn = connect(db)
-    rows = query(conn, reason, limit)
-    conn.close()
+    reader = connect(db)
+    rows = reader.dead_letters(reason, limit)
+    reader.close()
     if as_json:
         echo_json(rows)
         return

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from coordinator.cli.output import connect, db_option, echo_json, fmt_ts, table
-from coordinator.store.read import events as query
 
 __all__ = ["events"]
 
@@ -25,9 +24,9 @@ def events(db: Path, site: str | None, limit: int, as_json: bool) -> None:
         fedmq events --site plant-a --limit 20
         fedmq events --json
     """
-    conn = connect(db)
-    rows = query(conn, site, limit)
-    conn.close()
+    reader = connect(db)
+    rows = reader.events(site, limit)
+    reader.close()
     if as_json:
         echo_json(rows)
         return

@@ -29,11 +29,9 @@ def jobs(db: Path, run_id: str | None, state: str | None, as_json: bool) -> None
         fedmq jobs --db fedmq.db
         fedmq jobs --run run-20250101-120000-ab12 --state pending_approval --json
     """
-    from coordinator.store.training_read import jobs as list_jobs
-
-    conn = connect(db)
-    rows = list_jobs(conn, run_id, state)
-    conn.close()
+    reader = connect(db)
+    rows = reader.jobs(run_id, state)
+    reader.close()
     if as_json:
         echo_json(rows)
         return

@@ -29,11 +29,9 @@ def models(ctx: click.Context, db: Path, run_id: str | None, as_json: bool) -> N
     """
     if ctx.invoked_subcommand is not None:
         return
-    from coordinator.store.training_read import models as list_models
-
-    conn = connect(db)
-    rows = list_models(conn, run_id)
-    conn.close()
+    reader = connect(db)
+    rows = reader.models(run_id)
+    reader.close()
     if as_json:
         echo_json(rows)
         return
@@ -60,15 +58,13 @@ def export(model_id: str, out: Path, db: Path) -> None:
     Example:
         fedmq models export run-20250101-120000-ab12-r5 --out model.npz
     """
-    from coordinator.store.training_read import model_blob
-
-    conn = connect(db)
+    reader = connect(db)
     try:
-        raw = model_blob(conn, model_id)
+        raw = reader.model_blob(model_id)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
-        conn.close()
+        reader.close()
     if raw is None:
         raise NotFound(f"no model {model_id!r} in {db} (see `fedmq models`)")
     out.write_bytes(raw)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from coordinator.store.read import DatabaseMissing, NotAFedmqDatabase, open_fedmq_db
+from coordinator.store.read import DatabaseMissing, NotAFedmqDatabase, SqliteReader, StoreReader
 from fedmq_runtime.cli import NotFound
 
 __all__ = ["ago", "connect", "db_option", "echo_json", "fmt_ts", "table"]
@@ -30,10 +29,10 @@ def db_option(fn: F) -> F:
     )(fn)
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path) -> StoreReader:
     """Open the database read-only or fail with one line that says how to start."""
     try:
-        return open_fedmq_db(path)
+        return SqliteReader.open(path)
     except DatabaseMissing:
         raise NotFound(
             f"no database at {path}: start the coordinator with `fedmq serve --db {path}`"

@@ -26,11 +26,9 @@ def run(run_id: str, db: Path, as_json: bool) -> None:
         fedmq run run-20250101-120000-ab12 --db fedmq.db
         fedmq run run-20250101-120000-ab12 --json
     """
-    from coordinator.store.training_read import run_detail
-
-    conn = connect(db)
-    detail = run_detail(conn, run_id)
-    conn.close()
+    reader = connect(db)
+    detail = reader.run_detail(run_id)
+    reader.close()
     if detail is None:
         raise NotFound(f"no run {run_id!r} in {db} (see `fedmq runs`)")
     if as_json:

@@ -25,11 +25,9 @@ def runs(db: Path, limit: int, as_json: bool) -> None:
         fedmq runs --db fedmq.db
         fedmq runs --json
     """
-    from coordinator.store.training_read import runs as list_runs
-
-    conn = connect(db)
-    rows = list_runs(conn, limit)
-    conn.close()
+    reader = connect(db)
+    rows = reader.runs(limit)
+    reader.close()
     if as_json:
         echo_json(rows)
         return

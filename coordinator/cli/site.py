@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from coordinator.cli.output import ago, connect, db_option, echo_json, fmt_ts, table
-from coordinator.store.read import site_detail
 from fedmq_runtime.cli import NotFound
 from fedmq_runtime.clock import now_ms
 
@@ -32,9 +31,9 @@ def site(site_id: str, db: Path, n_events: int, as_json: bool) -> None:
         fedmq site plant-a-line-3
         fedmq site plant-a-line-3 --events 50 --json
     """
-    conn = connect(db)
-    detail = site_detail(conn, site_id, n_events)
-    conn.close()
+    reader = connect(db)
+    detail = reader.site_detail(site_id, n_events)
+    reader.close()
     if detail is None:
         raise NotFound(f"no site {site_id!r} in {db}: see `fedmq sites --db {db}`")
     if as_json:

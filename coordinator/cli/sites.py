@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from coordinator.cli.output import ago, connect, db_option, echo_json, table
-from coordinator.store.read import sites as list_sites
 from fedmq_runtime.clock import now_ms
 
 __all__ = ["sites"]
@@ -19,10 +18,10 @@ _HEADER = ("SITE", "STATE", "LAST SEEN", "SESSION", "DEVICE", "OUTBOX", "TASKS",
 
 
 def _render(db: Path, state: str | None, as_json: bool, json_lines: bool = False) -> None:
-    conn = connect(db)
+    reader = connect(db)
     now = now_ms()
-    rows, info = list_sites(conn, state, now)
-    conn.close()
+    rows, info = reader.sites(state, now)
+    reader.close()
     if json_lines:  # --watch --json: one document per line, for a consumer to follow
         click.echo(json.dumps({"at": now, "coordinator": info, "sites": rows}, default=str))
         return

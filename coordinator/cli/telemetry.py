@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 
 from coordinator.cli.output import connect, db_option, echo_json, fmt_ts, table
-from coordinator.store.read import telemetry as query
 from fedmq_runtime.clock import now_ms
 
 __all__ = ["parse_since", "telemetry"]
@@ -62,10 +61,10 @@ def telemetry(
         fedmq telemetry plant-a --device press1 --sensor temp --since 1h
         fedmq telemetry plant-a --limit 100000 --csv > plant-a.csv
     """
-    conn = connect(db)
+    reader = connect(db)
     start = parse_since(since, now_ms()) if since else None
-    rows = query(conn, site_id, device, sensor, start, limit)
-    conn.close()
+    rows = reader.telemetry(site_id, device, sensor, start, limit)
+    reader.close()
     if as_json:
         echo_json(rows)
     elif as_csv:

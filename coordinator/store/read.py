@@ -1,8 +1,11 @@
-"""Read-only access to the coordinator database for the CLI.
+"""Read-only access to the coordinator database: the :class:`StoreReader` interface the
+read commands use, and its SQLite implementation :class:`SqliteReader`.
 
-Plain ``sqlite3`` on purpose: ``fedmq sites`` must answer in well under 0.3 s, and
-importing sqlite-utils alone takes ~0.5 s here (pydantic ~0.3 s). Works while ``serve``
-writes (WAL readers never block the writer) and when it is stopped.
+The writer side is :class:`coordinator.store.Store`; this is the reader side, a protocol
+of its own because a reader is another process that opens the database read-only. Plain
+``sqlite3`` on purpose: ``fedmq sites`` must answer in well under 0.3 s, and importing
+sqlite-utils alone takes ~0.5 s here (pydantic ~0.3 s). Works while ``serve`` writes (WAL
+readers never block the writer) and when it is stopped.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coordinator.ingest.liveness import evaluate
 from fedmq_runtime.clock import now_ms
@@ -22,6 +25,8 @@ __all__ = [
     "ALIVE_WINDOW_MS",
     "DatabaseMissing",
     "NotAFedmqDatabase",
+    "SqliteReader",
+    "StoreReader",
     "coordinator_info",
     "dead_letters",
     "events",
@@ -275,3 +280,115 @@ def registrations(conn: sqlite3.Connection) -> dict[str, Registration]:
         except ValidationError:
             continue
     return out
+
+
+class StoreReader(Protocol):
+    """What the read commands need from storage (see tests/test_store_reader.py)."""
+
+    def coordinator_info(self, now: int | None = None) -> dict[str, Any]: ...
+    def sites(
+        self, state: str | None = None, now: int | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
+    def site_detail(self, site: str, events_limit: int = 20) -> dict[str, Any] | None: ...
+    def telemetry(
+        self,
+        site: str,
+        device: str | None = None,
+        sensor: str | None = None,
+        since: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]: ...
+    def events(self, site: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def dead_letters(self, reason: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def telemetry_counts(self) -> dict[str, int]: ...
+    def registrations(self) -> dict[str, Registration]: ...
+    # The training tables (runs, rounds, jobs, models).
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]: ...
+    def run_detail(self, run_id: str) -> dict[str, Any] | None: ...
+    def jobs(self, run_id: str | None = None, state: str | None = None) -> list[dict[str, Any]]: ...
+    def models(self, run_id: str | None = None) -> list[dict[str, Any]]: ...
+    def model_blob(self, model_id: str) -> bytes | None: ...
+    def api_url(self) -> str | None: ...
+    def close(self) -> None: ...
+
+
+class SqliteReader:
+    """:class:`StoreReader` on one SQLite file, opened read-only."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path | str) -> SqliteReader:
+        """Raises DatabaseMissing or NotAFedmqDatabase (see :func:`open_fedmq_db`)."""
+        return cls(open_fedmq_db(path))
+
+    def coordinator_info(self, now: int | None = None) -> dict[str, Any]:
+        return coordinator_info(self._conn, now)
+
+    def sites(
+        self, state: str | None = None, now: int | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        rows, info = sites(self._conn, state, now)
+        return rows, info
+
+    def site_detail(self, site: str, events_limit: int = 20) -> dict[str, Any] | None:
+        detail: dict[str, Any] | None = site_detail(self._conn, site, events_limit)
+        return detail
+
+    def telemetry(
+        self,
+        site: str,
+        device: str | None = None,
+        sensor: str | None = None,
+        since: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        return telemetry(self._conn, site, device, sensor, since, limit)
+
+    def events(self, site: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return events(self._conn, site, limit)
+
+    def dead_letters(self, reason: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return dead_letters(self._conn, reason, limit)
+
+    def telemetry_counts(self) -> dict[str, int]:
+        return telemetry_counts(self._conn)
+
+    def registrations(self) -> dict[str, Registration]:
+        return registrations(self._conn)
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        from coordinator.store import training_read
+
+        return training_read.runs(self._conn, limit)
+
+    def run_detail(self, run_id: str) -> dict[str, Any] | None:
+        from coordinator.store import training_read
+
+        return training_read.run_detail(self._conn, run_id)
+
+    def jobs(self, run_id: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        from coordinator.store import training_read
+
+        return training_read.jobs(self._conn, run_id, state)
+
+    def models(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        from coordinator.store import training_read
+
+        return training_read.models(self._conn, run_id)
+
+    def model_blob(self, model_id: str) -> bytes | None:
+        """The model's npz bytes, sha256-verified (ValueError if they fail the check)."""
+        from coordinator.store import training_read
+
+        return training_read.model_blob(self._conn, model_id)
+
+    def api_url(self) -> str | None:
+        """The control API URL the database's ``fedmq serve`` announced, if any."""
+        from coordinator.store import training_read
+
+        return training_read.api_url(self._conn)
+
+    def close(self) -> None:
+        self._conn.close()
