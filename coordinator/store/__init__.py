@@ -1,8 +1,9 @@
 """The coordinator's database: a small :class:`Store` interface and its SQLite implementation.
 
-Schema and named migrations go through sqlite-utils; the hot insert path uses plain
-``sqlite3`` ``executemany`` (sqlite-utils ``insert_all`` measured ~3x slower, and it commits
-on its own, which would break our one-commit-per-batch rule). WAL with
+Named migrations are plain DDL (``migrations.py``; sqlite-utils only for one that asks
+for it); the hot insert path uses plain ``sqlite3`` ``executemany`` (sqlite-utils
+``insert_all`` measured ~3x slower, and it commits on its own, which would break our
+one-commit-per-batch rule). Readers in other processes use ``read.StoreReader``. WAL with
 ``synchronous=FULL``: anything the coordinator acks is on disk.
 
 A :class:`SqliteStore` is owned by one thread at a time (built in the main thread, then
