@@ -119,7 +119,10 @@ def test_rebirth_republishes_and_unsigned_train_is_refused(
     session = wait_connected(site)
     both = {t.status("site-a"), t.registration("site-a")}
     sub = mqtt_client().subscribe(t.status("site-a")).subscribe(t.registration("site-a"))
-    gather(sub, both, lambda m: m.retain)  # the retained copies
+    # The site's status and registration: retained copies if it announced before we
+    # subscribed, live ones (retain flag 0) if after: "connected" in its state file comes
+    # before its announcement, and on a loaded machine the gap is long.
+    gather(sub, both, lambda m: True)
     expires = now_ms() + 60_000
     rebirth = RebirthCommand(site="site-a", session=1, cmd_id=uuid.uuid4().hex, expires_at=expires)
     mqtt_client().publish(t.cmd("site-a", "rebirth"), encode(rebirth))
