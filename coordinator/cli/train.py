@@ -115,16 +115,18 @@ def _api_url(db: Path) -> str:
     import sqlite3
 
     from coordinator.cli.serve import DEFAULT_HTTP
-    from coordinator.store.training_read import api_url
+    from coordinator.store.read import DatabaseMissing, NotAFedmqDatabase, SqliteReader
 
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            url = api_url(conn)
-        finally:
-            conn.close()
+        reader = SqliteReader.open(db)
+    except (DatabaseMissing, NotAFedmqDatabase, sqlite3.Error):
+        return f"http://{DEFAULT_HTTP}"
+    try:
+        url = reader.api_url()
     except sqlite3.Error:
         url = None
+    finally:
+        reader.close()
     return url or f"http://{DEFAULT_HTTP}"
 
 

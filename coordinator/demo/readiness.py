@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.demo.procs import Child
-from coordinator.store.read import DatabaseMissing, open_db, sites
+from coordinator.store.read import DatabaseMissing, is_ready, open_db, sites
 
 __all__ = ["StartupFailed", "site_states", "wait_for_db", "wait_for_sites"]
 
@@ -31,14 +31,15 @@ def wait_for_db(db: Path, coordinator: Child, timeout: float) -> None:
             raise StartupFailed(f"the coordinator exited at start; see {coordinator.log}")
         try:
             conn = open_db(db)
+        except (DatabaseMissing, sqlite3.Error):
+            conn = None
+        if conn is not None:
             try:
-                conn.execute("SELECT 1 FROM sites LIMIT 1")
-                conn.execute("SELECT 1 FROM meta LIMIT 1")
-                return
+                if is_ready(conn):
+                    return
             finally:
                 conn.close()
-        except (DatabaseMissing, sqlite3.Error):
-            time.sleep(0.2)
+        time.sleep(0.2)
     raise StartupFailed(
         f"the coordinator did not open {db} within {timeout:.0f} s; see {coordinator.log}"
     )

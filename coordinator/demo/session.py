@@ -32,19 +32,18 @@ def inspect_commands(db: Path) -> list[str]:
 
 def telemetry_counts(db: Path) -> dict[str, int]:
     """Telemetry samples stored per site (read-only; empty when unreadable)."""
-    from coordinator.store.read import DatabaseMissing, open_db
+    from coordinator.store.read import DatabaseMissing, NotAFedmqDatabase, SqliteReader
 
     try:
-        conn = open_db(db)
-    except DatabaseMissing:
+        reader = SqliteReader.open(db)
+    except (DatabaseMissing, NotAFedmqDatabase):
         return {}
     try:
-        rows = conn.execute("SELECT site, count(*) FROM telemetry GROUP BY site").fetchall()
-        return {str(r[0]): int(r[1]) for r in rows}
+        return reader.telemetry_counts()
     except sqlite3.Error:
         return {}
     finally:
-        conn.close()
+        reader.close()
 
 
 class DemoSession:

@@ -33,6 +33,7 @@ __all__ = [
     "is_ready",
     "open_db",
     "open_fedmq_db",
+    "registration",
     "registrations",
     "site_detail",
     "sites",
@@ -266,20 +267,34 @@ def registrations(conn: sqlite3.Connection) -> dict[str, Registration]:
     stored registration was validated when it arrived; one that no longer validates (an
     older schema) is left out rather than failing every reader.
     """
+    rows = conn.execute(
+        "SELECT site, registration FROM sites WHERE registration IS NOT NULL ORDER BY site"
+    )
+    out: dict[str, Registration] = {}
+    for site, raw in rows.fetchall():
+        if (reg := _registration(raw)) is not None:
+            out[str(site)] = reg
+    return out
+
+
+def registration(conn: sqlite3.Connection, site: str) -> Registration | None:
+    """One site's registration as the wire model; None when it has none (or an invalid
+    one, as in :func:`registrations`)."""
+    row = conn.execute("SELECT registration FROM sites WHERE site = ?", (site,)).fetchone()
+    return None if row is None else _registration(row[0])
+
+
+def _registration(raw: str | bytes | None) -> Registration | None:
     from pydantic import ValidationError
 
     from schemas import Registration
 
-    out: dict[str, Registration] = {}
-    rows = conn.execute(
-        "SELECT site, registration FROM sites WHERE registration IS NOT NULL ORDER BY site"
-    )
-    for site, raw in rows.fetchall():
-        try:
-            out[str(site)] = Registration.model_validate_json(raw)
-        except ValidationError:
-            continue
-    return out
+    if not raw:
+        return None
+    try:
+        return Registration.model_validate_json(raw)
+    except ValidationError:
+        return None
 
 
 class StoreReader(Protocol):

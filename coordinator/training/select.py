@@ -1,14 +1,18 @@
 """Which sites take part in a round: live (as ``fedmq sites`` computes it) and advertising
-the task in their registration, with the code hash the sites agree on."""
+the task in their registration, with the code hash the sites agree on.
+
+Registrations are read back as :class:`schemas.Registration` models through the store's
+read side (``coordinator.store.read``), never as raw JSON.
+"""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from coordinator.store.read import registration, registrations
 from coordinator.store.read import sites as site_summaries
 
 __all__ = ["Offer", "choose_hash", "offers", "registered_rows"]
@@ -29,14 +33,12 @@ def offers(conn: sqlite3.Connection, task: str, only: Iterable[str] | None = Non
     summaries, _ = site_summaries(conn, state="online")
     live = {s["site"] for s in summaries}
     out = []
-    for row in conn.execute("SELECT site, registration FROM sites ORDER BY site"):
-        site, raw = row[0], row[1]
-        if site not in live or not raw or (wanted is not None and site not in wanted):
+    for site, reg in registrations(conn).items():
+        if site not in live or (wanted is not None and site not in wanted):
             continue
-        reg = json.loads(raw)
-        for offer in reg.get("tasks") or ():
-            if offer.get("name") == task and offer.get("code_hash"):
-                out.append(Offer(site, offer["code_hash"], reg.get("approval_mode", "auto")))
+        for offer in reg.tasks:
+            if offer.name == task:
+                out.append(Offer(site, offer.code_hash, reg.approval_mode))
                 break
     return out
 
@@ -61,16 +63,8 @@ def registered_rows(conn: sqlite3.Connection, site: str, task: str) -> int | Non
     A site describes each dataset as "<task> private rows"; when none names the task, its
     largest dataset bounds it. None when the site registered no datasets.
     """
-    row = conn.execute("SELECT registration FROM sites WHERE site = ?", (site,)).fetchone()
-    if row is None or not row[0]:
+    reg = registration(conn, site)
+    if reg is None or not reg.datasets:
         return None
-    datasets = [d for d in json.loads(row[0]).get("datasets") or () if isinstance(d, dict)]
-    sized: list[tuple[str, int]] = [
-        (str(d.get("description") or ""), d["rows"])
-        for d in datasets
-        if isinstance(d.get("rows"), int) and d["rows"] >= 0
-    ]
-    if not sized:
-        return None
-    for_task = [rows for desc, rows in sized if desc.split(" ", 1)[0] == task]
-    return max(for_task or [rows for _, rows in sized])
+    for_task = [d.rows for d in reg.datasets if d.description.split(" ", 1)[0] == task]
+    return max(for_task or [d.rows for d in reg.datasets])
