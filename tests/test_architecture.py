@@ -264,11 +264,6 @@ ONE_PLACE = {
         re.compile(r"\.tls_set\(|\.tls_insecure_set\(|ssl\.SSLContext\("),
     ),
 }
-# Copies still in modules owned by the "one coordinator daemon" work: empty as they go.
-ONE_PLACE_ALLOWED = {
-    ("now_ms", "coordinator.store.training"),  # its own now_ms: use fedmq_runtime.clock
-    ("now_ms", "coordinator.ingest.liveness"),  # a lambda clock: use fedmq_runtime.clock
-}
 
 
 def test_each_shared_helper_is_defined_in_one_place() -> None:
@@ -278,8 +273,7 @@ def test_each_shared_helper_is_defined_in_one_place() -> None:
         for m, path in MODULES.items()
         if m not in homes and pattern.search(path.read_text())
     }
-    assert found - ONE_PLACE_ALLOWED == set()
-    assert ONE_PLACE_ALLOWED - found == set(), "fixed: remove it from ONE_PLACE_ALLOWED"
+    assert found == set()
 
 
 def test_both_buses_log_in_through_the_shared_builder() -> None:

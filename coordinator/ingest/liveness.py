@@ -1,4 +1,4 @@
-"""Site liveness: online, stale or offline, per DESIGN.md.
+"""Site liveness: online, stale or offline (see docs/architecture.md, "Liveness").
 
 * online: retained status online and a heartbeat within ``PATIENCE x interval_s``;
 * stale: status online but heartbeats stopped (e.g. a dead bridge, a frozen process);
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from coordinator.store import EventRow, SiteRecord
+from fedmq_runtime.clock import now_ms
 
 __all__ = ["STATES", "LivenessChecker", "SiteLiveness", "evaluate"]
 
@@ -94,7 +94,7 @@ class LivenessChecker:
         self,
         tick: Callable[[int], None],
         interval_s: float = 0.5,
-        clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self.tick = tick
         self.interval_s = interval_s

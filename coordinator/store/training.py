@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.store.migrations import MIGRATIONS, Migration, apply_migrations
+from fedmq_runtime.clock import now_ms
 
+# now_ms: re-exported from fedmq_runtime.clock for the training modules that import it here.
 __all__ = ["TRAIN_MIGRATIONS", "JobRow", "TrainDb", "now_ms"]
 
 JOB_KINDS = ("job_status", "job_result", "result_chunk")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _m0001_tables(db: Any) -> None:
