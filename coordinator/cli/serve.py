@@ -8,7 +8,6 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -87,22 +86,12 @@ def serve(config: Path | None, print_config: bool, http: str, no_http: bool, **o
     sys.exit(run(settings, http=None if no_http else http))
 
 
-def run(
-    settings: Any,
-    stop: threading.Event | None = None,
-    extra_migrations: Iterable[Any] = (),
-    on_start: Callable[[Any, Any], None] | None = None,
-    http: str | None = None,
-) -> int:
+def run(settings: Any, stop: threading.Event | None = None, http: str | None = None) -> int:
     """Run until ``stop`` is set (or SIGTERM/SIGINT); return the exit code.
 
     Args:
         settings: a ``CoordinatorSettings``.
-        stop: set it to stop (tests, embedding).
-        extra_migrations: ``store.Migration`` items of other modules (e.g. training tables).
-        on_start: called as ``on_start(bus, ingestor)`` once both run, so another module
-            can ``bus.subscribe``/``bus.publish`` commands and ``ingestor.call(fn)`` to
-            read or write the store on the writer thread.
+        stop: set it to stop (embedding in a process of one's own).
         http: ``HOST:PORT`` of the control API (None: none; runs still resume).
     """
     from coordinator.bus import Bus, BusOptions
@@ -121,7 +110,7 @@ def run(
     from coordinator.training.service import TrainService
 
     try:
-        store = SqliteStore(settings.db, (*TRAIN_MIGRATIONS, *extra_migrations))
+        store = SqliteStore(settings.db, TRAIN_MIGRATIONS)
     except Exception as exc:  # sqlite3 errors: unwritable path, not a database, ...
         log.error("cannot open database %s: %s", settings.db, exc)
         return EXIT["error"]
@@ -146,8 +135,6 @@ def run(
     bus.subscribe(bus.topics.all_sites(), 1)
     bus.start()
     checker.start()
-    if on_start is not None:
-        on_start(bus, ingest)
     threading.Thread(
         target=_resume_runs, args=(bus, training, stop), name="resume-runs", daemon=True
     ).start()

@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from coordinator.bus import Inbound
@@ -200,12 +199,6 @@ class Ingestor:
         """Ask for a liveness pass (called by the :class:`LivenessChecker` thread)."""
         self.inbound.put(_Tick(now))
 
-    def call(self, fn: Callable[[Store], Any]) -> Future[Any]:
-        """Run ``fn(store)`` on the writer thread, committed with the next batch."""
-        fut: Future[Any] = Future()
-        self.inbound.put((fn, fut))
-        return fut
-
     def _run(self) -> None:
         while True:
             try:
@@ -287,9 +280,6 @@ class Ingestor:
 
     def _refuse(self, item: Any, exc: Exception) -> None:
         """Dead-letter one inbound message the store refused (and PUBACK it)."""
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Future):
-            item[1].set_exception(exc)
-            return
         if not isinstance(item, Inbound):
             return
         b = Batch()
@@ -306,17 +296,17 @@ class Ingestor:
 
     def _process(self, items: list[Any], offload: bool) -> None:
         """With a writer process, telemetry goes there first and the rest is decoded here
-        meanwhile; ticks and calls (which write) wait for its commit, as the writer
+        meanwhile; ticks (which write) wait for its commit, as the writer
         process must never wait for a lock this connection holds."""
         b = Batch()
         admitted: list[Inbound] = []
-        later: list[Any] = []
+        later: list[_Tick] = []
         now = time.monotonic()
         for item in items:
             if isinstance(item, Inbound):
                 if self._admit(item, b, now):
                     admitted.append(item)
-            elif isinstance(item, (_Tick, tuple)):
+            elif isinstance(item, _Tick):
                 later.append(item)
         sent: list[Inbound] = []
         if offload and self.writer is not None:
@@ -338,15 +328,8 @@ class Ingestor:
                     self._inbound(item, b)
                 else:
                     self._telemetry(stored, item.received_at, b)
-        for item in later:
-            if isinstance(item, _Tick):
-                self._tick(item.now, b)
-            else:
-                fn, fut = item
-                try:
-                    fut.set_result(fn(self.store))
-                except Exception as exc:
-                    fut.set_exception(exc)
+        for tick in later:
+            self._tick(tick.now, b)
         self._flush(b)
 
     def _offloads(self, topic: str) -> bool:
