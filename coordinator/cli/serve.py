@@ -67,6 +67,7 @@ def serve(config: Path | None, print_config: bool, http: str, no_http: bool, **o
         fedmq serve --config coordinator.toml --print-config
     """
     from coordinator.settings import CoordinatorSettings
+    from fedmq_runtime.cli import UsageError
     from fedmq_runtime.settings import SettingsError, load_settings, masked
 
     try:
@@ -83,7 +84,11 @@ def serve(config: Path | None, print_config: bool, http: str, no_http: bool, **o
             parse_bind(http)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-    sys.exit(run(settings, http=None if no_http else http))
+    try:
+        code = run(settings, http=None if no_http else http)
+    except SettingsError as exc:  # broker login (credentials, TLS files) that cannot work
+        raise UsageError(str(exc)) from None
+    sys.exit(code)
 
 
 def run(settings: Any, stop: threading.Event | None = None, http: str | None = None) -> int:
@@ -93,6 +98,10 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
         settings: a ``CoordinatorSettings``.
         stop: set it to stop (embedding in a process of one's own).
         http: ``HOST:PORT`` of the control API (None: none; runs still resume).
+
+    Raises:
+        SettingsError: broker credentials or TLS settings that cannot work (before
+            anything connects; the database is closed again).
     """
     from coordinator.bus import Bus, BusOptions
     from coordinator.cli import EXIT
@@ -100,6 +109,7 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
     from coordinator.ingest.liveness import LivenessChecker
     from coordinator.store import SqliteStore
     from fedmq_runtime.logs import setup_logging
+    from fedmq_runtime.settings import SettingsError
 
     setup_logging(settings.log_file, settings.log_format, settings.verbose)
     stop = stop or threading.Event()
@@ -120,7 +130,11 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
     options = BusOptions(
         settings.client_id, session, settings.session_expiry_s, settings.receive_maximum
     )
-    bus = Bus(settings.mqtt, inbound, options)
+    try:
+        bus = Bus(settings.mqtt, inbound, options)
+    except SettingsError:
+        store.close()
+        raise
     ingest = Ingestor(store, settings, session, bus.publish, bus.ack, inbound, sign=sign)
     checker = LivenessChecker(ingest.tick, settings.liveness_interval_s)
     training = TrainService(settings, bus, session)
