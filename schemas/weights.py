@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,7 +24,6 @@ __all__ = [
     "b64encode",
     "make_blob",
     "sha256_hex",
-    "split_chunks",
 ]
 
 DEFAULT_CHUNK_BYTES = 256 * 1024
@@ -81,11 +80,6 @@ def make_blob(raw: bytes, max_inline: int = DEFAULT_CHUNK_BYTES) -> tuple[Weight
         return WeightsBlob(size=len(raw), sha256=digest, data=b64encode(raw)), []
     parts = [b64encode(raw[i : i + max_inline]) for i in range(0, len(raw), max_inline)]
     return WeightsBlob(size=len(raw), sha256=digest, chunks=len(parts)), parts
-
-
-def split_chunks(raw: bytes, size: int) -> Iterator[bytes]:
-    for i in range(0, len(raw), size):
-        yield raw[i : i + size]
 
 
 def assemble(blob: WeightsBlob, chunks: Iterable[ChunkFields]) -> bytes:
