@@ -142,7 +142,7 @@ def test_three_sites_two_rounds_store_models_and_test_rmse(fed: Fed, tmp_path: P
     assert [r["state"] for r in run["rounds"]] == ["aggregated", "aggregated"]
     for r in run["rounds"]:
         assert r["n_results"] == 3 and sorted(r["selected"]) == ["a", "b", "c"]
-        assert 0 < r["test_rmse"] < 200 and r["metrics"]["rmse"] > 0
+        assert r["test_rmse"] is None and r["metrics"]["rmse"] > 0  # sites score, not serve
         assert r["wall_s"] >= r["job_time_max_s"] > 0
     models = fed.read("models", "--run", run_id)
     assert sorted(m["round"] for m in models) == [1, 2]

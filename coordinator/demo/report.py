@@ -50,7 +50,7 @@ def plot_learning_curve(rows: Sequence[RoundRow], path: Path, title: str) -> Pat
     try:
         for attr, label, marker in (
             ("val_rmse", "federated validation (sites' held-out engines)", "o"),
-            ("test_rmse", "FD001 test set (100 engines, coordinator)", "s"),
+            ("test_rmse", "FD001 test set (100 engines, scored by the site's model code)", "s"),
         ):
             points = [(r.round, getattr(r, attr)) for r in rows if getattr(r, attr) is not None]
             if points:

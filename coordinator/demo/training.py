@@ -4,19 +4,26 @@ API and followed on a worker thread, as ``fedmq train`` does.
 The run is followed on a thread so that Ctrl-C on the main thread can ask the daemon to
 cancel it (its ``stop`` event) and wait for the cancel to go out before the processes go
 down. Its events become a progress display: one status line per round, a line per closed
-round.
+round. Each aggregated round's model is scored on the FD001 test set by the site's code
+(``coordinator/demo/scoring.py``) before its line is shown.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from coordinator.demo.console import Console
 from coordinator.demo.report import RoundRow
+from coordinator.demo.scoring import TestSetScorer
 
-__all__ = ["RoundProgress", "TrainingThread", "round_row"]
+__all__ = ["SCORED_TASKS", "RoundProgress", "TrainingThread", "round_row"]
+
+# Tasks whose models the site scores on a shipped test set (`fedmq-site task evaluate`).
+SCORED_TASKS = frozenset({"cmapss-rul"})
 
 
 def _val_rmse(metrics: dict[str, Any]) -> float | None:
@@ -97,6 +104,8 @@ class TrainingThread:
         self.stop = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        db = Path(settings.db)
+        self.scorer = TestSetScorer(db, db.parent / "models", self.stop)
         self._thread = threading.Thread(target=self._run, name="demo-training", daemon=True)
 
     def _run(self) -> None:
@@ -138,7 +147,7 @@ class TrainingThread:
                 for data in page["events"]:
                     event = event_from_json(data)
                     if event is not None:
-                        self.progress(event)
+                        self.progress(self._scored(event))
                 after = page["next"]
                 out = page["outcome"]
                 if out is not None:
@@ -149,6 +158,18 @@ class TrainingThread:
             raise TrainError(str(out["error"]), str(out.get("code") or "error"))
         return RunResult(run_id, out["state"], out["reason"], out["model_id"], (),
                          bool(out["interrupted"]))  # fmt: skip
+
+    def _scored(self, event: Any) -> Any:
+        """A closed round's event with its model's test RMSE filled in (for the report)."""
+        if (
+            getattr(event, "kind", "") != "round_closed"
+            or event.state != "aggregated"
+            or not event.model_id
+            or self.spec.task not in SCORED_TASKS
+        ):
+            return event
+        rmse = self.scorer.rmse(self.spec.task, event.model_id)
+        return dataclasses.replace(event, test_rmse=rmse)
 
     def start(self) -> TrainingThread:
         self._thread.start()

@@ -247,8 +247,6 @@ class _Runner:
 
     def run(self, start: int, weights: bytes | None, note: str, resumed: bool = False) -> RunResult:
         spec = self.spec
-        if spec.task == "cmapss-rul":
-            import torch  # noqa: F401  (seconds to import: not inside the first round)
         closed: list[RoundClosed] = []
         try:
             self.sender.start()

@@ -103,7 +103,6 @@ def close_round(
         for job in jobs.values():
             job.arrays = None  # aggregated or not, the round is over
     metrics = weighted_metrics(results)
-    test_rmse = _test_rmse(spec, weights)
     model_id = f"{run_id}-r{rnd}"
     n_samples = sum(_samples(j) for j in results)
     db.put_model(
@@ -111,31 +110,17 @@ def close_round(
             "model_id": model_id, "run_id": run_id, "round": rnd, "task": spec.task,
             "created_at": now_ms(), "sha256": sha256_hex(weights), "size": len(weights),
             "n_sites": len(results), "n_samples": n_samples, "metrics": metrics,
-            "test_rmse": test_rmse, "weights": weights,
+            "test_rmse": None, "weights": weights,
         }
     )  # fmt: skip
     missing = describe_missing(jobs)
     wall = time.monotonic() - started
     db.put_round(
         run_id, rnd, state="aggregated", closed_at=now_ms(), reason=missing, model_id=model_id,
-        metrics=metrics, test_rmse=test_rmse, wall_s=wall, **common,
+        metrics=metrics, wall_s=wall, **common,
     )  # fmt: skip
-    log.info("run %s round %d: %d results, %s, test RMSE %s", run_id, rnd, len(results),
-             metrics, test_rmse)  # fmt: skip
+    log.info("run %s round %d: %d results, %s", run_id, rnd, len(results), metrics)
     return RoundClosed(
-        run_id, rnd, "aggregated", len(results), metrics, test_rmse, model_id, missing, wall,
+        run_id, rnd, "aggregated", len(results), metrics, None, model_id, missing, wall,
         job_time_max,
     )  # fmt: skip
-
-
-def _test_rmse(spec: TrainSpec, weights: bytes) -> float | None:
-    """FD001 test RMSE for ``cmapss-rul`` (None for other tasks or without the data)."""
-    if spec.task != "cmapss-rul":
-        return None
-    from coordinator.training.fd001_eval import fd001_test_rmse
-
-    try:
-        return fd001_test_rmse(weights, spec.eval_data_dir)["rmse"]
-    except (OSError, ValueError) as exc:
-        log.warning("FD001 test RMSE not computed: %s", exc)
-        return None

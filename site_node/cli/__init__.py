@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "jobs": "site_node.cli.jobs:jobs",
     "approve": "site_node.cli.decide:approve",
     "reject": "site_node.cli.decide:reject",
+    "task": "site_node.cli.task:task",
 }
 
 

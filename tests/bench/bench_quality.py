@@ -11,10 +11,11 @@ Federated: ``--rounds`` rounds of ``--local-epochs`` epochs per site from the gl
 with the round number passed to the task (its lr schedule decays over the run), FedAvg
 weighted by samples (``coordinator.training.aggregate``). Centralized: the same model from the same
 initial weights, trained on the union of the sites' engines for rounds x local-epochs
-epochs with the same per-epoch schedule. Both are scored by the coordinator's FD001 test
-RMSE (``coordinator.training.fd001_eval``, last window of each of the 100 test engines), side by
-side in one run. Target: federated RMSE <= 13.0 and <= 1.05 x centralized; exits 1 when
-missed. Hyperparameters default to the task's ``DEFAULTS``.
+epochs with the same per-epoch schedule. Both are scored by the task's FD001 test RMSE
+(``site_node.training.tasks.fd001_scoring``, last window of each of the 100 test engines;
+what ``fedmq-site task evaluate`` prints), side by side in one run. Target: federated RMSE
+<= 13.0 and <= 1.05 x centralized; exits 1 when missed. Hyperparameters default to the
+task's ``DEFAULTS``.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from coordinator.training.aggregate import fedavg
-from coordinator.training.fd001_eval import DEFAULT_DATA_DIR, fd001_test_rmse
 from site_node.training.tasks import get_task
+from site_node.training.tasks.fd001_scoring import DEFAULT_DATA_DIR, fd001_test_metrics
 
-# The packaged copies: training runs ship with the site, the test set with the coordinator.
+# The packaged copies: the training runs and the test set both ship with the site.
 TRAIN_FILE = Path(__file__).resolve().parents[2] / "site_node/data/cmapss_fd001/train_FD001.txt"
 TARGET_RMSE = 13.0
 TARGET_RATIO = 1.05
@@ -127,7 +128,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             results.append((w, n))
         ta = time.perf_counter()
         weights = fedavg(results)
-        per_round.append(fd001_test_rmse(weights, args.data_dir)["rmse"])
+        per_round.append(fd001_test_metrics(weights, args.data_dir)["rmse"])
         agg = time.perf_counter() - ta
         print(f"{rnd + 1:>5} {per_round[-1]:>9.2f} {jobs:>11.1f} {agg:>16.2f}", flush=True)
     fed_s = time.perf_counter() - t0
@@ -148,7 +149,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         {**hp, "epochs": args.rounds * epochs, "seed": args.seed, "round": 0},
     )
     cen_s = time.perf_counter() - t0
-    cen = fd001_test_rmse(cen_w, args.data_dir)["rmse"]
+    cen = fd001_test_metrics(cen_w, args.data_dir)["rmse"]
 
     ok = fed <= TARGET_RMSE and fed <= TARGET_RATIO * cen
     print()

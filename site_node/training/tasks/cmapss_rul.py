@@ -2,8 +2,9 @@
 
 RUL is capped at 125 cycles, inputs are 30-cycle windows of the 14 informative sensors,
 min-max scaled with fixed constants taken from the whole FD001 training set, so every
-site and the coordinator (``coordinator/training/fd001_eval.py`` keeps a copy of the model) scale
-identically without seeing anyone else's data. Data: Saxena et al., PHM08 (NASA).
+site scales identically without seeing anyone else's data (and ``fd001_scoring.py`` scores
+a model on the FD001 test set with the same model and constants). Data: Saxena et al.,
+PHM08 (NASA).
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ class Task:
     version: str
     module: str
     files: tuple[str, ...] = field(default=())
+    # Module scoring a model on the task's public test set (not part of the code hash: it
+    # never touches a site's private data); "" when the task has none.
+    test_scoring: str = ""
 
     @cached_property
     def code_hash(self) -> str:
@@ -75,6 +78,22 @@ class Task:
         """Metrics of ``weights`` on the local validation split."""
         return self.impl.evaluate(weights, data)
 
+    @property
+    def has_test_set(self) -> bool:
+        return bool(self.test_scoring)
+
+    def score_test_set(self, weights: bytes) -> dict[str, float]:
+        """Metrics of ``weights`` on the task's shipped public test set (``rmse``, ``n``, ...).
+
+        Raises:
+            LookupError: the task ships no test set.
+            OSError, ValueError: missing test files, or weights that do not fit the model.
+        """
+        if not self.test_scoring:
+            raise LookupError(f"task {self.name!r} ships no test set")
+        module = importlib.import_module(f"site_node.training.tasks.{self.test_scoring}")
+        return dict(module.score(weights))
+
     def initial_weights(self, seed: int = 0) -> bytes:
         """Freshly initialised model weights (npz), the same for a given seed."""
         return self.impl.initial_weights(seed)
@@ -83,7 +102,13 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task(name="cmapss-rul", version="1.0", module="cmapss_rul", files=_SHARED),
+        Task(
+            name="cmapss-rul",
+            version="1.0",
+            module="cmapss_rul",
+            files=_SHARED,
+            test_scoring="fd001_scoring",
+        ),
         Task(name="ai4i-failure", version="1.0", module="ai4i_failure", files=_SHARED),
     )
 }
