@@ -57,8 +57,12 @@ class Coordinator:
         self.proc = subprocess.Popen([*FEDMQ, *args], stdout=out, stderr=out, cwd=self.cwd, env=env)
         return self
 
-    def wait_ready(self, timeout: float = 20) -> Coordinator:
-        """Until the database answers ``fedmq sites`` (created and migrated)."""
+    def wait_ready(self, timeout: float = 30) -> Coordinator:
+        """Until the database answers ``fedmq sites`` (created and migrated) and, on a
+        broker a test client can reach without credentials, serve is subscribed: it
+        subscribes before it publishes its retained online status on each connection, so
+        that status with this run's session means nothing published from now on is missed.
+        """
 
         def ready() -> bool:
             assert self.alive(), f"fedmq serve exited: {self.log_text()[-2000:]}"
@@ -68,7 +72,47 @@ class Coordinator:
             )
 
         wait_until(ready, timeout, "fedmq serve ready", step=0.2)
+        self._wait_subscribed(timeout)
         return self
+
+    def _wait_subscribed(self, timeout: float) -> None:
+        import sqlite3
+
+        from tests.helpers.mqtt import TestClient
+
+        client = TestClient(self.port)
+        try:
+            client.connect(timeout=5)
+        except Exception:  # a secured broker: the tests using it wait on their own terms
+            client.close()
+            return
+        if getattr(client.connect_rc, "is_failure", False):
+            client.close()
+            return
+
+        def session() -> int:
+            conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'session'").fetchone()
+            finally:
+                conn.close()
+            return int(row[0]) if row else 0
+
+        try:
+            client.subscribe(f"{self.prefix}/coordinator/status")
+
+            def online(m: Any) -> bool:
+                try:
+                    body = json.loads(m.payload)
+                except ValueError:
+                    return False
+                # serve counts its session before it connects: read it when the status
+                # arrives, not before (a fresh database may not have counted it yet).
+                return body.get("state") == "online" and body.get("session") == session()
+
+            client.expect(online, timeout=timeout)
+        finally:
+            client.close()
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
