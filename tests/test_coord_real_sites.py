@@ -7,7 +7,6 @@ coordinator database exactly once, sample by sample.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,19 +16,10 @@ import pytest
 from site_node.outbox_store import read_stats
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import Coordinator, sites_json, wait_until
+from tests.helpers.db import query
 from tests.helpers.site_proc import SiteProc, make_site_fixture  # noqa: F401 (fixture)
 
 ROWS = 6_000  # counter-file rows per site: samples 0..ROWS-1, 10 per message
-
-
-def _stored(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
 
 
 @pytest.mark.slow
@@ -54,25 +44,25 @@ def test_real_sites_coordinator_kill9_mid_stream_every_sample_once(
             "3 real sites online",
             step=0.3,
         )
-        wait_until(lambda: _stored(db, "SELECT count(*) FROM messages")[0][0] >= 300, 60, "300")
+        wait_until(lambda: query(db, "SELECT count(*) FROM messages")[0][0] >= 300, 60, "300")
         coord.kill()
-        at_kill = _stored(db, "SELECT count(*) FROM telemetry")[0][0]
+        at_kill = query(db, "SELECT count(*) FROM telemetry")[0][0]
         assert at_kill < len(names) * ROWS, "streams ended before the kill: test is void"
         time.sleep(1.0)
         coord = Coordinator(db, own_broker.port, prefix).start()
 
         def done(name: str) -> bool:
             st = read_stats(sites[name].data_dir / "outbox.db")
-            n = _stored(db, "SELECT count(*) FROM telemetry WHERE site = ?", name)
+            n = query(db, "SELECT count(*) FROM telemetry WHERE site = ?", name)
             return st.depth == 0 and st.last_acked == st.last_seq and bool(n) and n[0][0] == ROWS
 
         wait_until(lambda: all(done(n) for n in names), 120, "every site drained", step=0.5)
         for name, site in sites.items():
             st = read_stats(site.data_dir / "outbox.db")
             assert st.dropped == 0
-            values = _stored(db, "SELECT value FROM telemetry WHERE site = ? ORDER BY value", name)
+            values = query(db, "SELECT value FROM telemetry WHERE site = ? ORDER BY value", name)
             assert [v for (v,) in values] == [float(i) for i in range(ROWS)]  # once each
-            seqs = _stored(db, "SELECT seq FROM messages WHERE site = ? ORDER BY seq", name)
+            seqs = query(db, "SELECT seq FROM messages WHERE site = ? ORDER BY seq", name)
             assert [s for (s,) in seqs] == list(range(1, st.last_seq + 1))
         # And liveness with the real daemon: kill -9 one site -> offline (its Will).
         sites["real-2"].kill()

@@ -7,29 +7,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import Coordinator, fedmq, sites_json, wait_until
+from tests.helpers.db import query
 from tests.helpers.site_proc import SiteProc, make_site_fixture  # noqa: F401 (fixture)
 
 ROWS = 600
 
 
-def _rows(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
-
-
 def _values(db: Path, epoch: str) -> list[float]:
-    rows = _rows(db, "SELECT value FROM telemetry WHERE site = 'wiped' AND epoch = ?", epoch)
+    rows = query(db, "SELECT value FROM telemetry WHERE site = 'wiped' AND epoch = ?", epoch)
     return sorted(float(v) for (v,) in rows)  # type: ignore[arg-type]
 
 
@@ -42,17 +32,17 @@ def test_wiped_site_restarts_its_stream_and_nothing_is_lost_or_merged(
         coord.wait_ready()
         first = make_site(own_broker.port, prefix, site_id="wiped", rate_hz=100.0, rows=ROWS)
         wait_until(lambda: sites_json(db).get("wiped", {}).get("state") == "online", 60, "up")
-        wait_until(lambda: len(_rows(db, "SELECT 1 FROM telemetry")) >= 150, 60, "150 stored")
+        wait_until(lambda: len(query(db, "SELECT 1 FROM telemetry")) >= 150, 60, "150 stored")
         first.kill()  # mid-stream: then the data directory is lost
-        [(old_epoch, old_session)] = _rows(db, "SELECT epoch, session FROM sites")
+        [(old_epoch, old_session)] = query(db, "SELECT epoch, session FROM sites")
         assert old_epoch, "the site sent no epoch"
         shutil.rmtree(first.data_dir)
         stored_old = _values(db, str(old_epoch))
         assert len(stored_old) < ROWS, "the first stream ended before the wipe: test is void"
 
         second = make_site(own_broker.port, prefix, site_id="wiped", rate_hz=400.0, rows=ROWS)
-        wait_until(lambda: len(_rows(db, "SELECT DISTINCT epoch FROM messages")) == 2, 60, "2")
-        [(new_epoch,)] = _rows(db, "SELECT epoch FROM sites")
+        wait_until(lambda: len(query(db, "SELECT DISTINCT epoch FROM messages")) == 2, 60, "2")
+        [(new_epoch,)] = query(db, "SELECT epoch FROM sites")
         assert new_epoch != old_epoch
         # The new stream's seq 1.. are new data, not "duplicates" of the old stream's.
         wait_until(lambda: len(_values(db, str(new_epoch))) >= ROWS, 120, "new stream stored")
@@ -62,11 +52,11 @@ def test_wiped_site_restarts_its_stream_and_nothing_is_lost_or_merged(
         final_old = _values(db, str(old_epoch))
         assert final_old[: len(stored_old)] == stored_old
         assert final_old == [float(i) for i in range(len(final_old))]
-        seqs = _rows(db, "SELECT seq FROM messages WHERE epoch = ? ORDER BY seq", new_epoch)
+        seqs = query(db, "SELECT seq FROM messages WHERE epoch = ? ORDER BY seq", new_epoch)
         assert seqs[0] == (1,)
         # Session 1 again after session >= 1 before: online, not "late session ignored".
         wait_until(lambda: sites_json(db)["wiped"]["state"] == "online", 30, "online again")
-        assert int(_rows(db, "SELECT session FROM sites")[0][0]) <= int(old_session)  # type: ignore[call-overload]
+        assert int(query(db, "SELECT session FROM sites")[0][0]) <= int(old_session)  # type: ignore[call-overload]
         events = json.loads(fedmq("events", "--db", str(db), "--json").stdout)
         restarts = [e for e in events if e["event"] == "stream_restarted"]
         assert len(restarts) == 1 and "re-imaged" in restarts[0]["reason"]

@@ -7,7 +7,6 @@ Real Mosquitto, real ``fedmq serve`` subprocess, fake training sites (no syft)."
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import threading
 import uuid
@@ -20,6 +19,7 @@ from coordinator.admin.signing import generate_keypair
 from coordinator.training.aggregate import dump_npz, load_npz
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import FEDMQ, REPO, Coordinator, fedmq, sites_json, wait_until
+from tests.helpers.db import query
 from tests.helpers.fake_trainer import FakeTrainer
 
 TASK, CODE_HASH = "toy", "c" * 64
@@ -31,16 +31,6 @@ def _delta(delta: float) -> Any:
         return dump_npz({k: v + np.float32(delta) for k, v in base.items()}), 100
 
     return answer
-
-
-def _query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
 
 
 def test_kill_9_mid_round_then_start_again_finishes_the_run_counting_each_result_once(
@@ -77,17 +67,17 @@ def test_kill_9_mid_round_then_start_again_finishes_the_run_counting_each_result
         reader.start()
         # Mid-round: round 2 open, and at least one of its results already stored.
         wait_until(
-            lambda: _query(
+            lambda: query(
                 db,
                 "SELECT 1 FROM messages m JOIN train_jobs j ON m.job_id = j.job_id "
                 "WHERE j.round = 2 AND m.kind = 'job_result'",
             )
-            and _query(db, "SELECT 1 FROM rounds WHERE round = 2 AND state = 'open'"),
+            and query(db, "SELECT 1 FROM rounds WHERE round = 2 AND state = 'open'"),
             60, "round 2 open with a result stored",
         )  # fmt: skip
         serve.kill()  # kill -9
-        (run_id,) = _query(db, "SELECT run_id FROM runs")[0]
-        assert _query(db, "SELECT state FROM runs") == [("running",)]
+        (run_id,) = query(db, "SELECT run_id FROM runs")[0]
+        assert query(db, "SELECT state FROM runs") == [("running",)]
         serve.start().wait_ready(60)  # the same command again, nothing else
         assert train.wait(180) == 0, (train.stderr.read() if train.stderr else "")[-3000:]
         reader.join(10)
@@ -105,12 +95,12 @@ def test_kill_9_mid_round_then_start_again_finishes_the_run_counting_each_result
         (1, "aggregated", 3), (2, "aggregated", 3), (3, "aggregated", 3),
     ]  # fmt: skip
     # Each round's model counts each site's result once: 100 samples x 3 sites...
-    assert [n for (n,) in _query(db, "SELECT n_samples FROM models ORDER BY round")] == [300] * 3
+    assert [n for (n,) in query(db, "SELECT n_samples FROM models ORDER BY round")] == [300] * 3
     # ... and moves the model by exactly the mean delta (1 + 2 + 3) / 3 = 2 per round.
     out = tmp_path / "m.npz"
     fedmq("models", "export", f"{run_id}-r3", "--out", str(out), "--db", str(db))
     np.testing.assert_allclose(load_npz(out.read_bytes())["w"], np.full((4, 3), 6.0), rtol=1e-6)
-    jobs = _query(db, "SELECT round, site, state, late FROM train_jobs WHERE run_id = ?", run_id)
+    jobs = query(db, "SELECT round, site, state, late FROM train_jobs WHERE run_id = ?", run_id)
     for rnd in (1, 2, 3):
         counted = sorted(site for r, site, state, late in jobs if r == rnd and not late)
         assert counted == sorted(ids), (rnd, jobs)
