@@ -52,7 +52,11 @@ from coordinator.training.send import CommandSender, load_key
 from coordinator.training.vet import exclude_minority, vet_result
 from coordinator.training.weights_check import ArraySpec, read_signature
 
-__all__ = ["Link", "new_run_id", "resume_training", "run_training"]
+__all__ = ["RESUME_REJOIN_S", "Link", "new_run_id", "resume_training", "run_training"]
+
+RESUME_REJOIN_S = 30.0
+"""After a resume, how long the first round waits for every run site to be live again
+(it starts as soon as all are; ``--rejoin-wait`` raises it)."""
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +230,7 @@ class _Runner:
         self.inbox = TrainInbox()
         self.stragglers: set[str] = set()  # jobs unanswered when their round closed
         self.round = 0
+        self._rejoin_grace_s = 0.0  # set by a resume: see _participants
         self.expected: dict[str, ArraySpec] | None = None  # the round's model's arrays
         self.sender = CommandSender(link.bus, key, link.session)
         self._abandon: list[JobTrack] = []
@@ -248,6 +253,8 @@ class _Runner:
     def run(self, start: int, weights: bytes | None, note: str, resumed: bool = False) -> RunResult:
         spec = self.spec
         closed: list[RoundClosed] = []
+        if resumed:
+            self._rejoin_grace_s = RESUME_REJOIN_S
         try:
             self.sender.start()
             self.emit(
@@ -315,7 +322,10 @@ class _Runner:
         """Run sites live now with the run's code hash (waiting ``rejoin_wait_s`` for all)."""
         if rnd == 1:
             return list(self.sites)
-        deadline = time.monotonic() + self.spec.rejoin_wait_s
+        # Right after a restart of the daemon the sites' queued heartbeats are not read yet:
+        # they look stale for a moment although they never went away.
+        wait_s, self._rejoin_grace_s = max(self.spec.rejoin_wait_s, self._rejoin_grace_s), 0.0
+        deadline = time.monotonic() + wait_s
         while True:
             found = offers(self.db.conn, self.spec.task, self.sites)
             live = [o.site for o in found if o.code_hash == self.code_hash]
