@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 
 from tests.helpers.broker import free_port
 
@@ -38,11 +39,18 @@ class StallProxy:
         return self
 
     def stall(self) -> None:
-        """Stop forwarding (connections stay open)."""
-        self._loop.call_soon_threadsafe(self._flowing.clear)
+        """Stop forwarding (connections stay open); returns once the loop applied it."""
+        self._apply(self._flowing.clear)
 
     def resume(self) -> None:
-        self._loop.call_soon_threadsafe(self._flowing.set)
+        """Forward again; returns once the loop applied it."""
+        self._apply(self._flowing.set)
+
+    def _apply(self, change: Callable[[], None]) -> None:
+        async def run() -> None:
+            change()
+
+        asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
 
     def close(self) -> None:
         if not self._thread.is_alive():
