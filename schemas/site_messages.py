@@ -126,3 +126,8 @@ class Heartbeat(Envelope):
     samples_dropped: int = Field(default=0, ge=0, le=INT63_MAX)
     # Why the outbox cannot store right now (e.g. "disk full"); None when healthy.
     outbox_error: str | None = Field(default=None, max_length=200)
+    # A training site's worker process: "stopped" (its memory returned to the machine),
+    # "starting", "idle" (warm) or "busy"; its resident memory while it runs. None on a
+    # site without training.
+    worker_state: Literal["stopped", "starting", "idle", "busy"] | None = None
+    worker_rss_mb: float | None = Field(default=None, ge=0, le=10_000_000)
