@@ -53,6 +53,14 @@ class TrainingSettings(BaseModel):
     # Chunks buffered for commands not seen yet (a flood of unsigned chunks is bounded).
     max_buffered_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     max_concurrent_jobs: int = Field(default=1, ge=1, le=1)
+    # The training worker process (site_node.training.worker): stopped after this many
+    # seconds without work, so its memory returns to the machine; a job whose worker
+    # grows past memory_limit_mb fails ("memory limit N MB reached"; None: half the RAM,
+    # at most 2048); its nice level and torch/OpenMP threads (None: half the cores).
+    worker_idle_s: float = Field(default=180.0, gt=0, le=7 * 24 * 3600)
+    memory_limit_mb: int | None = Field(default=None, ge=128, le=10_000_000)
+    nice: int = Field(default=10, ge=0, le=19)
+    threads: int | None = Field(default=None, ge=1, le=1024)
     # "running" statuses carry progress at most this often.
     progress_interval_s: float = Field(default=2.0, gt=0)
     # Refusal reports (unsigned, forged, expired, replayed commands) per minute; more are
