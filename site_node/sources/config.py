@@ -94,6 +94,11 @@ def _check_columns(
 class _Device(BaseModel):
     model_config = _strict
     name: DeviceName
+    # What leaves the site (site_node/history): every sample (raw), per-sensor
+    # min/mean/max/count over summary_window_s (summary), or nothing (none: local history
+    # and training only).
+    publish: Literal["raw", "summary", "none"] = "raw"
+    summary_window_s: float = Field(default=60.0, ge=1.0, le=86_400)
 
 
 class SerialDeviceConfig(_Device):
