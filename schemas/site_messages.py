@@ -70,6 +70,11 @@ class TelemetryDevice(BaseModel):
     device: Level
     source: Literal["serial", "system", "file"]
     sensors: tuple[SensorSpec, ...] = ()
+    # What the site publishes of the device: every sample (raw), window aggregates as
+    # sensors <name>.min/.mean/.max/.count stamped at each window's end (summary), or
+    # nothing (none: kept in the site's local history only; sensors then stay empty).
+    publish: Literal["raw", "summary", "none"] = "raw"
+    summary_window_s: float | None = Field(default=None, gt=0)
 
 
 class TaskOffer(BaseModel):
