@@ -43,7 +43,7 @@ from site_node.command_guard import CommandGuard, CommandRefused, load_public_ke
 from site_node.heartbeat import HeartbeatSender
 from site_node.outbox import Outbox
 from site_node.settings import SiteSettings
-from site_node.sources import Source, build_source
+from site_node.sources import Source, SplitSource, build_source
 from site_node.state import SiteState
 
 __all__ = ["TRAINING_EXTENSION", "CommandHandler", "RefusalHandler", "SiteDaemon"]
@@ -83,6 +83,10 @@ class SiteDaemon:
         self.outbox = Outbox(settings.outbox_path, settings.outbox, self.bus)
         self.sources: list[Source] = [build_source(cfg) for cfg in settings.devices]
         self._device_sources = {cfg.name: cfg.source for cfg in settings.devices}
+        # Devices whose samples carry recorded times: their telemetry is flagged historical
+        # (a split source's devices are added as it finds them).
+        self._historical = {s.device for s in self.sources if getattr(s, "historical", False)}
+        self._announce_due = threading.Event()
         self.batcher = Batcher(
             self._flush_batch, settings.batch_max_samples, settings.batch_max_wait_s
         )
@@ -173,11 +177,12 @@ class SiteDaemon:
         )
         telemetry = tuple(
             TelemetryDevice(
-                device=src.device,
+                device=device,
                 source=self._device_sources[src.device],  # type: ignore[arg-type]
                 sensors=src.sensors(),
             )
             for src in self.sources
+            for device in (src.devices() if isinstance(src, SplitSource) else (src.device,))
         )
         payload = lifecycle.registration(
             s, self.session, seq, telemetry, self._tasks(), epoch=self.epoch
@@ -215,6 +220,8 @@ class SiteDaemon:
         self.outbox.start()
         self.bus.start()
         for src in self.sources:
+            if isinstance(src, SplitSource):
+                src.route(self._row_emitter, self._device_found(src))
             src.start(self._emitter(src.device), self._row_emitter(src.device))
         self.heartbeat.start()
         log.info("site %s running with %d device(s)", self.site_id, len(self.sources))
@@ -278,6 +285,23 @@ class SiteDaemon:
             module, _, attr = target.partition(":")
             getattr(importlib.import_module(module), attr)(self)
 
+    def _device_found(self, src: SplitSource) -> Callable[[str], None]:
+        """A split source found a new device: re-announce the registration once soon."""
+
+        def found(device: str) -> None:
+            if src.historical:
+                self._historical.add(device)
+            if not self._announce_due.is_set():
+                self._announce_due.set()
+                self.call_soon(self._reannounce)
+
+        return found
+
+    def _reannounce(self) -> None:
+        self._announce_due.clear()
+        if self.bus.connected:
+            self.announce()
+
     def _emitter(self, device: str) -> Callable[[Sample], None]:
         add = self.batcher.add
         return lambda sample: add(device, sample)
@@ -288,10 +312,16 @@ class SiteDaemon:
 
     def _flush_batch(self, device: str, samples: list[Sample]) -> None:
         site, session = self.site_id, self.session
+        historical = device in self._historical
         self.send_samples(
             self.topics.telemetry(site, device),
             lambda seq: TelemetryBatch(
-                site=site, session=session, seq=seq, device=device, samples=tuple(samples)
+                site=site,
+                session=session,
+                seq=seq,
+                device=device,
+                samples=tuple(samples),
+                historical=historical,
             ),
             len(samples),
         )

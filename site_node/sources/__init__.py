@@ -77,6 +77,7 @@ from site_node.sources.base import (
     EmitRow,
     RateLimitedLog,
     Source,
+    SplitSource,
     ThreadedSource,
 )
 from site_node.sources.config import (
@@ -105,6 +106,7 @@ __all__ = [
     "RateLimitedLog",
     "SerialDeviceConfig",
     "Source",
+    "SplitSource",
     "SystemDeviceConfig",
     "ThreadedSource",
     "build_source",

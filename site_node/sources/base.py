@@ -13,7 +13,15 @@ from fedmq_runtime.logs import RateLimitedLog
 from schemas import Sample, SensorSpec
 
 # Backoff and RateLimitedLog live in fedmq_runtime (the site's bus uses them too).
-__all__ = ["Backoff", "Emit", "EmitRow", "RateLimitedLog", "Source", "ThreadedSource"]
+__all__ = [
+    "Backoff",
+    "Emit",
+    "EmitRow",
+    "RateLimitedLog",
+    "Source",
+    "SplitSource",
+    "ThreadedSource",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,29 @@ class Source(Protocol):
         ...
 
 
+@runtime_checkable
+class SplitSource(Protocol):
+    """A source whose readings belong to devices it finds at run time (a file's
+    ``device_column``): before ``start`` the daemon calls ``route`` with ``emit_for``
+    (device -> its row emitter) and ``on_new_device`` (called on the reader thread before
+    the first row of each new device, e.g. to re-announce the registration).
+    ``devices()`` lists the devices found so far; the source's own ``device`` is only the
+    prefix of their names and never a topic."""
+
+    device: str
+    historical: bool
+
+    def devices(self) -> tuple[str, ...]:
+        """The devices found so far, in order of appearance."""
+        ...
+
+    def route(
+        self, emit_for: Callable[[str], EmitRow], on_new_device: Callable[[str], None]
+    ) -> None:
+        """Where rows of each device go; call before ``start``."""
+        ...
+
+
 class ThreadedSource:
     """Skeleton of a source: a daemon thread running ``_run`` until ``stop()``.
 
@@ -56,7 +87,12 @@ class ThreadedSource:
     of sleeping) and hand each reading's samples to ``self._emit_row`` (or single samples
     to ``self._emit_sample``), which counts them and keeps a failing callback from killing
     the reader.
+
+    ``historical`` is True for a source whose samples carry recorded times (a file with a
+    timestamp column): the daemon flags its telemetry historical.
     """
+
+    historical: bool = False
 
     def __init__(
         self,
@@ -146,19 +182,26 @@ class ThreadedSource:
             return
         self._count("samples")
 
-    def _emit_row(self, samples: Sequence[Sample]) -> None:
-        """Emit one reading's samples together (one call when the daemon batches rows)."""
+    def _emit_row(self, samples: Sequence[Sample], target: EmitRow | None = None) -> None:
+        """Emit one reading's samples together (one call when the daemon batches rows);
+        ``target``: the row emitter of another device than this source's own."""
+        if target is not None:
+            self._deliver(target, samples)
+            return
         if self._emit_rows is None:
             for sample in samples:
                 self._emit_sample(sample)
             return
+        self._deliver(self._emit_rows, samples)
+
+    def _deliver(self, emit_rows: EmitRow, samples: Sequence[Sample]) -> None:
         if not samples:
             return
         bad = sum(1 for s in samples if s.q == "bad")
         if bad:
             self._count("bad_values", bad)
         try:
-            self._emit_rows(samples)
+            emit_rows(samples)
         except Exception:
             self._count("emit_errors")
             self._ratelog(logging.ERROR, "emit", "device %s: emit callback failed", self.device)

@@ -7,6 +7,7 @@ uses only ``[A-Za-z0-9_-]``. Unknown keys are refused so a typo is an error, not
 
 from __future__ import annotations
 
+from datetime import timezone, tzinfo
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -25,6 +26,7 @@ __all__ = [
     "SerialDeviceConfig",
     "SystemDeviceConfig",
     "parse_devices",
+    "resolve_timezone",
     "unique_device_names",
 ]
 
@@ -204,8 +206,20 @@ class FileDeviceConfig(_Device):
     """Replays a CSV or whitespace-separated file at ``rate_hz`` rows per second.
 
     ``preset = "cmapss"`` names the 26 C-MAPSS columns (unit, cycle, op_setting_1..3,
-    s1..s21) with their units; otherwise ``columns`` name every column in order.
-    ``include`` keeps only rows whose column value is in a list or a range.
+    s1..s21) with their units; otherwise ``columns`` name every column in order, or with
+    ``header = true`` the columns to read by their header names (others are ignored).
+    ``include`` keeps only rows whose column value is in a list or a range; ``exclude``
+    names columns not to emit (they are not read at all, so they may hold text).
+
+    ``timestamp_column`` keeps each row's recorded time (``timestamp_format``: ``iso``,
+    ``epoch_s``, ``epoch_ms`` or a strftime pattern; a time without an offset is read in
+    ``timezone``) instead of the replay time, and the telemetry is flagged historical.
+    Pacing stays ``rate_hz`` rows per second: the stored times are the recorded ones
+    whatever the replay speed. ``device_column`` splits the file into one device per
+    value (``{name}-{value}``, e.g. ``pdm-17``): a value first seen mid-file adds a device
+    then (the site re-announces its registration); rows of values beyond ``max_devices``
+    are dropped and counted (``device_limit``). The timestamp and device columns are
+    never sensors; with ``header = true`` they may be named by the header only.
     """
 
     source: Literal["file"] = "file"
@@ -219,6 +233,25 @@ class FileDeviceConfig(_Device):
     include: dict[str, Union[list[float], RangeFilter]] = {}
     rate_hz: float = Field(default=1.0, gt=0, le=100_000)
     loop: bool = False
+    timestamp_column: SensorName | None = None
+    timestamp_format: str = "iso"
+    timezone: str = "UTC"
+    device_column: SensorName | None = None
+    # The coordinator accepts 256 devices per site by default (site_max_devices).
+    max_devices: int = Field(default=64, ge=1, le=256)
+
+    @field_validator("timestamp_format")
+    @classmethod
+    def _ts_format(cls, value: str) -> str:
+        from site_node.sources.parsing import check_timestamp_format
+
+        return check_timestamp_format(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        resolve_timezone(value)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> FileDeviceConfig:
@@ -232,7 +265,21 @@ class FileDeviceConfig(_Device):
         unknown = sorted(set(self.include) - set(names))
         if unknown:
             raise ValueError(f"include names unknown columns {unknown}; columns are {names}")
-        if len(self.exclude) == len(names):
+        for key in ("timestamp_column", "device_column"):
+            col = getattr(self, key)
+            if col is not None and col not in names and not self.header:
+                raise ValueError(
+                    f"{key} {col!r} is not one of the columns {names} (without header = "
+                    "true a column is known by its position in columns only)"
+                )
+        if self.device_column is not None and self.device_column == self.timestamp_column:
+            raise ValueError("device_column and timestamp_column must differ")
+        if self.timestamp_column is not None and self.loop:
+            raise ValueError(
+                "loop = true would replay the same recorded times again: drop loop or "
+                "timestamp_column"
+            )
+        if not self.sensors():
             raise ValueError("exclude leaves no column to emit")
         return self
 
@@ -243,12 +290,27 @@ class FileDeviceConfig(_Device):
         return self.columns
 
     def sensors(self) -> tuple[SensorSpec, ...]:
-        """The emitted columns as sensors."""
+        """The emitted columns as sensors (never the timestamp or device column)."""
+        skip = {*self.exclude, self.timestamp_column, self.device_column}
         return tuple(
             SensorSpec(name=c.name, unit=c.unit)
             for c in self.resolved_columns()
-            if c.name not in self.exclude
+            if c.name not in skip
         )
+
+
+def resolve_timezone(name: str) -> tzinfo:
+    """``UTC`` or an IANA zone name (``Europe/Berlin``) as a tzinfo, else ValueError."""
+    if name.upper() in ("UTC", "Z"):
+        return timezone.utc
+    try:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(name)
+    except Exception:  # unknown name, or no tz database (Windows without tzdata)
+        raise ValueError(
+            f"timezone {name!r} is not UTC nor a known IANA zone (on Windows: pip install tzdata)"
+        ) from None
 
 
 DeviceConfig = Annotated[
@@ -268,6 +330,14 @@ def unique_device_names(devices: list[DeviceConfig]) -> list[DeviceConfig]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"duplicate device names {dupes}: each device is one topic level")
+    for d in devices:
+        if isinstance(d, FileDeviceConfig) and d.device_column is not None:
+            clash = sorted(n for n in names if n.startswith(f"{d.name}-"))
+            if clash:
+                raise ValueError(
+                    f"device {d.name!r} splits into {d.name}-<{d.device_column}> devices, "
+                    f"which {clash} could collide with: rename one"
+                )
     return devices
 
 

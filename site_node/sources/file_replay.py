@@ -1,20 +1,35 @@
 """File replay source: a recorded CSV/whitespace file played back at ``rate_hz`` rows/s.
 
-This is the demo's sensor (a C-MAPSS engine trajectory). Samples carry the replay time, not
-anything recorded in the file, so replayed data looks live to the rest of fedmq.
+This is the demo's sensor (a C-MAPSS engine trajectory). Without ``timestamp_column``
+samples carry the replay time, so replayed data looks live to the rest of fedmq; with it
+they keep the time recorded in the file and the source is ``historical`` (the daemon flags
+its telemetry so). Pacing is ``rate_hz`` rows per second either way: the recorded times
+are kept as they are, so replaying faster only delivers the history sooner.
+
+With ``device_column`` the file holds several machines: each row goes to the device
+``{name}-{value}``, created at the value's first row (``on_new_device``), up to
+``max_devices``; rows of further values are dropped and counted (``device_limit``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from schemas import now_ms
-from site_node.sources.base import Backoff, ThreadedSource
-from site_node.sources.config import FileDeviceConfig, RangeFilter
-from site_node.sources.parsing import CsvLineParser, MalformedLine, split_fields
+from schemas import Sample, now_ms
+from site_node.sources.base import Backoff, EmitRow, ThreadedSource
+from site_node.sources.config import FileDeviceConfig, RangeFilter, resolve_timezone
+from site_node.sources.parsing import (
+    FileRowParser,
+    MalformedLine,
+    TimestampParser,
+    make_sample,
+    split_fields,
+)
 
 __all__ = ["FileSource"]
 
@@ -23,6 +38,7 @@ log = logging.getLogger(__name__)
 # Behind schedule by more than this (a stalled disk, a suspended VM): restart the schedule
 # from now instead of bursting the backlog out at once.
 _MAX_LAG_S = 1.0
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 class FileSource(ThreadedSource):
@@ -31,7 +47,9 @@ class FileSource(ThreadedSource):
     Without ``loop`` the thread ends at end of file (``stats()["finished"] == 1``).
     Stats: ``rows`` (emitted), ``samples``, ``filtered`` (rows ``include`` dropped),
     ``malformed``, ``bad_values``, ``loops`` (completed passes), ``open_failures``,
-    ``finished``, ``emit_errors``.
+    ``finished``, ``emit_errors``, ``header_errors`` (a header lacking a column named by
+    header only), and with ``device_column`` ``devices`` (found) and ``device_limit``
+    (rows dropped beyond ``max_devices``).
     """
 
     def __init__(
@@ -40,26 +58,141 @@ class FileSource(ThreadedSource):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         counters = ("rows", "filtered", "malformed", "bad_values", "loops", "open_failures")
-        super().__init__(cfg.name, cfg.sensors(), (*counters, "finished"), clock)
+        extra = ("devices", "device_limit") if cfg.device_column else ()
+        super().__init__(cfg.name, cfg.sensors(), (*counters, "finished", *extra), clock)
         self.cfg = cfg
+        self.historical = cfg.timestamp_column is not None
         self._columns = cfg.resolved_columns()
         self._delimiter = " " if cfg.format == "whitespace" else cfg.delimiter
-        names = [c.name for c in self._columns]
+        self._emitted = [(s.name, s.unit) for s in self._sensors]
+        emitted = [name for name, _ in self._emitted]
+        # Columns read as numbers: the emitted ones, then those only filtered on.
+        self._numeric = [*emitted, *(c for c in cfg.include if c not in emitted)]
         self._filters: list[tuple[int, frozenset[float] | RangeFilter]] = [
-            (names.index(col), rule if isinstance(rule, RangeFilter) else frozenset(rule))
+            (
+                self._numeric.index(col),
+                rule if isinstance(rule, RangeFilter) else frozenset(rule),
+            )
             for col, rule in cfg.include.items()
         ]
+        self._ts_parser = None
+        if cfg.timestamp_column is not None:
+            self._ts_parser = TimestampParser(cfg.timestamp_format, resolve_timezone(cfg.timezone))
+        self._needed = [*self._numeric]
+        for col in (cfg.timestamp_column, cfg.device_column):
+            if col is not None:
+                self._needed.append(col)
+        # device_column: key -> device name (None: refused), and where each device's rows go.
+        self._devices: dict[str, str | None] = {}
+        self._devices_lock = threading.Lock()
+        self._emit_for: Callable[[str], EmitRow] | None = None
+        self._on_new_device: Callable[[str], None] = lambda _d: None
+        self._targets: dict[str, EmitRow] = {}
 
-    def _parser(self, header: str | None) -> CsvLineParser:
-        positions = None
+    # -- device_column (SplitSource) ------------------------------------------------------
+
+    def devices(self) -> tuple[str, ...]:
+        """Devices found so far (``device_column``), else this source's one device."""
+        if self.cfg.device_column is None:
+            return (self.device,)
+        with self._devices_lock:
+            return tuple(d for d in self._devices.values() if d is not None)
+
+    def route(
+        self, emit_for: Callable[[str], EmitRow], on_new_device: Callable[[str], None]
+    ) -> None:
+        """Where each device's rows go (``device_column``); call before ``start``."""
+        self._emit_for = emit_for
+        self._on_new_device = on_new_device
+
+    def start(self, emit: Callable[[Sample], None], emit_row: EmitRow | None = None) -> None:
+        """Start the replay; a ``device_column`` source must be routed first."""
+        if self.cfg.device_column is not None and self._emit_for is None:
+            raise RuntimeError(f"source {self.device!r} splits by device: call route() first")
+        super().start(emit, emit_row)
+
+    def _target(self, key: str) -> EmitRow | None:
+        """The row emitter of the device named by ``key`` (None: dropped, counted)."""
+        with self._devices_lock:
+            known = key in self._devices
+            device = self._devices.get(key)
+        if known:
+            return None if device is None else self._targets[device]
+        name = f"{self.device}-{key}"
+        if not _DEVICE_NAME.match(name):
+            raise MalformedLine(
+                f"device id {key[:32]!r} does not make a topic level ([A-Za-z0-9_-], "
+                "128 characters at most)"
+            )
+        with self._devices_lock:
+            found = sum(1 for d in self._devices.values() if d is not None)
+            if found >= self.cfg.max_devices:
+                self._devices[key] = None
+                name = ""
+        if not name:
+            log.warning(
+                "device %s: %s %r would be device %d, over max_devices = %d: its rows are dropped",
+                self.device,
+                self.cfg.device_column,
+                key,
+                found + 1,
+                self.cfg.max_devices,
+            )
+            return None
+        assert self._emit_for is not None
+        self._targets[name] = self._emit_for(name)
+        self._on_new_device(name)
+        with self._devices_lock:
+            self._devices[key] = name
+        self._count("devices")
+        log.info("device %s: new device %s (%s %r)", self.device, name, self.cfg.device_column, key)
+        return self._targets[name]
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def _parser(self, header: str | None) -> FileRowParser | None:
+        names = [c.name for c in self._columns]
+        fields: dict[str, int] | None = None
         if header is not None:
-            fields = [f.strip() for f in split_fields(header, self._delimiter)]
-            wanted = [c.name for c in self._columns]
-            # A header that names every configured column lets a wider file be replayed
-            # by name; otherwise columns are positional.
-            if set(wanted) <= set(fields):
-                positions = [fields.index(n) for n in wanted]
-        return CsvLineParser(self._columns, self._delimiter, self.cfg.exclude, positions=positions)
+            found = [f.strip().strip('"') for f in split_fields(header, self._delimiter)]
+            # A header that names every needed column lets a wider file be replayed by
+            # name; otherwise columns are positional.
+            if set(self._needed) <= set(found):
+                fields = {n: found.index(n) for n in self._needed}
+        if fields is None:
+            missing = [n for n in self._needed if n not in names]
+            if missing:
+                self._count("header_errors")
+                log.error(
+                    "device %s: %s has no header naming %s: nothing to replay",
+                    self.device,
+                    self.cfg.path,
+                    missing,
+                )
+                return None
+            return FileRowParser(
+                {n: names.index(n) for n in self._needed},
+                len(names),
+                True,
+                self._delimiter,
+                self._numeric,
+                self._ts_spec(),
+                self.cfg.device_column,
+            )
+        return FileRowParser(
+            fields,
+            max(fields.values()) + 1,
+            False,
+            self._delimiter,
+            self._numeric,
+            self._ts_spec(),
+            self.cfg.device_column,
+        )
+
+    def _ts_spec(self) -> tuple[str, TimestampParser] | None:
+        if self._ts_parser is None or self.cfg.timestamp_column is None:
+            return None
+        return self.cfg.timestamp_column, self._ts_parser
 
     def _keep(self, values: list[float | None]) -> bool:
         for index, rule in self._filters:
@@ -117,6 +250,9 @@ class FileSource(ThreadedSource):
 
     def _play(self, lines: Iterator[str], interval: float, next_due: float) -> tuple[int, float]:
         parser = self._parser(next(lines, None) if self.cfg.header else None)
+        if parser is None:
+            return 0, next_due
+        split = self.cfg.device_column is not None
         emitted = 0
         for line in lines:
             if self._stopping.is_set():
@@ -125,12 +261,16 @@ class FileSource(ThreadedSource):
             if not text:
                 continue
             try:
-                values = parser.values(text)
+                values, ts, key = parser.parse(text)
+                if not self._keep(values):
+                    self._count("filtered")
+                    continue
+                target = self._target(key) if split and key is not None else None
             except MalformedLine as exc:
                 self._malformed(str(exc), text[:80])
                 continue
-            if not self._keep(values):
-                self._count("filtered")
+            if split and target is None:
+                self._count("device_limit")
                 continue
             delay = next_due - self._clock()
             if delay > 0:
@@ -139,13 +279,17 @@ class FileSource(ThreadedSource):
             elif delay < -_MAX_LAG_S:
                 next_due = self._clock()
             next_due += interval
+            stamp = now_ms() if ts is None else ts
             try:
-                samples = parser.samples(values, now_ms())
+                samples = [
+                    make_sample(stamp, name, values[i], unit)
+                    for i, (name, unit) in enumerate(self._emitted)
+                ]
             except MalformedLine as exc:
                 self._count("malformed")
                 log.debug("row rejected: %s", exc)
                 continue
-            self._emit_row(samples)
+            self._emit_row(samples, target)
             self._count("rows")
             emitted += 1
         return emitted, next_due

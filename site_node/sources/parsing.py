@@ -12,14 +12,25 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone, tzinfo
 
 from pydantic import ValidationError
 
 from schemas import Sample
 from site_node.sources.config import ColumnSpec
 
-__all__ = ["CsvLineParser", "JsonLineParser", "MalformedLine", "parse_number", "split_fields"]
+__all__ = [
+    "CsvLineParser",
+    "FileRowParser",
+    "JsonLineParser",
+    "MalformedLine",
+    "TimestampParser",
+    "make_sample",
+    "parse_number",
+    "split_fields",
+]
 
 # Spellings of "no reading" that loggers and PLC gateways write besides nan/inf.
 _MISSING = frozenset({"", "null", "none", "n/a", "na", "-"})
@@ -57,6 +68,11 @@ def _sample(ts: int, name: str, value: float | None, unit: str, q: str = "good")
         return Sample(ts=ts, name=name, value=value, unit=unit, q=q)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise MalformedLine(f"invalid sample {name[:32]!r}: {exc.errors()[0]['msg']}") from None
+
+
+def make_sample(ts: int, name: str, value: float | None, unit: str) -> Sample:
+    """A sample (``value`` None: ``q="bad"``, value 0.0), or MalformedLine."""
+    return _sample(ts, name, value, unit)
 
 
 def _timestamp(value: float | None, unit: str) -> int:
@@ -215,3 +231,117 @@ def _number(raw: object) -> float | None:
     if isinstance(raw, str):
         return parse_number(raw)
     raise MalformedLine(f"not a number: {type(raw).__name__}")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+_EPOCH_FORMATS = {"epoch_s": 1000.0, "epoch_ms": 1.0}
+_TEXT_FORMATS = ("iso", "epoch_s", "epoch_ms")
+
+
+def check_timestamp_format(fmt: str) -> str:
+    """``fmt`` if it is ``iso``, ``epoch_s``, ``epoch_ms`` or a strftime pattern (has a
+    ``%``), else ValueError naming the choices."""
+    if fmt in _TEXT_FORMATS or "%" in fmt:
+        return fmt
+    raise ValueError(
+        f"timestamp_format {fmt!r}: use iso, epoch_s, epoch_ms or a strftime pattern "
+        'such as "%d/%m/%Y %H:%M:%S"'
+    )
+
+
+class TimestampParser:
+    """A recorded time as text -> epoch ms, or MalformedLine.
+
+    ``fmt``: ``iso`` (ISO 8601: ``2015-01-01 06:00:00``, ``2015-01-01T06:00:00.5+01:00``,
+    a trailing ``Z``), ``epoch_s`` / ``epoch_ms`` (numbers, fractions allowed) or a
+    strftime pattern (``%d.%m.%Y %H:%M``). A time without an offset is read in ``tz``.
+    """
+
+    def __init__(self, fmt: str = "iso", tz: tzinfo = timezone.utc) -> None:
+        self.fmt = check_timestamp_format(fmt)
+        self.tz = tz
+
+    def __call__(self, text: str) -> int:
+        raw = text.strip().strip('"')
+        if not raw:
+            raise MalformedLine("missing timestamp")
+        scale = _EPOCH_FORMATS.get(self.fmt)
+        if scale is not None:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise MalformedLine(f"timestamp not a number: {raw[:32]!r}") from None
+            if not math.isfinite(value):
+                raise MalformedLine(f"timestamp out of range: {raw[:32]!r}")
+            ts = round(value * scale)
+        else:
+            try:
+                if self.fmt == "iso":
+                    # Python 3.11 reads ISO 8601 with a space or T, fractions and Z.
+                    when = datetime.fromisoformat(raw)
+                else:
+                    when = datetime.strptime(raw, self.fmt)
+            except ValueError:
+                raise MalformedLine(f"timestamp not {self.fmt}: {raw[:32]!r}") from None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=self.tz)
+            ts = (when - _EPOCH) // _ONE_MS  # exact, no float rounding
+        if not 0 <= ts <= _MAX_EPOCH_MS:
+            raise MalformedLine(f"timestamp out of range: {raw[:32]!r}")
+        return ts
+
+
+_INTEGRAL = re.compile(r"^-?\d+\.0+$")
+
+
+class FileRowParser:
+    """One line of a replayed file -> (numbers, recorded time, device key).
+
+    Only the columns it is told to read are looked at: ``numeric`` columns (emitted or
+    filtered on) must be numbers (or a missing-reading marker), the timestamp column must
+    be a time in its format, the device column any text; every other column is ignored,
+    whatever it holds.
+
+    Args:
+        fields: field index of every column to read, by name.
+        width: fields a line must have: exactly (``exact``) or at least.
+        delimiter: field separator; ``" "`` means any whitespace.
+        numeric: names of the columns returned as numbers, in this order.
+        timestamp: (column name, parser) of the recorded time, or None.
+        device: name of the column whose text names the device, or None.
+    """
+
+    def __init__(
+        self,
+        fields: dict[str, int],
+        width: int,
+        exact: bool,
+        delimiter: str,
+        numeric: Sequence[str],
+        timestamp: tuple[str, TimestampParser] | None = None,
+        device: str | None = None,
+    ) -> None:
+        self._width, self._exact, self.delimiter = width, exact, delimiter
+        self._numeric = [fields[n] for n in numeric]
+        self._ts = None if timestamp is None else (fields[timestamp[0]], timestamp[1])
+        self._device = None if device is None else fields[device]
+
+    def parse(self, line: str) -> tuple[list[float | None], int | None, str | None]:
+        """The numeric columns' values (None = missing), the recorded time in epoch ms
+        (None without a timestamp column) and the device key; or MalformedLine."""
+        fields = split_fields(line, self.delimiter)
+        if self._exact and len(fields) != self._width:
+            raise MalformedLine(f"{len(fields)} fields, expected {self._width}")
+        if len(fields) < self._width:
+            raise MalformedLine(f"{len(fields)} fields, expected at least {self._width}")
+        values = [parse_number(fields[i]) for i in self._numeric]
+        ts = None if self._ts is None else self._ts[1](fields[self._ts[0]])
+        key = None
+        if self._device is not None:
+            key = fields[self._device].strip().strip('"')
+            if _INTEGRAL.match(key):  # 1.0 written by a spreadsheet or pandas: machine 1
+                key = key.split(".", 1)[0]
+            if not key:
+                raise MalformedLine("empty device id")
+        return values, ts, key
