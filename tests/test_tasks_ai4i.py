@@ -49,6 +49,26 @@ def test_train_small_share_gives_metrics() -> None:
     assert set(metrics) == {"train_loss", "loss", "f1", "auc"}
     assert 0.0 <= metrics["f1"] <= 1.0
     assert metrics["auc"] > 0.75  # failures are learnable from the readings alone
-    assert task.evaluate(weights, data) == pytest.approx(
+    scores = task.evaluate(weights, data)
+    pr_auc = scores["pr_auc"]
+    assert set(scores) == {"loss", "f1", "auc", "pr_auc"}
+    assert isinstance(pr_auc, float) and 0 < pr_auc <= 1
+    assert {k: scores[k] for k in ("loss", "f1", "auc")} == pytest.approx(
         {k: metrics[k] for k in ("loss", "f1", "auc")}
     )
+
+
+def test_evaluate_gives_reasons_for_metrics_a_one_class_split_cannot_have() -> None:
+    task = get_task("ai4i-failure")
+    data = task.load_dataset(CSV, {"udi_range": [1, 3000]})
+    only_ok = type(data)(data.x_train, data.y_train, data.x_val[data.y_val == 0],
+                         data.y_val[data.y_val == 0])  # fmt: skip
+    n = len(only_ok.y_val)
+    scores = task.evaluate(task.initial_weights(), only_ok)
+    assert scores["auc"] == f"one class only in the validation split (0 positives of {n})"
+    assert scores["pr_auc"] == f"no positives in the validation split (0 of {n})"
+    assert isinstance(scores["loss"], float) and scores["loss"] > 0
+    # F1 is 0 with false alarms, undefined (a reason) without any
+    assert isinstance(scores["f1"], float) or scores["f1"].startswith("no positives")
+    empty = type(data)(data.x_train, data.y_train, data.x_val[:0], data.y_val[:0])
+    assert set(task.evaluate(task.initial_weights(), empty).values()) == {"empty validation split"}

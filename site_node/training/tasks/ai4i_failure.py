@@ -182,6 +182,43 @@ def train(
     return _save(model), len(data.x_train), metrics
 
 
-def evaluate(weights: bytes, data: Ai4iData) -> dict[str, float]:
-    """Loss, F1 (threshold 0.5) and ROC AUC on the validation rows."""
-    return _metrics(_model(weights), data.x_val, data.y_val)
+def _average_precision(y: np.ndarray, score: np.ndarray) -> float:
+    """PR AUC as average precision: the mean precision at the rank of each positive."""
+    order = np.argsort(-score, kind="mergesort")
+    hits = y[order] == 1
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def evaluate(weights: bytes, data: Ai4iData) -> dict[str, float | str]:
+    """Loss, F1 (threshold 0.5), ROC AUC (``auc``) and PR AUC on the validation rows.
+
+    A metric that cannot be computed there is a string saying why (task contract), e.g.
+    ROC AUC of a split with one class only; never NaN and never left out.
+    """
+    n = len(data.x_val)
+    if n == 0:
+        return {k: "empty validation split" for k in ("loss", "f1", "auc", "pr_auc")}
+    logits = predict(_model(weights), data.x_val)
+    y = data.y_val.astype(np.float64)
+    prob = 1 / (1 + np.exp(-logits))
+    eps = 1e-7
+    out: dict[str, float | str] = {
+        "loss": float(-np.mean(y * np.log(prob + eps) + (1 - y) * np.log(1 - prob + eps)))
+    }
+    pos = int(y.sum())
+    hit = prob >= 0.5
+    tp, fp, fn = (hit & (y == 1)).sum(), (hit & (y == 0)).sum(), (~hit & (y == 1)).sum()
+    if tp + fp + fn:
+        out["f1"] = float(2 * tp / (2 * tp + fp + fn))
+    else:
+        out["f1"] = f"no positives in the validation split and none predicted (0 of {n})"
+    if pos in (0, n):
+        out["auc"] = f"one class only in the validation split ({pos} positives of {n})"
+    else:
+        out["auc"] = _auc(y, logits)
+    if pos == 0:
+        out["pr_auc"] = f"no positives in the validation split (0 of {n})"
+    else:
+        out["pr_auc"] = _average_precision(y, logits)
+    return out

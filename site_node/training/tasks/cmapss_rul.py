@@ -197,6 +197,19 @@ def train(
     return _save(model), len(data.x_train), metrics
 
 
-def evaluate(weights: bytes, data: CmapssData) -> dict[str, float]:
-    """Loss and RMSE (cycles) of ``weights`` on the validation engines."""
-    return _metrics(_model(weights), data.x_val, data.y_val)
+def evaluate(weights: bytes, data: CmapssData) -> dict[str, float | str]:
+    """Loss, RMSE and MAE (cycles) of ``weights`` on the validation engines.
+
+    Without validation windows (one engine, or ``val_fraction`` 0) each metric is a string
+    saying why (task contract), never left out.
+    """
+    if len(data.x_val) == 0:
+        why = f"no validation windows ({len(data.val_units)} validation engines)"
+        return {"loss": why, "rmse": why, "mae": why}
+    pred = predict(_model(weights), data.x_val)
+    err: np.ndarray = pred - data.y_val.astype(np.float64)
+    return {
+        "loss": float(np.mean((err / RUL_CAP) ** 2)),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+    }
