@@ -25,9 +25,11 @@ def test_registry_hashes_code_without_importing_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     here = Path(__file__).resolve().parents[1] / "site_node" / "training" / "tasks"
-    expected = hashlib.sha256(
-        (here / "cmapss_rul.py").read_bytes() + (here / "common.py").read_bytes()
-    ).hexdigest()
+    digest = hashlib.sha256()  # (path, size, bytes) of each file in path order
+    for rel in ("cmapss_rul.py", "common.py"):
+        data = (here / rel).read_bytes()
+        digest.update(rel.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
+    expected = digest.hexdigest()
     assert out.stdout.strip() == expected
     assert TASKS["ai4i-failure"].code_hash != expected
     with pytest.raises(UnknownTaskError, match="nope"):

@@ -23,8 +23,8 @@ from site_node.training.tasks.common import (
     fit,
     make_model,
     merge_hyperparams,
-    predict,
 )
+from site_node.training.tasks.common import predict as model_outputs
 from site_node.training.tasks.common import save_weights as _save
 
 __all__ = [
@@ -32,16 +32,33 @@ __all__ = [
     "FEATURES",
     "LABEL",
     "LEAKY_COLUMNS",
+    "METRICS",
+    "NAME",
+    "OUTPUTS",
+    "PRIMARY_METRIC",
     "TABLE_COLUMNS",
+    "VERSION",
+    "WINDOW",
     "Ai4iData",
     "FailureMlp",
     "evaluate",
     "features",
     "initial_weights",
     "load_dataset",
+    "predict",
     "read_table",
     "train",
 ]
+
+NAME = "ai4i-failure"
+VERSION = "1.0"
+# Every metric evaluate reports -> which is better; the one learning curves show.
+METRICS = {"loss": "min", "f1": "max", "auc": "max", "pr_auc": "max"}
+PRIMARY_METRIC = "auc"
+# What predict returns -> unit (a probability).
+OUTPUTS = {"p_fail": ""}
+# predict scores the latest sample alone.
+WINDOW = 1
 
 LABEL = "Machine failure"
 LEAKY_COLUMNS = ("TWF", "HDF", "PWF", "OSF", "RNF", "UDI", "Product ID")
@@ -152,7 +169,7 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
 def _metrics(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     if len(x) == 0:
         return {}
-    logits = predict(model, x)
+    logits = model_outputs(model, x)
     yd = y.astype(np.float64)
     prob = 1 / (1 + np.exp(-logits))
     eps = 1e-7
@@ -199,7 +216,7 @@ def evaluate(weights: bytes, data: Ai4iData) -> dict[str, float | str]:
     n = len(data.x_val)
     if n == 0:
         return {k: "empty validation split" for k in ("loss", "f1", "auc", "pr_auc")}
-    logits = predict(_model(weights), data.x_val)
+    logits = model_outputs(_model(weights), data.x_val)
     y = data.y_val.astype(np.float64)
     prob = 1 / (1 + np.exp(-logits))
     eps = 1e-7
@@ -222,3 +239,28 @@ def evaluate(weights: bytes, data: Ai4iData) -> dict[str, float | str]:
     else:
         out["pr_auc"] = _average_precision(y, logits)
     return out
+
+
+def predict(
+    weights: bytes, window: list[dict[str, float]], params: Mapping[str, Any]
+) -> dict[str, float]:
+    """Probability of a machine failure at the latest of a machine's live samples.
+
+    Each sample maps the five AI4I reading names (``"Air temperature [K]"``, ...) to
+    values; ``params["type"]`` is the machine's product quality, L, M or H (not a
+    reading). Raises ValueError for an empty window, a missing reading or a bad type.
+    """
+    if len(window) < WINDOW:
+        raise ValueError("ai4i-failure needs at least one sample")
+    kind = params.get("type")
+    if kind not in TYPES:
+        raise ValueError(f"params['type'] must be the machine type, one of {TYPES}, not {kind!r}")
+    last = window[-1]
+    missing = [name for name in _READINGS if name not in last]
+    if missing:
+        raise ValueError(f"reading(s) {missing} missing from the sample")
+    import pandas as pd
+
+    row = pd.DataFrame([{"Type": kind, **{n: float(last[n]) for n in _READINGS}}])
+    logit = float(model_outputs(_model(weights), features(row))[0])
+    return {"p_fail": float(1 / (1 + np.exp(-logit)))}

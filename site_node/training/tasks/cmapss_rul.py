@@ -23,25 +23,39 @@ from site_node.training.tasks.common import (
     fit,
     make_model,
     merge_hyperparams,
-    predict,
 )
+from site_node.training.tasks.common import predict as model_outputs
 from site_node.training.tasks.common import save_weights as _save
 
 __all__ = [
     "COLUMNS",
     "DEFAULTS",
+    "METRICS",
+    "NAME",
+    "OUTPUTS",
+    "PRIMARY_METRIC",
     "RUL_CAP",
     "SENSORS",
+    "VERSION",
     "WINDOW",
     "CmapssData",
     "RulCnn",
     "evaluate",
     "initial_weights",
     "load_dataset",
+    "predict",
     "read_table",
     "train",
     "windows",
 ]
+
+NAME = "cmapss-rul"
+VERSION = "1.0"
+# Every metric evaluate reports -> which is better; the one learning curves show.
+METRICS = {"loss": "min", "rmse": "min", "mae": "min"}
+PRIMARY_METRIC = "rmse"
+# What predict returns -> unit.
+OUTPUTS = {"rul": "cycles"}
 
 RUL_CAP = 125.0
 WINDOW = 30
@@ -176,7 +190,7 @@ def initial_weights(seed: int = 0) -> bytes:
 def _metrics(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     if len(x) == 0:
         return {}
-    pred = predict(model, x)
+    pred = model_outputs(model, x)
     err: np.ndarray = pred - y.astype(np.float64)
     return {"loss": float(np.mean((err / RUL_CAP) ** 2)), "rmse": float(np.sqrt(np.mean(err**2)))}
 
@@ -206,10 +220,30 @@ def evaluate(weights: bytes, data: CmapssData) -> dict[str, float | str]:
     if len(data.x_val) == 0:
         why = f"no validation windows ({len(data.val_units)} validation engines)"
         return {"loss": why, "rmse": why, "mae": why}
-    pred = predict(_model(weights), data.x_val)
+    pred = model_outputs(_model(weights), data.x_val)
     err: np.ndarray = pred - data.y_val.astype(np.float64)
     return {
         "loss": float(np.mean((err / RUL_CAP) ** 2)),
         "rmse": float(np.sqrt(np.mean(err**2))),
         "mae": float(np.mean(np.abs(err))),
     }
+
+
+def predict(
+    weights: bytes, window: list[dict[str, float]], params: Mapping[str, Any]
+) -> dict[str, float]:
+    """RUL in cycles after the last of an engine's live samples (oldest first).
+
+    Uses the last ``WINDOW`` samples, each ``{"s2": ..., "s3": ...}`` (the C-MAPSS sensor
+    names a replayed device publishes; other keys are ignored), scaled with the same fixed
+    constants as training. Raises ValueError for a short window or a missing sensor.
+    """
+    if len(window) < WINDOW:
+        raise ValueError(f"cmapss-rul needs the last {WINDOW} samples, got {len(window)}")
+    rows = window[-WINDOW:]
+    missing = sorted({s for s in SENSORS for r in rows if s not in r})
+    if missing:
+        raise ValueError(f"sensor(s) {missing} missing from the window (needs {SENSORS})")
+    raw = np.array([[float(r[s]) for s in SENSORS] for r in rows], np.float64)
+    x = ((raw - SENSOR_MIN) / (SENSOR_MAX - SENSOR_MIN)).astype(np.float32)[None]
+    return {"rul": float(model_outputs(_model(weights), x)[0])}
