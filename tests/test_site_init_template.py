@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import tomllib
+from pydantic import BaseModel
 
 from site_node.cli.init import render
 from site_node.settings import SiteSettings
@@ -60,7 +61,7 @@ def _keys(tables: list[dict[str, Any]]) -> set[str]:
     ("source", "model"),
     [("file", FileDeviceConfig), ("serial", SerialDeviceConfig), ("system", SystemDeviceConfig)],
 )
-def test_every_device_option_is_shown(source: str, model: type) -> None:
+def test_every_device_option_is_shown(source: str, model: type[BaseModel]) -> None:
     raw = tomllib.loads(uncommented(render("plant-7")))
     shown = _keys([d for d in raw["devices"] if d["source"] == source])
     missing = sorted(set(model.model_fields) - shown)
