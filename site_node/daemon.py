@@ -103,6 +103,7 @@ class SiteDaemon:
         self._tasks: Callable[[], tuple[TaskOffer, ...]] = tuple
         self._jobs_running: Callable[[], int] = lambda: 0
         self._registration_extra: Callable[[], dict[str, Any]] = dict
+        self._heartbeat_extra: Callable[[], dict[str, Any]] = dict
         self._refusal: RefusalHandler | None = None
         self._on_stop: list[Callable[[], None]] = []
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -125,6 +126,10 @@ class SiteDaemon:
     def set_registration_extra(self, extra: Callable[[], dict[str, Any]]) -> None:
         """Extra registration fields (e.g. ``datasets``, ``approval_mode``) at announce."""
         self._registration_extra = extra
+
+    def set_heartbeat_extra(self, extra: Callable[[], dict[str, Any]]) -> None:
+        """Extra heartbeat fields (e.g. ``worker_state``, ``worker_rss_mb``) at each beat."""
+        self._heartbeat_extra = extra
 
     def register_refusal(self, handler: RefusalHandler) -> None:
         """Call ``handler`` (on the loop) for every command the guard refuses."""
@@ -195,7 +200,11 @@ class SiteDaemon:
 
     def send_heartbeat(self) -> None:
         payload = lifecycle.heartbeat(
-            self.settings, self.session, self.outbox.stats(), self._jobs_running()
+            self.settings,
+            self.session,
+            self.outbox.stats(),
+            self._jobs_running(),
+            self._heartbeat_extra(),
         )
         self.bus.publish(self.topics.heartbeat(self.site_id), payload, qos=0)
 

@@ -7,8 +7,9 @@ import platform
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from importlib import metadata
-from typing import Literal
+from typing import Any, Literal
 
 import psutil
 
@@ -99,9 +100,14 @@ def registration(
 
 
 def heartbeat(
-    settings: SiteSettings, session: int, stats: OutboxStats, jobs_running: int = 0
+    settings: SiteSettings,
+    session: int,
+    stats: OutboxStats,
+    jobs_running: int = 0,
+    extra: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """A heartbeat with host health (psutil) and the outbox's state (and stream epoch)."""
+    """A heartbeat with host health (psutil) and the outbox's state (and stream epoch);
+    ``extra`` adds optional fields (the training worker's state and memory)."""
     try:
         disk: float | None = psutil.disk_usage(str(settings.data_dir)).percent
     except OSError:
@@ -123,5 +129,6 @@ def heartbeat(
         jobs_running=jobs_running,
         samples_dropped=stats.samples_dropped,
         outbox_error=stats.error,
+        **(extra or {}),
     )
     return encode(msg)

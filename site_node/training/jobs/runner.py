@@ -1,12 +1,12 @@
-"""The training worker: one thread that owns the site's syft datasite and runs jobs.
+"""The job runner inside the training worker process: owns the syft datasite, runs jobs.
 
 It opens the datasite and hosts the configured datasets first (importing syft takes
-5-25 s; the daemon's MQTT lifecycle does not wait for it), then works through its queue
-one operation at a time: submit a job's code request (manual approval), approve and run
-one, or deny one. With auto approval it keeps one pre-approved syft slot per task ready
-(prepared while idle) so that an accepted job starts at once. It reports back through
-``report`` (the job controller's queue); it never touches the job store. syft and torch are
-imported here, on this thread, only.
+5-25 s), then works through its queue one operation at a time on the worker's main
+thread: submit a job's code request (manual approval), approve and run one, or deny one.
+With auto approval it keeps one pre-approved syft slot per task ready (prepared while
+idle) so that an accepted job starts at once. It reports back through ``report`` (the
+pipe to the daemon's supervisor); it never touches the job store. syft and torch are
+imported here, in the worker process, only.
 """
 
 from __future__ import annotations
@@ -16,97 +16,30 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from site_node.training.jobs.config import TrainingSettings
+from site_node.training.worker.protocol import (
+    Cancelled,
+    DatasiteDown,
+    DatasiteReady,
+    Deny,
+    Failed,
+    Finished,
+    OpDone,
+    Prepare,
+    Progress,
+    Run,
+    Started,
+)
 
-__all__ = [
-    "Cancelled",
-    "DatasiteDown",
-    "DatasiteReady",
-    "Deny",
-    "Failed",
-    "Finished",
-    "Prepare",
-    "Progress",
-    "Run",
-    "Runner",
-    "Started",
-]
+__all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
 
-
-# -- operations (controller -> runner) --------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prepare:
-    """Submit the job's code request so it waits in the datasite for the operator."""
-
-    job_id: str
-    task: str
-    weights: bytes | None
-    hyperparams: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Run(Prepare):
-    """Submit if needed, approve as the site admin, run; ``cancel`` stops it."""
-
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass(frozen=True)
-class Deny:
-    job_id: str
-    reason: str
-
-
-# -- reports (runner -> controller) -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DatasiteReady:
-    datasets: tuple[tuple[str, str, int], ...]  # (name, task, rows) of hosted datasets
-
-
-@dataclass(frozen=True)
-class DatasiteDown:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Started:
-    job_id: str
-
-
-@dataclass(frozen=True)
-class Progress:
-    job_id: str
-    fraction: float
-
-
-@dataclass(frozen=True)
-class Finished:
-    job_id: str
-    weights: bytes
-    n_samples: int
-    metrics: dict[str, float]
-    train_time_s: float
-
-
-@dataclass(frozen=True)
-class Failed:
-    job_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Cancelled:
-    job_id: str
+# Progress reports cross a pipe: at most this often (the controller rate-limits further).
+_PROGRESS_EVERY_S = 0.25
 
 
 class _CancelledError(Exception):
@@ -117,54 +50,67 @@ Report = Callable[[object], None]
 
 
 class Runner:
-    """See the module docstring. ``start()``, ``submit(op)``, ``stop()``."""
+    """See the module docstring. ``submit(n, op)`` and ``cancel`` from any thread; ``run()``
+    works on the calling thread until ``stop()``."""
 
     def __init__(
-        self, data_dir: Path, site_id: str, training: TrainingSettings, report: Report
+        self,
+        data_dir: Path,
+        site_id: str,
+        training: TrainingSettings,
+        report: Report,
+        threads: int | None = None,
     ) -> None:
+        self._threads = threads
         self._data_dir = data_dir
         self._site_id = site_id
         self._training = training
         self._report = report
-        self._q: queue.Queue[Prepare | Deny | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._main, name="site-trainer", daemon=True)
+        self._q: queue.Queue[tuple[int, Prepare | Deny] | None] = queue.Queue()
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
         self._site: Any = None
         self._down: str | None = None
         self._slot_tasks: list[str] = []
         self._slots: dict[str, str] = {}  # task -> its free pre-approved slot
 
-    def start(self) -> None:
-        self._thread.start()
+    def submit(self, n: int, op: Prepare | Deny) -> None:
+        """Queue the ``n``-th operation; :class:`OpDone` ``n`` is reported once it is done."""
+        self._q.put((n, op))
 
-    def submit(self, op: Prepare | Deny) -> None:
-        self._q.put(op)
+    def cancel(self, job_id: str) -> None:
+        with self._lock:
+            self._cancelled.add(job_id)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current operation (a running job is not waited for)."""
+    def _is_cancelled(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._cancelled
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the current operation."""
         self._q.put(None)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("training worker still busy at shutdown; leaving it")
 
-    # -- worker thread --------------------------------------------------------------
+    # -- the worker's main thread ------------------------------------------------------
 
-    def _main(self) -> None:
+    def run(self) -> None:
         self._open()
         while True:
             try:
                 # Idle with a slot missing: prepare it now, between jobs.
-                op = self._q.get_nowait() if self._slot_wanted() else self._q.get()
+                item = self._q.get_nowait() if self._slot_wanted() else self._q.get()
             except queue.Empty:
                 self._prepare_slot()
                 continue
-            if op is None:
+            if item is None:
                 break
+            n, op = item
             try:
                 self._do(op)
             except Exception as exc:  # one bad job must not stop the worker
                 log.exception("training operation %s failed", type(op).__name__)
                 if not isinstance(op, Deny):
                     self._report(Failed(op.job_id, f"{type(exc).__name__}: {exc}"[:400]))
+            self._report(OpDone(n))
         if self._site is not None:
             self._site.close()
 
@@ -197,6 +143,10 @@ class Runner:
             from site_node.training.datasite import Datasite
 
             site = Datasite.open(self._data_dir, self._site_id)
+            if self._threads is not None:
+                import torch  # syft imported it already
+
+                torch.set_num_threads(self._threads)
         except Exception as exc:
             self._down = f"datasite unavailable: {type(exc).__name__}: {exc}"[:400]
             log.error("%s", self._down)
@@ -229,7 +179,7 @@ class Runner:
         if self._site is None:
             self._report(Failed(op.job_id, self._down or "datasite unavailable"))
             return
-        if isinstance(op, Run) and op.cancel.is_set():
+        if isinstance(op, Run) and self._is_cancelled(op.job_id):
             self._report(Cancelled(op.job_id))  # cancelled while queued
             return
         fresh = not self._submitted(op.job_id)
@@ -256,21 +206,27 @@ class Runner:
         log.debug("job %s approval step took %.3f s", op.job_id, time.perf_counter() - t0)
         self._report(Started(op.job_id))
 
+        last = 0.0
+
         def progress(fraction: float) -> None:
-            if op.cancel.is_set():
+            nonlocal last
+            if self._is_cancelled(op.job_id):
                 raise _CancelledError("cancelled")
-            self._report(Progress(op.job_id, float(fraction)))
+            now = time.monotonic()
+            if now - last >= _PROGRESS_EVERY_S:
+                last = now
+                self._report(Progress(op.job_id, float(fraction)))
 
         t0 = time.perf_counter()
         try:
             weights, n, metrics = site.run(op.job_id, progress)
         except Exception as exc:
-            if op.cancel.is_set():
+            if self._is_cancelled(op.job_id):
                 self._report(Cancelled(op.job_id))
             else:
                 self._report(Failed(op.job_id, str(exc)[:400]))
             return
-        if op.cancel.is_set():
+        if self._is_cancelled(op.job_id):
             self._report(Cancelled(op.job_id))
             return
         self._report(Finished(op.job_id, weights, n, metrics, time.perf_counter() - t0))

@@ -3,8 +3,11 @@
 Command handlers (on the daemon loop) only enqueue. The controller thread owns the job
 store; it applies the site's policy, waits for chunked weights, asks for the operator's
 decision in manual mode (polled from the store, written by ``fedmq-site approve/reject``),
-hands jobs to the training worker (:mod:`site_node.training.jobs.runner`) one at a time and
-reports every state change durably. Wire behaviour, per job (``P/site/{id}/job/{job}``):
+hands jobs to the training worker process (:mod:`site_node.training.worker`: this daemon
+never imports torch, syft or pandas) and reports every state change durably. The
+registration advertises the datasets the datasite hosts, read from its record on disk
+(:mod:`site_node.training.hosted`) when every configured dataset is there; otherwise the
+worker starts at boot to host them. Wire behaviour, per job (``P/site/{id}/job/{job}``):
 
 - ``status`` accepted -> running (progress 0, then at most every ``progress_interval_s``)
   -> done, after a ``result`` (JobResult, then ResultChunk x N on the same topic);
@@ -12,7 +15,9 @@ reports every state change durably. Wire behaviour, per job (``P/site/{id}/job/{
   (reject) rejected "rejected by site operator: <reason>";
 - rejected "<why>": policy (task not allowed, code hash mismatch, no dataset) or a refused
   command ("command refused: unsigned | bad signature | expired N s ago | replayed cmd_id X");
-- failed "<why>": weights incomplete or unverifiable, the task failed, "site restarted";
+- failed "<why>": weights incomplete or unverifiable, the task failed, "site restarted",
+  the worker died ("training worker killed by SIGKILL ...") or grew past its memory limit
+  ("memory limit N MB reached");
 - cancelled "cancelled by coordinator[: reason]".
 """
 
@@ -29,11 +34,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from schemas import CancelCommand, Command, DatasetSummary, TaskOffer, TrainChunk, TrainCommand
+from site_node.training.hosted import read_hosted
 from site_node.training.jobs import policy
 from site_node.training.jobs.chunks import ChunkBuffer
 from site_node.training.jobs.config import TrainingSettings
 from site_node.training.jobs.reporter import JobRef, JobReporter
-from site_node.training.jobs.runner import (
+from site_node.training.jobs.store import TERMINAL_STATES, JobRecord, JobStore
+from site_node.training.tasks import TASKS
+from site_node.training.worker import WorkerDown, WorkerSupervisor
+from site_node.training.worker.protocol import (
     Cancelled,
     DatasiteDown,
     DatasiteReady,
@@ -43,11 +52,8 @@ from site_node.training.jobs.runner import (
     Prepare,
     Progress,
     Run,
-    Runner,
     Started,
 )
-from site_node.training.jobs.store import TERMINAL_STATES, JobRecord, JobStore
-from site_node.training.tasks import TASKS
 
 if TYPE_CHECKING:
     from site_node.daemon import SiteDaemon
@@ -88,13 +94,16 @@ class JobService:
         self._t = training
         self._q: queue.Queue[object] = queue.Queue()
         self._report = JobReporter(daemon, training.chunk_bytes)
-        self._runner = Runner(daemon.settings.data_dir, daemon.site_id, training, self._q.put)
+        log_cfg = daemon.settings.log
+        self._runner = WorkerSupervisor(
+            daemon.settings.data_dir, daemon.site_id, training, self._q.put,
+            log_cfg.file, log_cfg.format, log_cfg.verbose,
+        )  # fmt: skip
         self._thread = threading.Thread(target=self._main, name="site-jobs", daemon=True)
         self._stop = threading.Event()
         # Owned by the controller thread:
         self._chunks = ChunkBuffer(training.max_buffered_bytes)
         self._waiting: dict[str, _Waiting] = {}
-        self._cancels: dict[str, threading.Event] = {}
         self._last_progress: dict[str, float] = {}
         self._cancel_why: dict[str, str] = {}
         self._refusals: deque[float] = deque()
@@ -113,9 +122,30 @@ class JobService:
         d.set_tasks_provider(self._tasks)
         d.set_registration_extra(self._registration_extra)
         d.set_jobs_running(lambda: self._running)
+        d.set_heartbeat_extra(self._heartbeat_extra)
         d.on_stop(self.stop)
+        self._hosted = self._hosted_on_disk()
         self._thread.start()
-        self._runner.start()
+        if self._hosted is None:
+            self._runner.start()  # host the datasets and learn their rows
+
+    def _hosted_on_disk(self) -> tuple[tuple[str, str, int], ...] | None:
+        """The configured datasets as the datasite recorded them, if it hosts them all."""
+        try:
+            hosted = {h.name: h for h in read_hosted(self._d.settings.data_dir)}
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("hosted datasets record unreadable: %s", exc)
+            return None
+        out = []
+        for ds in self._t.datasets:
+            h = hosted.get(ds.name)
+            if h is None or h.task != ds.task:
+                return None
+            out.append((h.name, h.task, h.rows))
+        return tuple(out)
+
+    def _heartbeat_extra(self) -> dict[str, Any]:
+        return {"worker_state": self._runner.state(), "worker_rss_mb": self._runner.rss_mb()}
 
     def stop(self) -> None:
         self._stop.set()
@@ -179,13 +209,19 @@ class JobService:
         elif isinstance(item, _Refused):
             self._on_refusal(item)
         elif isinstance(item, DatasiteReady):
-            self._hosted = item.datasets
-            self._d.call_soon(self._d.announce)
+            self._set_hosted(item.datasets)
         elif isinstance(item, DatasiteDown):
-            self._hosted = ()
-            self._d.call_soon(self._d.announce)
+            self._set_hosted(())
+        elif isinstance(item, WorkerDown):
+            if self._hosted is None:  # it died before it could host anything
+                self._set_hosted(())
         else:
             self._on_worker(item)
+
+    def _set_hosted(self, hosted: tuple[tuple[str, str, int], ...]) -> None:
+        if hosted != self._hosted:
+            self._hosted = hosted
+            self._d.call_soon(self._d.announce)
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -271,8 +307,7 @@ class JobService:
 
     def _queue_run(self, job: JobRecord, weights: bytes | None) -> None:
         cmd = TrainCommand.model_validate_json(job.command)
-        cancel = self._cancels.setdefault(job.job_id, threading.Event())
-        self._runner.submit(Run(job.job_id, job.task, weights, policy.hyperparams_for(cmd), cancel))
+        self._runner.submit(Run(job.job_id, job.task, weights, policy.hyperparams_for(cmd)))
 
     def _on_cancel(self, cmd: CancelCommand) -> None:
         job = self._store.get(cmd.job_id)
@@ -280,8 +315,7 @@ class JobService:
             log.info("cancel for job %s ignored: %s", cmd.job_id, job.state if job else "unknown")
             return
         why = "cancelled by coordinator" + (f": {cmd.reason}" if cmd.reason else "")
-        flag = self._cancels.setdefault(cmd.job_id, threading.Event())
-        flag.set()
+        self._runner.cancel(cmd.job_id)  # a queued run is skipped, a running one stops
         if job.state == "running":
             log.info("cancelling running job %s", cmd.job_id)
             self._cancel_why[cmd.job_id] = why
@@ -351,7 +385,6 @@ class JobService:
             return  # e.g. the worker's late report on a job cancelled while queued
         self._store.set_state(ref.job_id, state, reason)
         self._waiting.pop(ref.job_id, None)
-        self._cancels.pop(ref.job_id, None)
         self._last_progress.pop(ref.job_id, None)
         self._cancel_why.pop(ref.job_id, None)
         self._running = self._store.count("running")
