@@ -153,7 +153,9 @@ publish = "raw"                       ## raw: every sample | summary: min/mean/m
 ## ---- training: only on sites that train (loads torch/syft; pip install 'fedmq[train]')
 
 # [training]
-# allow = ["cmapss-rul"]              ## tasks this site runs
+# tasks_dir = "tasks"                 ## the site's own tasks (*.py, *.toml): docs/tasks.md
+# allow = ["cmapss-rul"]              ## tasks it runs; "name@<hash>" pins exact code
+# pins = {}                           ## name -> hash (allow's "@<hash>" entries land here)
 # approval = "manual"                 ## or "auto": run approved jobs without asking
 # max_concurrent_jobs = 1
 # worker_idle_s = 180                 ## the training worker exits after this idle time

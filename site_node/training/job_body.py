@@ -55,7 +55,7 @@ def _execute_job(spec_json: str, data: Any) -> dict[str, Any]:
     from site_node.training.tasks import get_task
 
     spec = json.loads(spec_json)
-    task = get_task(spec["task"])
+    task = get_task(spec["task"], tasks_dir=spec.get("tasks_dir"))
     if task.code_hash != spec["code_hash"]:
         raise RuntimeError(f"task {spec['task']} code changed since the job was submitted")
     weights = None

@@ -3,7 +3,12 @@
 Example::
 
     [training]
-    allow = ["cmapss-rul"]
+    tasks_dir = "/srv/fedmq/tasks"      # *.py, package folders, *.toml (docs/tasks.md)
+    allow = [
+        "cmapss-rul",                                   # this site's code of it at start
+        {task = "press-fail", hash = "5f0c...64 hex"},  # exactly this code
+        "pump-rul@9ab1...64 hex",                       # the same, as one string
+    ]
     approval = "manual"
 
     [[training.datasets]]
@@ -17,11 +22,27 @@ Pydantic only: parsing the table never imports torch or syft.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 __all__ = ["DatasetConfig", "TrainingSettings"]
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+_ALLOW_FORMS = (
+    'each training.allow entry is "name", "name@<sha256 hex>" or {task = "name", '
+    'hash = "<sha256 hex>"}'
+)
 
 _strict = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,8 +63,14 @@ class TrainingSettings(BaseModel):
 
     model_config = _strict
 
-    # Task names this site runs; a task's code hash is this site's own registry hash.
+    # Folder of the site's own tasks: *.py files, package folders and *.toml declared
+    # tasks (docs/tasks.md); relative to the working directory; stored absolute.
+    tasks_dir: Path | None = None
+    # Task names this site runs. An entry with a hash pins that exact code; a plain name
+    # pins the code the site finds at start (an edit while it runs is refused until the
+    # site restarts). Pinned hashes move to ``pins`` (name -> hash) when the table is read.
     allow: list[str] = []
+    pins: dict[str, str] = {}
     approval: Literal["auto", "manual"] = "auto"
     datasets: list[DatasetConfig] = []
     # Weights above this many bytes travel in ResultChunk messages.
@@ -67,28 +94,89 @@ class TrainingSettings(BaseModel):
     # only logged, so a flood of bad commands cannot fill the never-dropped job rows.
     max_refusal_reports_per_min: int = Field(default=30, ge=0)
 
-    @field_validator("allow")
-    @classmethod
-    def _known_tasks(cls, value: list[str]) -> list[str]:
-        from site_node.training.tasks import TASKS  # the registry imports no torch
+    # name -> code hash of each allow-listed task when this table was read (site start).
+    _start_hashes: dict[str, str] = PrivateAttr(default_factory=dict)
 
-        unknown = sorted(set(value) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown} in training.allow; known: {sorted(TASKS)}")
-        return value
+    @model_validator(mode="before")
+    @classmethod
+    def _allow_entries(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "allow" not in data:
+            return data
+        raw = data["allow"]
+        if not isinstance(raw, list):
+            raise ValueError(f"training.allow must be a list; {_ALLOW_FORMS}")
+        names: list[str] = []
+        pins: dict[str, str] = dict(data.get("pins") or {})
+        for entry in raw:
+            name, pin = _allow_entry(entry)
+            if name in names:
+                raise ValueError(f"training.allow names task {name!r} twice")
+            names.append(name)
+            if pin is not None:
+                pins[name] = pin
+        return {**data, "allow": names, "pins": pins}
+
+    @field_validator("tasks_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        # A missing folder is reported by the registry (with any task it then lacks).
+        return value.expanduser().resolve()
 
     @model_validator(mode="after")
-    def _datasets(self) -> TrainingSettings:
+    def _known_tasks(self) -> TrainingSettings:
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise ValueError("training.datasets names must be unique")
-        from site_node.training.tasks import TASKS
+        for name, pin in self.pins.items():
+            if name not in self.allow:
+                raise ValueError(f"training.pins names {name!r}, which is not in training.allow")
+            if not _HASH.match(pin):
+                raise ValueError(f"training.allow: hash of {name!r} must be 64 lowercase hex")
+        from site_node.training.tasks import scan  # the registry imports no torch
 
-        for d in self.datasets:
-            if d.task not in TASKS:
-                raise ValueError(f"dataset {d.name}: unknown task {d.task!r}")
+        catalog = scan(self.tasks_dir)
+        wanted = [*self.allow, *(d.task for d in self.datasets)]
+        unknown = sorted({n for n in wanted if n not in catalog.tasks})
+        if unknown:
+            where = "training.allow" if set(unknown) & set(self.allow) else "training.datasets"
+            left = f"; left out: {'; '.join(catalog.problems)}" if catalog.problems else ""
+            raise ValueError(
+                f"unknown task(s) {unknown} in {where}; known: {catalog.known()}{left}"
+            )
+        self._start_hashes = {n: catalog.tasks[n].code_hash for n in self.allow}
         return self
+
+    def pinned_hash(self, task: str) -> str | None:
+        """The code hash this site runs ``task`` with: its pin, else its hash at start."""
+        return self.pins.get(task) or self._start_hashes.get(task)
 
     def dataset_for(self, task: str) -> DatasetConfig | None:
         """The first configured dataset of ``task`` (the one its jobs train on)."""
         return next((d for d in self.datasets if d.task == task), None)
+
+
+def _allow_entry(entry: Any) -> tuple[str, str | None]:
+    """(name, pinned hash or None) of one training.allow entry."""
+    name: Any
+    pin: Any
+    if isinstance(entry, str):
+        name, _, text = entry.partition("@")
+        pin = text or None
+    elif isinstance(entry, dict) and not set(entry) - {"task", "hash"}:
+        name, pin = entry.get("task"), entry.get("hash")
+    else:
+        raise ValueError(f"bad training.allow entry {entry!r}; {_ALLOW_FORMS}")
+    if not isinstance(name, str) or not (pin is None or isinstance(pin, str)):
+        raise ValueError(f"bad training.allow entry {entry!r}; {_ALLOW_FORMS}")
+    if not _NAME.match(name):
+        raise ValueError(f"training.allow: task name {name!r} must match [A-Za-z0-9_-]{{1,128}}")
+    if pin is not None:
+        pin = pin.removeprefix("sha256:")
+        if not _HASH.match(pin):
+            raise ValueError(
+                f"training.allow: hash {pin!r} of {name!r} must be the 64 lowercase hex "
+                "digits `fedmq-site tasks` lists"
+            )
+    return name, pin

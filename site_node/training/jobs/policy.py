@@ -1,14 +1,23 @@
-"""The site's own policy for an authentic train command: which tasks, which code."""
+"""The site's own policy for an authentic train command: which tasks, which code.
+
+A job runs only a task on the allow-list whose files, hashed now, still match the hash the
+allow-list pins (or, for a plain name, the hash at site start), and only when the command
+asks for that same hash. Every refusal names the hashes it compared.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
-from schemas import TrainCommand
+from schemas import TaskOffer, TrainCommand
 from site_node.training.jobs.config import TrainingSettings
-from site_node.training.tasks import TASKS
+from site_node.training.tasks import TASKS_DIR_ENV, scan
 
-__all__ = ["hyperparams_for", "refusal"]
+__all__ = ["advertised", "hyperparams_for", "pin_warnings", "refusal", "use_tasks_dir"]
+
+log = logging.getLogger(__name__)
 
 
 def refusal(cmd: TrainCommand, training: TrainingSettings, hosted: set[str] | None) -> str | None:
@@ -19,13 +28,20 @@ def refusal(cmd: TrainCommand, training: TrainingSettings, hosted: set[str] | No
     """
     if cmd.task not in training.allow:
         return f"task {cmd.task} is not in this site's allow-list"
-    task = TASKS.get(cmd.task)
-    if task is None:  # allow-listed names are validated against the registry at load
-        return f"task {cmd.task} is unknown at this site"
-    if cmd.code_hash != task.code_hash:
+    pinned = training.pinned_hash(cmd.task)
+    catalog = scan(training.tasks_dir)
+    task = catalog.tasks.get(cmd.task)
+    if task is None or pinned is None:
+        return f"task {cmd.task} is allow-listed but no longer found at this site"
+    if task.code_hash != pinned:
         return (
-            f"code hash mismatch for {cmd.task}: site runs {task.code_hash[:12]}, "
-            f"command asks {cmd.code_hash[:12]}"
+            f"task {cmd.task} changed at this site: its files hash to {task.code_hash}, "
+            f"the allow-list pins {pinned}"
+        )
+    if cmd.code_hash != pinned:
+        return (
+            f"code hash mismatch for {cmd.task}: this site runs {pinned}, "
+            f"the command asks {cmd.code_hash}"
         )
     if training.dataset_for(cmd.task) is None or (hosted is not None and cmd.task not in hosted):
         return f"no dataset hosted for task {cmd.task}"
@@ -45,3 +61,39 @@ def hyperparams_for(cmd: TrainCommand) -> dict[str, Any]:
         "strategy": cmd.strategy,
         "round": cmd.hyperparams.get("round", cmd.round),
     }
+
+
+def advertised(training: TrainingSettings) -> dict[str, TaskOffer]:
+    """What the site offers for each allow-listed task it knows: version and pinned hash."""
+    catalog = scan(training.tasks_dir)
+    out = {}
+    for name in training.allow:
+        pinned, task = training.pinned_hash(name), catalog.tasks.get(name)
+        if pinned is not None and task is not None:
+            out[name] = TaskOffer(name=name, version=task.version, code_hash=pinned)
+    return out
+
+
+def pin_warnings(training: TrainingSettings) -> list[str]:
+    """Allow-listed tasks whose files no longer match their pinned hash (refused jobs)."""
+    catalog = scan(training.tasks_dir)
+    out = []
+    for name, pin in training.pins.items():
+        task = catalog.tasks.get(name)
+        if task is not None and task.code_hash != pin:
+            out.append(
+                f"task {name}: its files ({task.path}) hash to {task.code_hash}, the "
+                f"allow-list pins {pin}; its jobs will be refused"
+            )
+    return out
+
+
+def use_tasks_dir(training: TrainingSettings) -> None:
+    """Name the site's tasks folder for this process and its children (the training
+    worker, the job bodies in its datasite): ``get_task(name)`` then finds its tasks."""
+    if training.tasks_dir is None:
+        os.environ.pop(TASKS_DIR_ENV, None)
+    else:
+        os.environ[TASKS_DIR_ENV] = str(training.tasks_dir)
+    for warning in pin_warnings(training):
+        log.warning("%s", warning)

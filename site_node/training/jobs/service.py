@@ -40,7 +40,6 @@ from site_node.training.jobs.chunks import ChunkBuffer
 from site_node.training.jobs.config import TrainingSettings
 from site_node.training.jobs.reporter import JobRef, JobReporter
 from site_node.training.jobs.store import TERMINAL_STATES, JobRecord, JobStore
-from site_node.training.tasks import TASKS
 from site_node.training.worker import WorkerDown, WorkerSupervisor
 from site_node.training.worker.protocol import (
     Cancelled,
@@ -92,6 +91,7 @@ class JobService:
     def __init__(self, daemon: SiteDaemon, training: TrainingSettings) -> None:
         self._d = daemon
         self._t = training
+        policy.use_tasks_dir(training)  # before the worker starts: it inherits it
         self._q: queue.Queue[object] = queue.Queue()
         self._report = JobReporter(daemon, training.chunk_bytes)
         log_cfg = daemon.settings.log
@@ -158,11 +158,8 @@ class JobService:
 
     def _tasks(self) -> tuple[TaskOffer, ...]:
         hosted = {task for _n, task, _r in self._hosted or ()}
-        return tuple(
-            TaskOffer(name=name, version=TASKS[name].version, code_hash=TASKS[name].code_hash)
-            for name in self._t.allow
-            if name in hosted
-        )
+        offers = policy.advertised(self._t)  # pinned hashes (docs/tasks.md)
+        return tuple(offers[n] for n in self._t.allow if n in hosted and n in offers)
 
     def _registration_extra(self) -> dict[str, Any]:
         return {
