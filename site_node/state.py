@@ -17,6 +17,8 @@ import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import psutil
+
 from schemas import now_ms
 
 __all__ = ["RuntimeState", "SiteState", "pid_alive"]
@@ -39,13 +41,9 @@ def pid_alive(pid: int) -> bool:
     """Whether a process with ``pid`` exists (0 means none)."""
     if pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # Not os.kill(pid, 0): on Windows signal 0 is CTRL_C_EVENT, which interrupts the
+    # process instead of probing it. psutil probes on every platform.
+    return bool(psutil.pid_exists(pid))
 
 
 class SiteState:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -35,9 +34,9 @@ def _readers(disk_path: str) -> dict[str, Callable[[], float | None]]:
         "mem_percent": lambda: psutil.virtual_memory().percent,
         "swap_percent": lambda: psutil.swap_memory().percent,
         "disk_percent": lambda: psutil.disk_usage(disk_path).percent,
-        "load1": lambda: os.getloadavg()[0],
-        "load5": lambda: os.getloadavg()[1],
-        "load15": lambda: os.getloadavg()[2],
+        "load1": lambda: psutil.getloadavg()[0],
+        "load5": lambda: psutil.getloadavg()[1],
+        "load15": lambda: psutil.getloadavg()[2],
         "net_bytes_sent": lambda: _net("bytes_sent"),
         "net_bytes_recv": lambda: _net("bytes_recv"),
         "disk_read_bytes": lambda: _disk_io("read_bytes"),
