@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedmq_runtime.settings import MqttSettings, load_settings
 from schemas import Location, PlantHierarchy, validate_site_id
+from site_node.history.config import HistorySettings, check_site_history
 from site_node.sources import DeviceConfig
 from site_node.training.jobs.config import TrainingSettings
 
@@ -84,12 +85,20 @@ class SiteSettings(BaseModel):
     # imports torch or syft.
     extensions: list[str] = []
     training: TrainingSettings | None = None
+    # The local telemetry history (site_node/history): every device's samples, bounded.
+    history: HistorySettings = HistorySettings()
 
     @field_validator("site_id")
     @classmethod
     def _site_id(cls, value: str) -> str:
         validate_site_id(value)
         return value
+
+    @model_validator(mode="after")
+    def _history(self) -> SiteSettings:
+        datasets = self.training.datasets if self.training is not None else []
+        check_site_history(self.devices, self.history, datasets)
+        return self
 
     @property
     def outbox_path(self) -> Path:

@@ -1,0 +1,144 @@
+"""A training dataset from the local history: the selected rows as a private CSV file.
+
+When a dataset is declared with ``history = {devices = [...], since_days = N}`` instead
+of ``paths``, the site writes the selected history to
+``<data_dir>/history-exports/<dataset>.csv`` (folder 0700, file 0600, replaced atomically)
+and hands that one path to the task's ``read_table``. The CSV (RFC 4180, UTF-8, one header
+line) has one line per reading, oldest first:
+
+``timestamp``
+    the reading's time, ISO 8601 UTC with milliseconds (``2026-11-29T16:55:01.123Z``)
+``ts_ms``
+    the same time as UTC epoch milliseconds
+``device``
+    the device name
+one column per sensor
+    named as the device publishes it (first seen first); empty where the reading has no
+    value for it, or its value was ``bad`` (quality ``uncertain`` values are kept).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fedmq_runtime.clock import now_ms
+from site_node.history.config import HISTORY_FILE, HistorySelection
+from site_node.history.store import QUALITY_CODES
+
+__all__ = ["EXPORT_DIR", "ExportResult", "dataset_paths", "export_history", "iso_utc"]
+
+EXPORT_DIR = "history-exports"
+_BAD = QUALITY_CODES["bad"]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    rows: int  # readings written (CSV lines after the header)
+    columns: tuple[str, ...]
+
+
+def iso_utc(ts_ms: int) -> str:
+    """``2026-11-29T16:55:01.123Z`` for epoch milliseconds."""
+    dt = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+
+
+def export_history(
+    history_db: Path,
+    devices: Sequence[str],
+    out: Path,
+    since_days: float | None = None,
+    now: int | None = None,
+) -> ExportResult:
+    """Write the history of ``devices`` (samples of the last ``since_days``) to ``out``.
+
+    A history that does not exist yet, or holds nothing selected, gives a CSV with the
+    header only. Reads through its own connection: the daemon may be writing.
+    """
+    since = 0 if since_days is None else (now or now_ms()) - int(since_days * 86_400_000)
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    names: list[str] = []
+    lines: Iterator[tuple[int, int, str, dict[str, float | None]]] = iter(())
+    conn = None
+    if history_db.exists():
+        conn = sqlite3.connect(f"file:{history_db}?mode=ro", uri=True, timeout=30)
+        marks = ",".join("?" * len(devices))
+        names = list(
+            dict.fromkeys(
+                n
+                for (n,) in conn.execute(
+                    f"SELECT name FROM series WHERE device IN ({marks}) ORDER BY id",
+                    list(devices),
+                )
+            )
+        )
+        lines = _readings(conn, marks, list(devices), since)
+    fd, tmp = tempfile.mkstemp(prefix=".export-", dir=out.parent)
+    rows = 0
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["timestamp", "ts_ms", "device", *names])
+            for ts, _reading, device, values in lines:
+                writer.writerow(
+                    [iso_utc(ts), ts, device, *("" if (v := values.get(n)) is None else repr(v)
+                                                for n in names)]
+                )  # fmt: skip
+                rows += 1
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        if conn is not None:
+            conn.close()
+    return ExportResult(out, rows, ("timestamp", "ts_ms", "device", *names))
+
+
+def _readings(
+    conn: sqlite3.Connection, marks: str, devices: list[str], since: int
+) -> Iterator[tuple[int, int, str, dict[str, float | None]]]:
+    cur = conn.execute(
+        "SELECT s.reading, s.ts, se.device, se.name, s.value, s.q FROM samples s "
+        f"JOIN series se ON se.id = s.series WHERE se.device IN ({marks}) AND s.ts >= ? "
+        "ORDER BY s.ts, s.reading",
+        [*devices, since],
+    )
+    current: tuple[int, int, str, dict[str, float | None]] | None = None
+    for reading, ts, device, name, value, q in cur:
+        if current is None or current[0] != reading:
+            if current is not None:
+                yield current[1], current[0], current[2], current[3]
+            current = (reading, ts, device, {})
+        current[3][name] = None if q == _BAD else value
+    if current is not None:
+        yield current[1], current[0], current[2], current[3]
+
+
+def dataset_paths(
+    name: str,
+    paths: Sequence[str],
+    history: HistorySelection | None,
+    data_dir: Path,
+) -> list[str]:
+    """The files a dataset's task reads: its ``paths``, or for a history dataset a fresh
+    export of the selected history (one CSV, see the module docstring)."""
+    if history is None:
+        return [str(p) for p in paths]
+    data_dir = Path(data_dir)
+    result = export_history(
+        data_dir / HISTORY_FILE,
+        history.devices,
+        data_dir / EXPORT_DIR / f"{name}.csv",
+        history.since_days,
+    )
+    return [str(result.path)]

@@ -1,0 +1,337 @@
+"""The site's local telemetry history: a SQLite file of its own samples, bounded and pruned.
+
+Sources hand readings to :meth:`History.add_row` (a list append under a lock: the
+telemetry path never waits for the disk); one writer thread owns the connection and
+commits what is pending every ``flush_interval_s`` (or sooner, when much is pending) in one
+transaction. The file is separate from the outbox: nothing here is ever sent.
+
+Schema: ``series`` (one row per device, sensor and unit) and ``samples`` (``reading``,
+``ts``, ``series``, ``value``, ``q``). The samples of one reading (a file or serial row)
+share a ``reading`` number, so an export puts them on one line even when two readings
+share a millisecond.
+
+Bounds, checked after each commit (page counts, cheap) and every ``prune_interval_s``:
+samples older than ``max_age_days`` by their own timestamp go; when the pages in use pass
+``max_bytes`` the oldest samples go until 90 % of it is left (freed pages are reused, so
+the file stops growing).
+
+What a crash loses: samples not committed yet (at most ``flush_interval_s`` of them);
+committed samples survive a kill -9 (WAL), and with ``synchronous = "FULL"`` a power loss.
+A storage error (a full disk) drops that batch and counts it (``dropped``); the writer
+goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedmq_runtime.clock import now_ms
+from fedmq_runtime.logs import RateLimitedLog
+from schemas import Sample
+from site_node.history.config import HistorySettings
+
+__all__ = ["QUALITY_CODES", "History", "connect"]
+
+log = logging.getLogger(__name__)
+
+QUALITY_CODES = {"good": 0, "uncertain": 1, "bad": 2}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, name TEXT NOT NULL, unit TEXT NOT NULL,
+    UNIQUE (device, name, unit));
+CREATE TABLE IF NOT EXISTS samples (
+    reading INTEGER NOT NULL, ts INTEGER NOT NULL, series INTEGER NOT NULL,
+    value REAL NOT NULL, q INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts);
+"""
+# Pending samples that wake the writer before its interval (one big transaction is cheaper
+# than many, but a burst should not wait for the timer).
+_WAKE_AT = 20_000
+_PRUNE_CHUNK = 50_000
+
+
+def connect(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """Open (creating) a history database: WAL, the schema in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+class History:
+    """See the module docstring. ``start()``, ``add_row()`` from any thread, ``stop()``."""
+
+    def __init__(
+        self, path: Path, settings: HistorySettings, clock_ms: Callable[[], int] = now_ms
+    ) -> None:
+        self.path = Path(path)
+        self.settings = settings
+        self._clock_ms = clock_ms
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, Sequence[Sample]]] = []
+        self._pending_samples = 0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._done = threading.Condition(self._lock)
+        self._requested = 0  # flush requests made / served (guarded by _lock)
+        self._served = 0
+        self._thread: threading.Thread | None = None
+        self._ratelog = RateLimitedLog(log)
+        self._counts = dict.fromkeys(
+            ("committed", "dropped", "pruned_age", "pruned_size", "commits", "errors"), 0
+        )
+        self._rows = 0
+        self._used_bytes = 0
+
+    # -- any thread ------------------------------------------------------------------------
+
+    def add_row(self, device: str, samples: Sequence[Sample]) -> None:
+        """Record one reading's samples (kept together); never blocks on the disk."""
+        if not samples:
+            return
+        n = len(samples)
+        wake = False
+        with self._lock:
+            if self._pending_samples + n > self.settings.max_pending:
+                self._counts["dropped"] += n
+                drop = True
+            else:
+                self._pending.append((device, samples))
+                self._pending_samples += n
+                drop = False
+                wake = self._pending_samples >= _WAKE_AT
+        if drop:
+            self._ratelog(logging.WARNING, "full", "history writer behind: %d sample(s) dropped", n)
+        elif wake:
+            self._wake.set()
+
+    def add(self, device: str, sample: Sample) -> None:
+        """Record one sample as a reading of its own."""
+        self.add_row(device, (sample,))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Commit everything added so far; True once committed (False on timeout)."""
+        with self._lock:
+            self._requested += 1
+            ticket = self._requested
+        self._wake.set()
+        with self._done:
+            return self._done.wait_for(lambda: self._served >= ticket, timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: committed, dropped, pending, rows, used_bytes, pruned_*, commits, errors."""
+        with self._lock:
+            out = dict(self._counts)
+            out["pending"] = self._pending_samples
+            out["rows"] = self._rows
+            out["used_bytes"] = self._used_bytes
+        return out
+
+    def start(self) -> None:
+        """Open the database (on the writer thread) and start committing."""
+        if self._thread is not None:
+            raise RuntimeError("history already started")
+        opened = threading.Event()
+        self._thread = threading.Thread(
+            target=self._main, args=(opened,), name="site-history", daemon=True
+        )
+        self._thread.start()
+        opened.wait(30)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Commit what is pending, then close."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("history writer did not stop within %.0f s", timeout)
+
+    # -- writer thread ---------------------------------------------------------------------
+
+    def _main(self, opened: threading.Event) -> None:
+        try:
+            conn = connect(self.path, self.settings.synchronous)
+        except sqlite3.Error as exc:
+            log.error("history disabled: cannot open %s: %s", self.path, exc)
+            opened.set()
+            self._serve_forever_dropping()
+            return
+        try:
+            self._series = {
+                (d, n, u): i
+                for i, d, n, u in conn.execute("SELECT id, device, name, unit FROM series")
+            }
+            self._next_reading = int(
+                conn.execute("SELECT coalesce(max(reading), 0) + 1 FROM samples").fetchone()[0]
+            )
+            rows = int(conn.execute("SELECT count(*) FROM samples").fetchone()[0])
+            with self._lock:
+                self._rows = rows
+            opened.set()
+            self._prune_age(conn)
+            next_prune = time.monotonic() + self.settings.prune_interval_s
+            while True:
+                self._wake.wait(self.settings.flush_interval_s)
+                self._wake.clear()
+                stopping = self._stopping.is_set()
+                self._commit(conn)
+                if time.monotonic() >= next_prune:
+                    self._prune_age(conn)
+                    next_prune = time.monotonic() + self.settings.prune_interval_s
+                if stopping:
+                    self._commit(conn)
+                    break
+        finally:
+            opened.set()
+            conn.close()
+            self._serve()
+
+    def _serve_forever_dropping(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.settings.flush_interval_s)
+            self._wake.clear()
+            with self._lock:
+                self._counts["dropped"] += self._pending_samples
+                self._pending, self._pending_samples = [], 0
+            self._serve()
+
+    def _serve(self) -> None:
+        with self._done:
+            self._served = self._requested
+            self._done.notify_all()
+
+    def _take(self) -> tuple[list[tuple[str, Sequence[Sample]]], int]:
+        with self._lock:
+            batch = self._pending
+            self._pending, self._pending_samples = [], 0
+            ticket = self._requested
+        return batch, ticket
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        batch, ticket = self._take()
+        if batch:
+            try:
+                n = self._write(conn, batch)
+            except sqlite3.Error as exc:
+                n = sum(len(s) for _, s in batch)
+                with self._lock:
+                    self._counts["dropped"] += n
+                    self._counts["errors"] += 1
+                self._ratelog(
+                    logging.ERROR, "write", "history: %d sample(s) not stored: %s", n, exc
+                )
+            else:
+                with self._lock:
+                    self._counts["committed"] += n
+                    self._counts["commits"] += 1
+                    self._rows += n
+                self._prune_size(conn)
+        with self._done:
+            self._served = max(self._served, ticket)
+            self._done.notify_all()
+
+    def _write(self, conn: sqlite3.Connection, batch: list[tuple[str, Sequence[Sample]]]) -> int:
+        rows: list[tuple[int, int, int, float, int]] = []
+        reading = self._next_reading
+        series = self._series
+        codes = QUALITY_CODES
+        conn.execute("BEGIN")
+        try:
+            for device, samples in batch:
+                for s in samples:
+                    key = (device, s.name, s.unit)
+                    sid = series.get(key)
+                    if sid is None:
+                        sid = self._new_series(conn, key)
+                    rows.append((reading, s.ts, sid, s.value, codes[s.q]))
+                reading += 1
+            conn.executemany(
+                "INSERT INTO samples (reading, ts, series, value, q) VALUES (?, ?, ?, ?, ?)", rows
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            # Series ids created in the rolled-back transaction are gone again.
+            self._series = {
+                (d, n, u): i
+                for i, d, n, u in conn.execute("SELECT id, device, name, unit FROM series")
+            }
+            raise
+        self._next_reading = reading
+        return len(rows)
+
+    def _new_series(self, conn: sqlite3.Connection, key: tuple[str, str, str]) -> int:
+        cur = conn.execute("INSERT INTO series (device, name, unit) VALUES (?, ?, ?)", key)
+        sid = int(cur.lastrowid or 0)
+        self._series[key] = sid
+        return sid
+
+    def _used(self, conn: sqlite3.Connection) -> int:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def _prune_size(self, conn: sqlite3.Connection) -> None:
+        used = self._used(conn)
+        with self._lock:
+            self._used_bytes = used
+            rows = self._rows
+        if used <= self.settings.max_bytes or rows == 0:
+            return
+        # Samples take roughly equal space: drop the oldest share that brings the pages in
+        # use to 90 % of the bound (whole milliseconds, so a reading is not cut in two).
+        keep = int(rows * 0.9 * self.settings.max_bytes / used)
+        n = max(1, rows - keep)
+        row = conn.execute(
+            "SELECT ts FROM samples ORDER BY ts LIMIT 1 OFFSET ?", (n - 1,)
+        ).fetchone()
+        if row is None:
+            return
+        deleted = self._delete(conn, "ts <= ?", (row[0],))
+        used = self._used(conn)
+        with self._lock:
+            self._counts["pruned_size"] += deleted
+            self._used_bytes = used
+        log.info(
+            "history over %d bytes: pruned the %d oldest sample(s)",
+            self.settings.max_bytes,
+            deleted,
+        )
+
+    def _prune_age(self, conn: sqlite3.Connection) -> None:
+        cutoff = self._clock_ms() - int(self.settings.max_age_days * 86_400_000)
+        deleted = self._delete(conn, "ts < ?", (cutoff,))
+        if deleted:
+            with self._lock:
+                self._counts["pruned_age"] += deleted
+                self._used_bytes = self._used(conn)
+            log.info(
+                "history: pruned %d sample(s) older than %g days",
+                deleted,
+                self.settings.max_age_days,
+            )
+
+    def _delete(self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
+        total = 0
+        while True:  # in chunks: a long first prune must not hold one huge transaction
+            cur = conn.execute(
+                f"DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples WHERE {where} "
+                f"LIMIT {_PRUNE_CHUNK})",
+                args,
+            )
+            total += cur.rowcount
+            with self._lock:
+                self._rows -= cur.rowcount
+            if cur.rowcount < _PRUNE_CHUNK:
+                return total
