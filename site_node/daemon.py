@@ -9,6 +9,7 @@ on that loop and must return quickly (hand long work to an own thread).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import queue
@@ -41,9 +42,10 @@ from site_node.batcher import Batcher
 from site_node.bus import BusEvent, Connected, Disconnected, Inbound, SiteBus
 from site_node.command_guard import CommandGuard, CommandRefused, load_public_key
 from site_node.heartbeat import HeartbeatSender
+from site_node.history import HISTORY_FILE, History, Tap, published_sensors
 from site_node.outbox import Outbox
 from site_node.settings import SiteSettings
-from site_node.sources import Source, SplitSource, build_source
+from site_node.sources import DeviceConfig, Source, SplitSource, build_source
 from site_node.state import SiteState
 
 __all__ = ["TRAINING_EXTENSION", "CommandHandler", "RefusalHandler", "SiteDaemon"]
@@ -90,6 +92,12 @@ class SiteDaemon:
         self.batcher = Batcher(
             self._flush_batch, settings.batch_max_samples, settings.batch_max_wait_s
         )
+        # Every device's readings go to the local history; what leaves the site follows
+        # the device's publish mode (site_node/history/tap.py).
+        history = None
+        if settings.history.enabled:
+            history = History(settings.data_dir / HISTORY_FILE, settings.history)
+        self.tap = Tap(self.batcher.add_row, history)
         key = None
         if settings.coordinator_public_key_file is not None:
             key = load_public_key(settings.coordinator_public_key_file)
@@ -184,9 +192,11 @@ class SiteDaemon:
             TelemetryDevice(
                 device=device,
                 source=self._device_sources[src.device],  # type: ignore[arg-type]
-                sensors=src.sensors(),
+                sensors=published_sensors(src.sensors(), cfg.publish),
+                publish=cfg.publish,
+                summary_window_s=cfg.summary_window_s if cfg.publish == "summary" else None,
             )
-            for src in self.sources
+            for src, cfg in zip(self.sources, s.devices, strict=True)
             for device in (src.devices() if isinstance(src, SplitSource) else (src.device,))
         )
         payload = lifecycle.registration(
@@ -228,10 +238,12 @@ class SiteDaemon:
         self._load_extensions()
         self.outbox.start()
         self.bus.start()
-        for src in self.sources:
+        if self.tap.history is not None:
+            self.tap.history.start()
+        for src, cfg in zip(self.sources, s.devices, strict=True):
             if isinstance(src, SplitSource):
-                src.route(self._row_emitter, self._device_found(src))
-            src.start(self._emitter(src.device), self._row_emitter(src.device))
+                src.route(functools.partial(self._row_emitter, cfg=cfg), self._device_found(src))
+            src.start(self._emitter(src.device, cfg), self._row_emitter(src.device, cfg))
         self.heartbeat.start()
         log.info("site %s running with %d device(s)", self.site_id, len(self.sources))
         while not self._stop.is_set():
@@ -244,6 +256,7 @@ class SiteDaemon:
             if event is not None:
                 self._handle(event)
             self._run_calls()
+            self.tap.summaries.poll()
             self.batcher.poll()
         self._shutdown()
         return 0
@@ -269,6 +282,9 @@ class SiteDaemon:
         self.heartbeat.stop()
         for src in self.sources:
             src.stop()
+        if self.tap.history is not None:
+            self.tap.history.stop()
+        self.tap.summaries.flush_all()
         self.batcher.flush_all()
         self.outbox.stop(flush_s=2.0)
         if self.bus.connected:
@@ -311,13 +327,11 @@ class SiteDaemon:
         if self.bus.connected:
             self.announce()
 
-    def _emitter(self, device: str) -> Callable[[Sample], None]:
-        add = self.batcher.add
-        return lambda sample: add(device, sample)
+    def _emitter(self, device: str, cfg: DeviceConfig) -> Callable[[Sample], None]:
+        return self.tap.emitter(device, cfg.publish, cfg.summary_window_s)
 
-    def _row_emitter(self, device: str) -> Callable[[Sequence[Sample]], None]:
-        add_row = self.batcher.add_row
-        return lambda row: add_row(device, row)
+    def _row_emitter(self, device: str, cfg: DeviceConfig) -> Callable[[Sequence[Sample]], None]:
+        return self.tap.row_emitter(device, cfg.publish, cfg.summary_window_s)
 
     def _flush_batch(self, device: str, samples: list[Sample]) -> None:
         site, session = self.site_id, self.session
