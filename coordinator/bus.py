@@ -5,6 +5,11 @@ One persistent session (MQTT 5 ``clean_start=False`` with a session expiry, or 3
 sent only when the caller says the message is committed (:meth:`Bus.ack`). Callbacks only
 translate and enqueue :class:`Inbound` items. The coordinator's retained status is
 published online on every connect and its retained offline Last Will is set up front.
+
+The MQTT version follows ``mqtt.protocol`` (:mod:`fedmq_runtime.mqtt_protocol`): with
+``auto`` a broker that refuses MQTT 5 (CONNACK "unsupported protocol version", or a close
+before any CONNACK) gets a fresh 3.1.1 client at once. Every refused or dropped connect is
+logged with its reason; a disconnect asked for by :meth:`Bus.stop` is logged at INFO.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fedmq_runtime.broker_connection import connection_options
 from fedmq_runtime.clock import now_ms
+from fedmq_runtime.mqtt_protocol import ProtocolChoice, Version
 from fedmq_runtime.settings import MqttSettings
 from schemas import CoordinatorStatus, Topics, encode
 
@@ -72,31 +78,47 @@ class Bus:
         self.inbound = inbound
         self.connected = threading.Event()
         self._subscriptions: dict[str, int] = {}
-        self._v5 = settings.protocol == "5"
+        self._protocol = ProtocolChoice(settings.protocol, f"{settings.host}:{settings.port}", log)
+        self._login = connection_options(settings)  # the site's bus applies the same
+        self._lock = threading.Lock()  # guards client replacement against stop()
+        self._stopping = False
+        self._connack_seen = False  # of the current client's current attempt
+        self.client = self._new_client(self._protocol.current)
+
+    @property
+    def protocol(self) -> Version:
+        """The MQTT version in use (or being tried)."""
+        return self._protocol.current
+
+    @property
+    def _v5(self) -> bool:
+        return self._protocol.current == "5"
+
+    def _new_client(self, protocol: Version) -> mqtt.Client:
         kwargs: dict[str, Any] = {}
-        if not self._v5:
+        if protocol != "5":
             kwargs["clean_session"] = False
-        self.client = mqtt.Client(
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.options.client_id,
-            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
             manual_ack=True,
             **kwargs,
         )
-        self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(1, 10)
-        login = connection_options(settings)  # the site's bus applies the same
-        if login.username is not None:
-            self.client.username_pw_set(login.username, login.password)
-        if login.tls is not None:
-            self.client.tls_set_context(login.tls)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(1, 10)
+        if self._login.username is not None:
+            client.username_pw_set(self._login.username, self._login.password)
+        if self._login.tls is not None:
+            client.tls_set_context(self._login.tls)
         if self.options.announce:
-            self.client.will_set(
+            client.will_set(
                 self.topics.coordinator_status(), self._status("offline"), qos=1, retain=True
             )
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
 
     def _status(self, state: str) -> bytes:
         return encode(CoordinatorStatus(session=self.options.session, state=state))  # type: ignore[arg-type]
@@ -105,29 +127,41 @@ class Bus:
 
     def start(self) -> None:
         """Connect in the background; paho keeps reconnecting with backoff."""
-        props = None
+        self._start(self.client)
+
+    def _start(self, client: mqtt.Client) -> None:
+        s = self.settings
+        self._connack_seen = False
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.options.session_expiry_s
             props.ReceiveMaximum = self.options.receive_maximum
-        s = self.settings
-        if self._v5:
-            self.client.connect_async(
-                s.host, s.port, s.keepalive, clean_start=False, properties=props
-            )
+            client.connect_async(s.host, s.port, s.keepalive, clean_start=False, properties=props)
         else:
-            self.client.connect_async(s.host, s.port, s.keepalive)
-        self.client.loop_start()
+            client.connect_async(s.host, s.port, s.keepalive)
+        client.loop_start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Clean shutdown: retained offline status, then disconnect (no Will is sent)."""
+        with self._lock:
+            self._stopping = True
+            client = self.client
         if self.connected.is_set() and self.options.announce:
-            info = self.client.publish(
+            info = client.publish(
                 self.topics.coordinator_status(), self._status("offline"), qos=1, retain=True
             )
             info.wait_for_publish(timeout=timeout)
-        self.client.disconnect()
-        self.client.loop_stop()
+        client.disconnect()
+        client.loop_stop()
+
+    def _fall_back(self, old: mqtt.Client) -> None:
+        """Replace ``old`` (refused on MQTT 5) by a client on the protocol now chosen."""
+        old.loop_stop()  # paho's thread ends before it reconnects on MQTT 5
+        with self._lock:
+            if self._stopping or old is not self.client:
+                return
+            self.client = self._new_client(self._protocol.current)
+            self._start(self.client)
 
     # Traffic -------------------------------------------------------------------------
 
@@ -162,13 +196,25 @@ class Bus:
     # paho callbacks: translate and enqueue only --------------------------------------
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._connack_seen = True
         if rc.is_failure:
-            log.warning("broker refused connection: %s", rc)
+            log.warning(
+                "broker %s:%s refused the connection (MQTT %s): %s (reason code %d)",
+                self.settings.host,
+                self.settings.port,
+                self._protocol.current,
+                rc,
+                rc.value,
+            )
+            if self._protocol.connack(int(rc.value), str(rc)):
+                self._switch(client)
             return
+        self._protocol.connack(0, str(rc))  # logs the auto choice once
         log.info(
-            "connected to %s:%s (session present: %s)",
+            "connected to %s:%s (MQTT %s, session present: %s)",
             self.settings.host,
             self.settings.port,
+            self._protocol.current,
             getattr(flags, "session_present", None),
         )
         for topic, qos in self._subscriptions.items():
@@ -178,8 +224,22 @@ class Bus:
         self.connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        was = self.connected.is_set()
         self.connected.clear()
-        log.warning("disconnected from broker: %s (reconnecting)", rc)
+        if self._stopping:
+            log.info("disconnected from broker: %s", rc)
+            return
+        if was or self._connack_seen:
+            self._connack_seen = False  # paho's next reconnect is a new attempt
+            if was:
+                log.warning("disconnected from broker: %s (reconnecting)", rc)
+            return
+        if self._protocol.closed_before_connack(str(rc)):
+            self._switch(client)
+
+    def _switch(self, client: Any) -> None:
+        # From paho's own thread: the old client's loop is stopped from another one.
+        threading.Thread(target=self._fall_back, args=(client,), daemon=True).start()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self.inbound.put(

@@ -39,7 +39,8 @@ class MqttSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
-    protocol: Literal["5", "3.1.1"] = "5"
+    # "auto": MQTT 5, or 3.1.1 when the broker refuses 5 (fedmq_runtime.mqtt_protocol).
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
     keepalive: int = Field(default=30, ge=5, le=3600)
     prefix: str = DEFAULT_PREFIX
     username: str | None = None

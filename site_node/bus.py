@@ -9,6 +9,11 @@ broker accepted (CONNACK) that held at least ``STABLE_S``. paho callbacks only p
 queue. QoS 1 publishes are held to a bounded in-flight window (paho's message ids wrap at
 65,535): :meth:`SiteBus.publish` refuses when the window is full and
 :meth:`SiteBus.wait_room` blocks until it has room.
+
+The MQTT version follows ``mqtt.protocol`` (:mod:`fedmq_runtime.mqtt_protocol`): with
+``auto`` an attempt that MQTT 5 cannot make (CONNACK "unsupported protocol version", or
+the broker closing before any CONNACK) is followed at once by one on 3.1.1. Every refused
+or dropped connect is logged with its reason.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from paho.mqtt.properties import Properties
 
 from fedmq_runtime.backoff import Backoff
 from fedmq_runtime.broker_connection import connection_options
+from fedmq_runtime.mqtt_protocol import ProtocolChoice, Version
 from fedmq_runtime.settings import MqttSettings
 
 __all__ = [
@@ -80,8 +86,8 @@ BusEvent = Connected | Disconnected | Inbound
 WillFactory = Callable[[], tuple[int, str, bytes]]
 
 
-def _make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
-    v5 = settings.protocol == "5"
+def _make_client(settings: MqttSettings, client_id: str, protocol: Version) -> mqtt.Client:
+    v5 = protocol == "5"
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -104,8 +110,8 @@ def _make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
     return client
 
 
-def _connect(client: mqtt.Client, settings: MqttSettings) -> None:
-    if settings.protocol == "5":
+def _connect(client: mqtt.Client, settings: MqttSettings, protocol: Version) -> None:
+    if protocol == "5":
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         client.connect(
@@ -144,14 +150,22 @@ class SiteBus:
         self._connacked_at: float | None = None
         self._session = 0
         self._thread: threading.Thread | None = None
+        self._protocol = ProtocolChoice(settings.protocol, f"{settings.host}:{settings.port}", log)
+        self._connack: tuple[int, str] | None = None  # this attempt's CONNACK, if any
+        self._close_reason = "connection lost"
         # Fail at start, not on the connection thread: bad TLS files, password file, flags.
-        _make_client(settings, client_id)
+        _make_client(settings, client_id, self._protocol.current)
 
     # -- public --------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def protocol(self) -> Version:
+        """The MQTT version of the current (or next) connection attempt."""
+        return self._protocol.current
 
     @property
     def in_flight(self) -> int:
@@ -216,7 +230,8 @@ class SiteBus:
     def _run(self) -> None:
         while not self._stop.is_set():
             session, will_topic, will_payload = self._will_factory()
-            client = _make_client(self.settings, self.client_id)
+            protocol = self._protocol.current
+            client = _make_client(self.settings, self.client_id, protocol)
             client.will_set(will_topic, will_payload, qos=1, retain=True)
             client.on_connect = self._on_connect
             client.on_disconnect = self._on_disconnect
@@ -225,8 +240,11 @@ class SiteBus:
             client.user_data_set(session)
             self._lost.clear()
             self._connacked_at = None
+            self._connack = None
+            self._close_reason = "connection lost"
+            retry_now = False
             try:
-                _connect(client, self.settings)
+                _connect(client, self.settings, protocol)
             except (OSError, ssl.SSLError) as exc:
                 log.warning(
                     "broker %s:%s unreachable: %s",
@@ -241,9 +259,17 @@ class SiteBus:
                 client.loop_stop()
                 self._client = None
                 self._set_connected(False)
+                if self._stop.is_set():
+                    break
+                if self._connack is None:
+                    retry_now = self._protocol.closed_before_connack(self._close_reason)
+                else:
+                    retry_now = self._protocol.connack(*self._connack)
             accepted = self._connacked_at
             if accepted is not None and time.monotonic() - accepted >= STABLE_S:
                 self._backoff.reset()  # the broker took us: the next outage starts from min
+            if retry_now:
+                continue  # the same broker, now on MQTT 3.1.1: no reason to wait
             delay = self._backoff.next_delay()
             if not self._stop.is_set():
                 log.info("reconnecting in %.1f s", delay)
@@ -260,16 +286,32 @@ class SiteBus:
     # -- paho callbacks: translate and enqueue only ----------------------------------------
 
     def _on_connect(self, client, session, flags, reason_code, properties=None):  # type: ignore[no-untyped-def]
+        self._connack = (int(reason_code.value), str(reason_code))
         if reason_code.is_failure:
-            log.error("broker refused the connection: %s", reason_code)
+            log.error(
+                "broker %s:%s refused the connection (MQTT %s): %s (reason code %d)",
+                self.settings.host,
+                self.settings.port,
+                self._protocol.current,
+                reason_code,
+                reason_code.value,
+            )
             return
+        self._protocol.connack(0, str(reason_code))  # logs the auto choice once
         self._connacked_at = time.monotonic()
         self._set_connected(True)
-        log.info("connected to %s:%s (session %d)", self.settings.host, self.settings.port, session)
+        log.info(
+            "connected to %s:%s (MQTT %s, session %d)",
+            self.settings.host,
+            self.settings.port,
+            self._protocol.current,
+            session,
+        )
         self.inbound.put(Connected(session, bool(flags.session_present)))
 
     def _on_disconnect(self, client, session, flags, reason_code, properties=None):  # type: ignore[no-untyped-def]
         was = self._connected
+        self._close_reason = str(reason_code)
         self._set_connected(False)
         self._lost.set()
         if was:
@@ -297,33 +339,67 @@ def publish_once(
 ) -> None:
     """Connect, publish ``(topic, payload, retain)`` at QoS 1, wait for PUBACKs, disconnect.
 
+    With ``protocol = "auto"`` a broker that refuses MQTT 5 is asked again on 3.1.1.
+
     Raises:
         BusError: unreachable, refused, or not acknowledged within ``timeout``.
     """
-    client = _make_client(settings, client_id)
+    choice = ProtocolChoice(settings.protocol, f"{settings.host}:{settings.port}", log)
+    while True:
+        outcome = _publish_once(settings, client_id, messages, timeout, choice.current)
+        if outcome is None:
+            return
+        connack, reason = outcome
+        retry = (
+            choice.closed_before_connack(reason)
+            if connack is None
+            else choice.connack(connack, reason)
+        )
+        if not retry:
+            what = f"{reason} (reason code {connack})" if connack is not None else reason
+            raise BusError(f"broker {settings.host}:{settings.port} refused the connection: {what}")
+
+
+def _publish_once(
+    settings: MqttSettings,
+    client_id: str,
+    messages: list[tuple[str, bytes, bool]],
+    timeout: float,
+    protocol: Version,
+) -> tuple[int | None, str] | None:
+    """One attempt: None when published, else (CONNACK reason code or None, reason)."""
+    client = _make_client(settings, client_id, protocol)
     done = threading.Event()
-    refused: list[str] = []
+    answer: list[tuple[int | None, str]] = []
 
     def on_connect(c, u, flags, reason_code, properties=None):  # type: ignore[no-untyped-def]
-        if reason_code.is_failure:
-            refused.append(str(reason_code))
+        answer.append((int(reason_code.value), str(reason_code)))
+        done.set()
+
+    def on_disconnect(c, u, flags, reason_code, properties=None):  # type: ignore[no-untyped-def]
+        if not answer:
+            answer.append((None, f"closed before CONNACK: {reason_code}"))
         done.set()
 
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     try:
         client.connect(settings.host, settings.port, settings.keepalive)
     except (OSError, ssl.SSLError) as exc:
         raise BusError(f"broker {settings.host}:{settings.port} unreachable: {exc}") from None
     client.loop_start()
     try:
-        if not done.wait(timeout) or refused:
-            raise BusError(f"broker refused the connection: {refused[0] if refused else 'timeout'}")
+        if not done.wait(timeout):
+            return None, f"no CONNACK within {timeout:g} s"
+        if answer[0][0] != 0:
+            return answer[0]
         infos = [client.publish(t, p, qos=1, retain=r) for t, p, r in messages]
         deadline = time.monotonic() + timeout
         for info in infos:
             info.wait_for_publish(max(0.1, deadline - time.monotonic()))
             if not info.is_published():
                 raise BusError("the broker did not acknowledge the publish in time")
+        return None
     finally:
         client.disconnect()
         client.loop_stop()

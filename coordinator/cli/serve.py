@@ -34,7 +34,8 @@ def _flags(**opts: Any) -> dict[str, Any]:
 @click.option("--host", help="Broker host [127.0.0.1].")
 @click.option("--port", type=int, help="Broker port [1883].")
 @click.option("--prefix", help="Topic prefix [fedmq/v1].")
-@click.option("--protocol", type=click.Choice(["5", "3.1.1"]), help="MQTT version [5].")
+@click.option("--protocol", type=click.Choice(["auto", "5", "3.1.1"]),
+              help="MQTT version [auto: 5, else 3.1.1 when the broker refuses 5].")  # fmt: skip
 @click.option("--patience", type=float, help="Heartbeat intervals before stale [3].")
 @click.option("--batch-size", type=int, help="Most messages per commit [2000].")
 @click.option("--batch-time", "batch_time_s", type=float, help="Longest batch wait, s [0.05].")
