@@ -35,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from site_node.history.config import HistorySelection
+
 __all__ = ["DatasetConfig", "TrainingSettings"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -48,14 +50,26 @@ _strict = ConfigDict(extra="forbid", frozen=True)
 
 
 class DatasetConfig(BaseModel):
-    """One private dataset: the task's table read from ``paths`` with ``params``."""
+    """One private dataset: the task's table read from ``paths`` with ``params``, or from
+    the site's own telemetry history (``history = {devices = [..], since_days = N}``: the
+    selection is exported to one CSV that the task reads, see site_node/history/export.py).
+    """
 
     model_config = _strict
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")
     task: str = Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")
-    paths: list[str] = Field(min_length=1)
+    paths: list[str] = []
+    history: HistorySelection | None = None
     params: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if bool(self.paths) == (self.history is not None):
+            raise ValueError(
+                f"dataset {self.name}: give either paths = [..] or history = {{devices = [..]}}"
+            )
+        return self
 
 
 class TrainingSettings(BaseModel):
