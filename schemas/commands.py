@@ -52,6 +52,10 @@ class TrainCommand(Command):
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
     hyperparams: dict[str, HyperValue] = {}
     weights: WeightsBlob | None = None
+    # Score ``weights`` (the final global model) on the site's held-out split and return
+    # the metrics without training. Signed like every field, so a site that predates it
+    # refuses the command (its body differs) instead of training.
+    evaluate_only: bool = False
 
 
 class CancelCommand(Command):

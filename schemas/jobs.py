@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -10,7 +10,13 @@ from schemas.commands import TrainCommand
 from schemas.envelope import INT63_MAX, DurableEnvelope, Id, Level
 from schemas.weights import ChunkFields, WeightsBlob
 
-__all__ = ["JOB_STATES", "JobResult", "JobState", "JobStatus", "ResultChunk"]
+__all__ = ["EVAL_MAX_METRICS", "JOB_STATES", "JobResult", "JobState", "JobStatus", "ResultChunk"]
+
+EVAL_MAX_METRICS = 64
+"""At most this many federated-evaluation metrics (values plus missing) in one result."""
+
+_MetricName = Annotated[str, Field(min_length=1, max_length=128)]
+_Reason = Annotated[str, Field(max_length=500)]
 
 JobState = Literal[
     "accepted", "pending_approval", "running", "done", "failed", "rejected", "cancelled"
@@ -48,6 +54,17 @@ class JobResult(_JobFields):
     metrics: dict[str, float] = {}
     weights: WeightsBlob | None = None
     train_time_s: float = Field(default=0.0, ge=0)
+    # Federated evaluation: the global model this job received (sha256 of its weights),
+    # scored on the site's held-out split before local training (or instead of it, in an
+    # evaluate-only job, which returns no weights). A metric that cannot be computed
+    # there is in ``global_missing`` with the reason; ``global_error`` when the
+    # evaluation failed as a whole. All absent when the job evaluated nothing (no global
+    # model in a run's first round, or a site that predates federated evaluation).
+    global_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    global_n_samples: int | None = Field(default=None, ge=0, le=INT63_MAX)
+    global_metrics: dict[_MetricName, float] = Field(default={}, max_length=EVAL_MAX_METRICS)
+    global_missing: dict[_MetricName, _Reason] = Field(default={}, max_length=EVAL_MAX_METRICS)
+    global_error: str | None = Field(default=None, max_length=500)
 
 
 class ResultChunk(DurableEnvelope, ChunkFields):

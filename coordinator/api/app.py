@@ -59,8 +59,7 @@ def make_app(service: TrainService, token: str, loopback: bool) -> Starlette:
         try:
             body = await request.json()
             spec = TrainSpec.from_json(dict(body["spec"]))
-            if not spec.task or spec.rounds < 1 or spec.min_sites < 1:
-                raise ValueError("task, rounds >= 1 and min_sites >= 1 are required")
+            spec.validate()  # task, rounds, quorum, aggregate, strategy and its settings
         except Exception as exc:  # malformed JSON, unknown shape: the client's fault
             return JSONResponse({"error": f"bad run spec: {exc}"[:500]}, status_code=400)
         handle = service.submit(spec)

@@ -22,7 +22,14 @@ class _Display:
         self.drawn = 0
 
     def __call__(self, event: Any) -> None:
-        from coordinator.training.events import JobUpdate, RoundClosed, RoundStarted, RunStarted
+        from coordinator.training.events import (
+            EvaluationClosed,
+            EvaluationStarted,
+            JobUpdate,
+            RoundClosed,
+            RoundStarted,
+            RunStarted,
+        )
 
         if self.as_json:
             click.echo(json.dumps(event.to_json(), default=str), nl=True)
@@ -56,6 +63,17 @@ class _Display:
                        f"{metrics}{rmse} ({event.wall_s:.1f} s)")  # fmt: skip
             if event.reason:
                 click.echo(f"  {event.reason}")
+            if event.evaluation:
+                click.echo(f"  {describe_evaluation(event.evaluation)}")
+        elif isinstance(event, EvaluationStarted):
+            click.echo(f"final evaluation of {event.model_id}: sent to {', '.join(event.sites)}")
+            self.lines = {s: f"  {s:<16} sent" for s in event.sites}
+            self.drawn = 0
+            self._draw()
+        elif isinstance(event, EvaluationClosed):
+            self.drawn = 0
+            click.echo(f"final evaluation: {event.n_results} results ({event.wall_s:.1f} s)")
+            click.echo(f"  {describe_evaluation(event.evaluation)}")
 
     def _draw(self) -> None:
         if not self.live:
@@ -69,8 +87,19 @@ class _Display:
         self.drawn = len(self.lines)
 
 
+def describe_evaluation(evaluation: dict[str, Any]) -> str:
+    """``federated eval of run-..-r1: auc=0.91 (2 of 3 sites), f1=0.4 (3 of 3 sites)``."""
+    parts = []
+    for name, m in sorted((evaluation.get("metrics") or {}).items()):
+        value = "missing" if m.get("value") is None else f"{m['value']:.4g}"
+        parts.append(f"{name}={value} ({m.get('sites')} of {m.get('of_sites')} sites)")
+    what = ", ".join(parts) or "no site reported an evaluation"
+    return f"federated eval of {evaluation.get('model_id')}: {what}"
+
+
 _RUN_FLAGS = ("task", "rounds", "min_sites", "round_timeout", "sites", "strategy", "mu",
-              "epochs", "lr", "batch_size", "aggregate", "trim", "max_samples")  # fmt: skip
+              "epochs", "lr", "batch_size", "aggregate", "trim", "max_samples", "server_lr",
+              "beta1", "beta2", "tau", "final_eval")  # fmt: skip
 
 
 def _refuse_run_flags(ctx: click.Context) -> None:
@@ -198,9 +227,24 @@ _PATIENCE_S = 120.0  # how long `fedmq train` waits for a daemon that went away
 @click.option("--round-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Round deadline, s.")  # fmt: skip
 @click.option("--sites", help="Comma-separated site ids (default: every live site with the task).")
-@click.option("--strategy", type=click.Choice(["fedavg", "fedprox"]), default="fedavg",
-              show_default=True)  # fmt: skip
+@click.option("--strategy", type=click.Choice(["fedavg", "fedprox", "fedadam", "fedyogi"]),
+              default="fedavg", show_default=True,
+              help="fedavg: the round's aggregate is the new model; fedprox: the same, and "
+                   "the sites add a proximal term (--mu); fedadam/fedyogi: a server "
+                   "optimizer steps along the aggregate's update (--server-lr, --beta1, "
+                   "--beta2, --tau), its moments kept across rounds and restarts.")  # fmt: skip
 @click.option("--mu", type=click.FloatRange(min=0), help="FedProx proximal weight.")
+@click.option("--server-lr", type=click.FloatRange(min=0, min_open=True), default=0.01,
+              show_default=True, help="fedadam/fedyogi: server learning rate.")  # fmt: skip
+@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=0.9,
+              show_default=True, help="fedadam/fedyogi: first-moment decay.")  # fmt: skip
+@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=0.99,
+              show_default=True, help="fedadam/fedyogi: second-moment decay.")  # fmt: skip
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+              show_default=True, help="fedadam/fedyogi: adaptivity (+ sqrt(v)).")  # fmt: skip
+@click.option("--final-eval", is_flag=True, default=False,
+              help="After the last round, every run site scores the final model on its "
+                   "held-out split (evaluate-only jobs; see `fedmq run`).")  # fmt: skip
 @click.option("--aggregate", type=click.Choice(["fedavg", "median", "trimmed-mean"]),
               default="fedavg", show_default=True,
               help="How results combine: sample-weighted mean, or robust to an outlier site "
@@ -239,7 +283,8 @@ _PATIENCE_S = 120.0  # how long `fedmq train` waits for a daemon that went away
 @click.option("--verbose", is_flag=True, default=None, help="Debug logging.")
 def train(
     task: str | None, rounds: int, min_sites: int, round_timeout: float, sites: str | None,
-    strategy: str, mu: float | None, aggregate: str, trim: float, max_samples: int,
+    strategy: str, mu: float | None, server_lr: float, beta1: float, beta2: float,
+    tau: float, final_eval: bool, aggregate: str, trim: float, max_samples: int,
     epochs: int | None, lr: float | None,
     batch_size: int | None, wait_sites: float, rejoin_wait: float, resume: str | None,
     api: str | None, token_file: Path | None,
@@ -257,11 +302,16 @@ def train(
     cancels the run's running jobs (exit 130). A run survives a restart of the daemon,
     which resumes it by itself; this command keeps following it.
 
+    Federated evaluation: from round 2 on, every site first scores the global model it
+    receives on its held-out split; --final-eval adds an evaluation round for the last
+    model. `fedmq run RUN` shows the scores per site and weighted by samples.
+
     \b
     Example:
         fedmq train --task cmapss-rul --rounds 5 --min-sites 3 --round-timeout 300
         fedmq train --task cmapss-rul --sites a,b,c --strategy fedprox --mu 0.01 --epochs 2
         fedmq train --task cmapss-rul --aggregate trimmed-mean --trim 0.2
+        fedmq train --task ai4i-failure --strategy fedadam --server-lr 0.01 --final-eval
         fedmq train --resume run-20250101-120000-ab12 --db fedmq.db
     """
     from coordinator.api.client import ApiClient, ApiError
@@ -301,7 +351,8 @@ def train(
                 round_timeout_s=round_timeout, sites=chosen, strategy=strategy,  # type: ignore[arg-type]
                 mu=mu, epochs=epochs, lr=lr, batch_size=batch_size, wait_sites_s=wait_sites,
                 rejoin_wait_s=rejoin_wait, aggregate=aggregate, trim=trim,  # type: ignore[arg-type]
-                max_samples=max_samples,
+                max_samples=max_samples, server_lr=server_lr, beta1=beta1, beta2=beta2,
+                tau=tau, final_eval=final_eval,
             )  # fmt: skip
             run_id = client.submit(spec.to_json())
         for sig in (signal.SIGINT, signal.SIGTERM):

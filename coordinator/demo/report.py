@@ -13,7 +13,12 @@ __all__ = ["RoundRow", "plot_learning_curve", "rmse_table", "write_summary"]
 
 @dataclass(frozen=True)
 class RoundRow:
-    """One federated round as the demo reports it (RMSE in cycles; None when missing)."""
+    """One federated round as the demo reports it (RMSE in cycles; None when missing).
+
+    ``val_rmse``: the round's global model scored by the sites on their held-out engines
+    (federated evaluation, weighted by samples), not the sites' scores of their own
+    locally trained models. ``test_rmse``: the FD001 test set, scored by the site's code.
+    """
 
     round: int
     state: str
@@ -21,6 +26,7 @@ class RoundRow:
     val_rmse: float | None
     test_rmse: float | None
     wall_s: float | None
+    model_id: str | None = None
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -36,11 +42,11 @@ def rmse_table(rows: Sequence[RoundRow]) -> list[tuple[str, ...]]:
     ]  # fmt: skip
 
 
-RMSE_HEADER = ("ROUND", "STATE", "SITES", "VAL RMSE (fed)", "TEST RMSE (FD001)", "WALL S")
+RMSE_HEADER = ("ROUND", "STATE", "SITES", "FED VAL RMSE (global)", "TEST RMSE (FD001)", "WALL S")
 
 
 def plot_learning_curve(rows: Sequence[RoundRow], path: Path, title: str) -> Path:
-    """A PNG of both RMSE curves per round (matplotlib, headless)."""
+    """A PNG of both RMSE curves of the global model per round (matplotlib, headless)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a server or in CI
@@ -49,7 +55,7 @@ def plot_learning_curve(rows: Sequence[RoundRow], path: Path, title: str) -> Pat
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     try:
         for attr, label, marker in (
-            ("val_rmse", "federated validation (sites' held-out engines)", "o"),
+            ("val_rmse", "federated evaluation: global model on the sites' held-out engines", "o"),
             ("test_rmse", "FD001 test set (100 engines, scored by the site's model code)", "s"),
         ):
             points = [(r.round, getattr(r, attr)) for r in rows if getattr(r, attr) is not None]

@@ -101,6 +101,7 @@ class DemoSession:
             sites=tuple(self.federation.sites),
             epochs=self.opts.epochs,
             wait_sites_s=60.0,
+            final_eval=True,  # the last model's federated RMSE for the learning curve
         )
         progress = RoundProgress(self.console, self.opts.rounds)
         self.training = TrainingThread(settings, spec, progress).start()

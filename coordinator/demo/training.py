@@ -20,30 +20,35 @@ from coordinator.demo.console import Console
 from coordinator.demo.report import RoundRow
 from coordinator.demo.scoring import TestSetScorer
 
-__all__ = ["SCORED_TASKS", "RoundProgress", "TrainingThread", "round_row"]
+__all__ = ["SCORED_TASKS", "RoundProgress", "TrainingThread", "federated_rmse", "round_row"]
 
 # Tasks whose models the site scores on a shipped test set (`fedmq-site task evaluate`).
 SCORED_TASKS = frozenset({"cmapss-rul"})
 
 
-def _val_rmse(metrics: dict[str, Any]) -> float | None:
-    # The sites' held-out engines, averaged by the coordinator (weighted by samples).
+def federated_rmse(evaluation: dict[str, Any] | None) -> float | None:
+    """The global model's RMSE on the sites' held-out engines (federated evaluation,
+    weighted by samples), from a ``RoundClosed``/``EvaluationClosed`` event's evaluation."""
+    metrics = (evaluation or {}).get("metrics") or {}
     for key in ("val_rmse", "rmse"):
-        value = metrics.get(key)
+        value = (metrics.get(key) or {}).get("value")
         if isinstance(value, (int, float)):
             return float(value)
     return None
 
 
 def round_row(event: Any) -> RoundRow:
-    """A report row from a ``RoundClosed`` event."""
+    """A report row from a ``RoundClosed`` event; its model's federated RMSE comes with a
+    later event (the next round's, or the final evaluation's): :meth:`RoundProgress.scored`.
+    """
     return RoundRow(
         round=int(event.round),
         state=str(event.state),
         n_results=int(event.n_results),
-        val_rmse=_val_rmse(dict(event.metrics or {})),
+        val_rmse=None,
         test_rmse=None if event.test_rmse is None else float(event.test_rmse),
         wall_s=float(event.wall_s) if event.wall_s else None,
+        model_id=getattr(event, "model_id", None),
     )
 
 
@@ -75,14 +80,35 @@ class RoundProgress:
         elif kind == "round_closed":
             row = round_row(event)
             self.rows.append(row)
-            rmse = f"val RMSE {_fmt(row.val_rmse)}, FD001 test RMSE {_fmt(row.test_rmse)}"
             why = f" ({event.reason})" if event.reason else ""
             self.console.line(
                 f"round {event.round}/{self.rounds} {event.state}{why}: "
-                f"{event.n_results} site results, {rmse}, {event.wall_s:.1f} s"
+                f"{event.n_results} site results, FD001 test RMSE {_fmt(row.test_rmse)}, "
+                f"{event.wall_s:.1f} s"
             )
+            self.scored(event.evaluation)
+        elif kind == "evaluation_started":
+            self.jobs = {site: "sent" for site in event.sites}
+            self.console.status(f"  final evaluation of {event.model_id}", key="final")
+        elif kind == "evaluation_closed":
+            self.scored(event.evaluation)
         elif kind == "run_finished" and event.state != "done":
             self.console.line(f"run {event.run_id} {event.state}: {event.reason}")
+
+    def scored(self, evaluation: dict[str, Any] | None) -> None:
+        """Fill in the federated RMSE of the model ``evaluation`` measured."""
+        rmse = federated_rmse(evaluation)
+        model_id = (evaluation or {}).get("model_id")
+        if rmse is None or model_id is None:
+            return
+        for i, row in enumerate(self.rows):
+            if row.model_id == model_id:
+                self.rows[i] = dataclasses.replace(row, val_rmse=rmse)
+                metric = (evaluation or {}).get("metrics", {}).get("rmse") or {}
+                self.console.line(
+                    f"  round {row.round}'s global model: federated val RMSE {rmse:.2f} "
+                    f"({metric.get('sites')} of {metric.get('of_sites')} sites)"
+                )
 
     def _show(self, rnd: int, key_state: str = "") -> None:
         detail = "  ".join(f"{site} {state}" for site, state in sorted(self.jobs.items()))

@@ -1,4 +1,6 @@
-"""The training tables (runs, rounds, train_jobs, models) and the round driver's writes.
+"""The training tables (runs, rounds, train_jobs, models; federated evaluation in
+eval_sites and eval_rounds; a server optimizer's strategy_state) and the round driver's
+writes.
 
 ``fedmq serve``'s round-driver threads own these tables, each with its own connection; the
 writer thread owns the rest of the database and stores what sites send (job statuses,
@@ -81,9 +83,40 @@ def _m0002_run_aggregate(db: Any) -> None:
         db.execute("ALTER TABLE runs ADD COLUMN aggregate TEXT NOT NULL DEFAULT 'fedavg'")
 
 
+# Federated evaluation and the server optimizer's state (plain DDL).
+#   eval_sites: what each site reported for a global model (model_id), measured by its job
+#     of round ``round`` (the next training round, or the final evaluation round
+#     rounds + 1): a value, or NULL with the reason in ``missing``; metric '*' holds a
+#     reason that covers the site's whole evaluation (none reported, failed, excluded).
+#   eval_rounds: per model and metric, the sample-weighted value over the covering sites
+#     (``sites`` of ``of_sites`` asked; ``weighting`` 'samples', or 'sites' when a covering
+#     site did not say how many samples it scored).
+#   strategy_state: a server optimizer's moments after each aggregated round (npz).
+_M0003_FEDERATED_EVAL = """
+CREATE TABLE IF NOT EXISTS eval_sites (
+   run_id TEXT NOT NULL, model_id TEXT NOT NULL, round INTEGER NOT NULL,
+   site TEXT NOT NULL, job_id TEXT, metric TEXT NOT NULL, value REAL, missing TEXT,
+   n_samples INTEGER, created_at INTEGER,
+   PRIMARY KEY (run_id, model_id, site, metric)
+);
+CREATE TABLE IF NOT EXISTS eval_rounds (
+   run_id TEXT NOT NULL, model_id TEXT NOT NULL, round INTEGER NOT NULL,
+   final INTEGER NOT NULL DEFAULT 0, metric TEXT NOT NULL, value REAL,
+   sites INTEGER NOT NULL, of_sites INTEGER NOT NULL, n_samples INTEGER,
+   weighting TEXT, created_at INTEGER,
+   PRIMARY KEY (run_id, model_id, metric)
+);
+CREATE TABLE IF NOT EXISTS strategy_state (
+   run_id TEXT NOT NULL, round INTEGER NOT NULL, strategy TEXT NOT NULL,
+   state BLOB NOT NULL, created_at INTEGER,
+   PRIMARY KEY (run_id, round)
+)
+"""
+
 TRAIN_MIGRATIONS: tuple[Migration, ...] = (
     Migration("train_0001_tables", _m0001_tables),
     Migration("train_0002_run_aggregate", _m0002_run_aggregate),
+    Migration("train_0003_federated_eval", _M0003_FEDERATED_EVAL),
 )
 
 
@@ -171,6 +204,74 @@ class TrainDb:
     def model_weights(self, model_id: str) -> bytes | None:
         row = self.conn.execute(
             "SELECT weights FROM models WHERE model_id = ?", (model_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # Federated evaluation -------------------------------------------------------------
+
+    def put_evaluation(
+        self,
+        run_id: str,
+        model_id: str,
+        rnd: int,
+        sites: Iterable[dict[str, Any]],
+        summary: Iterable[dict[str, Any]],
+        final: bool = False,
+    ) -> None:
+        """One global model's evaluation, in one transaction: per site and metric
+        (``site, job_id, metric, value, missing, n_samples``) and weighted per metric
+        (``metric, value, sites, of_sites, n_samples, weighting``). A later evaluation of
+        the same model (a round restarted after a resume) replaces the earlier one."""
+        at = now_ms()
+        with self.conn:
+            self.conn.execute(
+                "DELETE FROM eval_sites WHERE run_id = ? AND model_id = ?", (run_id, model_id)
+            )
+            self.conn.execute(
+                "DELETE FROM eval_rounds WHERE run_id = ? AND model_id = ?", (run_id, model_id)
+            )
+            self.conn.executemany(
+                "INSERT INTO eval_sites (run_id, model_id, round, site, job_id, metric, value, "
+                "missing, n_samples, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, model_id, rnd, r["site"], r.get("job_id"), r["metric"],
+                     r.get("value"), r.get("missing"), r.get("n_samples"), at)
+                    for r in sites
+                ],
+            )  # fmt: skip
+            self.conn.executemany(
+                "INSERT INTO eval_rounds (run_id, model_id, round, final, metric, value, sites, "
+                "of_sites, n_samples, weighting, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, model_id, rnd, int(final), r["metric"], r.get("value"),
+                     r["sites"], r["of_sites"], r.get("n_samples"), r.get("weighting"), at)
+                    for r in summary
+                ],
+            )  # fmt: skip
+
+    def evaluations(self, run_id: str) -> list[dict[str, Any]]:
+        """Weighted evaluation rows of a run (model, round, metric order)."""
+        rows = self.conn.execute(
+            "SELECT * FROM eval_rounds WHERE run_id = ? ORDER BY round, model_id, metric",
+            (run_id,),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    # Server optimizer ---------------------------------------------------------------
+
+    def put_strategy_state(self, run_id: str, rnd: int, strategy: str, state: bytes) -> None:
+        self._upsert(
+            "strategy_state",
+            {"run_id": run_id, "round": rnd, "strategy": strategy, "state": state,
+             "created_at": now_ms()},
+            ["run_id", "round"],
+        )  # fmt: skip
+
+    def strategy_state(self, run_id: str, rnd: int) -> bytes | None:
+        """The server optimizer's state after round ``rnd`` (None: none stored)."""
+        row = self.conn.execute(
+            "SELECT state FROM strategy_state WHERE run_id = ? AND round = ?", (run_id, rnd)
         ).fetchone()
         return None if row is None else bytes(row[0])
 

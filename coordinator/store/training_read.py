@@ -12,7 +12,7 @@ import json
 import sqlite3
 from typing import Any
 
-__all__ = ["api_url", "jobs", "model_blob", "models", "run_detail", "runs"]
+__all__ = ["api_url", "evaluations", "jobs", "model_blob", "models", "run_detail", "runs"]
 
 
 def _has(conn: sqlite3.Connection, table: str) -> bool:
@@ -60,7 +60,62 @@ def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
     ).fetchall()
     out["rounds_planned"] = out["rounds"]  # "rounds" becomes the list of round rows
     out["rounds"] = [_decode(r, "selected", "metrics") for r in rounds]
+    evals = evaluations(conn, run_id)
+    by_model = {e["model_id"]: e for e in evals}
+    for r in out["rounds"]:
+        r["evaluation"] = by_model.get(r["model_id"]) if r.get("model_id") else None
+    out["evaluations"] = evals
+    out["final_evaluation"] = next((e for e in evals if e["final"]), None)
     return out
+
+
+def evaluations(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+    """The federated evaluations of a run's global models, in the order they were measured.
+
+    Each: ``model_id``, ``round`` (the round whose jobs measured it: the next training
+    round, or the final evaluation round ``rounds + 1``), ``final``, ``metrics`` (per
+    metric: weighted ``value``, ``sites`` of ``of_sites``, ``n_samples``, ``weighting``,
+    and ``missing``: site -> reason) and ``sites`` (per site: ``n_samples``, ``values``,
+    ``missing``, ``error`` for a reason that covers its whole evaluation).
+    """
+    if not _has(conn, "eval_rounds"):
+        return []
+    out: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(
+        "SELECT * FROM eval_rounds WHERE run_id = ? ORDER BY round, metric", (run_id,)
+    ).fetchall():
+        e = out.setdefault(
+            row["model_id"],
+            {"model_id": row["model_id"], "round": row["round"], "final": bool(row["final"]),
+             "metrics": {}, "sites": {}},
+        )  # fmt: skip
+        e["metrics"][row["metric"]] = {
+            "value": row["value"], "sites": row["sites"], "of_sites": row["of_sites"],
+            "n_samples": row["n_samples"], "weighting": row["weighting"], "missing": {},
+        }  # fmt: skip
+    for row in conn.execute(
+        "SELECT * FROM eval_sites WHERE run_id = ? ORDER BY site, metric", (run_id,)
+    ).fetchall():
+        found = out.get(row["model_id"])
+        if found is None:
+            continue
+        site = found["sites"].setdefault(
+            row["site"], {"n_samples": row["n_samples"], "values": {}, "missing": {}, "error": None}
+        )
+        if row["metric"] == "*":
+            site["error"] = row["missing"]
+        elif row["value"] is not None:
+            site["values"][row["metric"]] = row["value"]
+        else:
+            site["missing"][row["metric"]] = row["missing"]
+    for e in out.values():
+        for name, m in e["metrics"].items():
+            for site_id, site in e["sites"].items():
+                if name not in site["values"]:
+                    m["missing"][site_id] = (
+                        site["error"] or site["missing"].get(name) or "not reported by the site"
+                    )
+    return sorted(out.values(), key=lambda e: (e["round"], e["model_id"]))
 
 
 def _site_jobs(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:

@@ -66,7 +66,8 @@ def load_npz(raw: bytes) -> dict[str, np.ndarray]:
 
 def dump_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    # ascontiguousarray turns a 0-d array into shape (1,): keep each array's own shape.
+    np.savez(buf, **{k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in arrays.items()})
     return buf.getvalue()
 
 

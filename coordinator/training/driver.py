@@ -35,6 +35,8 @@ from typing import Any
 
 from coordinator.store.training import TrainDb, now_ms
 from coordinator.training.events import (
+    EvaluationClosed,
+    EvaluationStarted,
     JobUpdate,
     Progress,
     RoundClosed,
@@ -46,9 +48,10 @@ from coordinator.training.events import (
     TrainSpec,
 )
 from coordinator.training.inbox import JobTrack, TrainInbox
-from coordinator.training.round import close_round
+from coordinator.training.round import close_round, record_evaluation
 from coordinator.training.select import choose_hash, offers, registered_rows
 from coordinator.training.send import CommandSender, load_key
+from coordinator.training.strategy import site_strategy
 from coordinator.training.vet import exclude_minority, vet_result
 from coordinator.training.weights_check import ArraySpec, read_signature
 
@@ -144,7 +147,8 @@ def resume_training(link: Link, run_id: str, progress: Progress | None = None) -
         spec = TrainSpec.from_json(json.loads(run["spec"]))
         done = [r for r in db.rounds(run_id) if r["state"] == "aggregated"]
         start = done[-1]["round"] + 1 if done else 1
-        weights = db.model_weights(done[-1]["model_id"]) if done else None
+        model_id = done[-1]["model_id"] if done else None
+        weights = db.model_weights(model_id) if model_id else None
         db.update_run(run_id, state="running", reason="", finished_at=None)
         try:
             runner = _Runner(
@@ -155,7 +159,7 @@ def resume_training(link: Link, run_id: str, progress: Progress | None = None) -
         except BaseException as exc:
             _mark_failed(db, run_id, exc)
             raise
-        return runner.run(start, weights, "", resumed=True)
+        return runner.run(start, weights, "", resumed=True, model_id=model_id)
     finally:
         db.close()
 
@@ -241,6 +245,7 @@ class _Runner:
         twice changes nothing); the jobs of the restarted round are abandoned."""
         for row in jobs:
             job = JobTrack(row["job_id"], self.run_id, row["round"], row["site"])
+            job.evaluate_only = row["round"] > self.spec.rounds  # the final evaluation
             job.state, job.late = row["state"], bool(row["late"])
             job.status_seq = row["status_seq"] or 0
             if row["state"] == "excluded":  # vetted before the restart: keep its reason
@@ -250,7 +255,16 @@ class _Runner:
         self.inbox.apply(self.db.job_messages([j["job_id"] for j in jobs]))
         self._abandon = [j for j in self.inbox.jobs.values() if j.round >= start]
 
-    def run(self, start: int, weights: bytes | None, note: str, resumed: bool = False) -> RunResult:
+    def run(
+        self,
+        start: int,
+        weights: bytes | None,
+        note: str,
+        resumed: bool = False,
+        model_id: str | None = None,
+    ) -> RunResult:
+        """Rounds ``start``..``rounds`` from ``weights`` (model ``model_id``), then the
+        final evaluation if the spec asks for it."""
         spec = self.spec
         closed: list[RoundClosed] = []
         if resumed:
@@ -277,7 +291,6 @@ class _Runner:
                     )
                 job.late = True  # a restarted round's old jobs are never aggregated
                 self.db.put_job(job.row())
-            model_id = None
             for rnd in range(start, spec.rounds + 1):
                 result = self._round(rnd, weights)
                 closed.append(result)
@@ -286,6 +299,8 @@ class _Runner:
                 model_id = result.model_id
                 assert model_id is not None
                 weights = self.db.model_weights(model_id)
+            if spec.final_eval and weights is not None and model_id is not None:
+                self._final_evaluation(spec.rounds + 1, model_id, weights)
             return self._finish("done", "", model_id, closed)
         except _Interrupted:
             return self._finish("failed", "interrupted", None, closed, interrupted=True)
@@ -370,7 +385,7 @@ class _Runner:
                 rnd,
                 spec.task,
                 self.code_hash,
-                spec.strategy,
+                site_strategy(spec.strategy),
                 hp,
                 weights,
                 ttl_s=max(spec.round_timeout_s, 60.0),
@@ -385,12 +400,37 @@ class _Runner:
                 spec.round_timeout_s,
             )
         )
-        deadline = started + spec.round_timeout_s
+        self._collect(rnd, jobs, started, started_at, spec.min_sites)
+        if self.expected is None:
+            for job in exclude_minority(list(jobs.values())):
+                self._store(job)
+        sent_id = f"{self.run_id}-r{rnd - 1}" if weights is not None else None
+        closed = close_round(
+            self.db, spec, self.run_id, rnd, jobs, started, started_at, weights, sent_id
+        )
+        if closed.state == "failed":  # the run stops: nothing left to run for it
+            for job in jobs.values():
+                if not job.answered:
+                    self.sender.cancel(job.site, job.job_id, "round failed: quorum missed")
+        self.emit(closed)
+        return closed
+
+    def _collect(
+        self,
+        rnd: int,
+        jobs: dict[str, JobTrack],
+        started: float,
+        started_at: int,
+        quorum: int,
+    ) -> None:
+        """Take job messages until every job answered, the deadline, or until fewer than
+        ``quorum`` results are still possible; unanswered jobs become stragglers."""
+        deadline = started + self.spec.round_timeout_s
         while True:
             ok = sum(j.ok for j in jobs.values())
             waiting = sum(not j.answered for j in jobs.values())
             left = deadline - time.monotonic()
-            if waiting == 0 or ok + waiting < spec.min_sites or left <= 0:
+            if waiting == 0 or ok + waiting < quorum or left <= 0:
                 break
             if self.link.halt.is_set():
                 raise _Halted
@@ -400,16 +440,50 @@ class _Runner:
         for job in jobs.values():
             if not job.answered:
                 self.stragglers.add(job.job_id)
-        if self.expected is None:
-            for job in exclude_minority(list(jobs.values())):
-                self._store(job)
-        closed = close_round(self.db, spec, self.run_id, rnd, jobs, started, started_at)
-        if closed.state == "failed":  # the run stops: nothing left to run for it
-            for job in jobs.values():
-                if not job.answered:
-                    self.sender.cancel(job.site, job.job_id, "round failed: quorum missed")
-        self.emit(closed)
-        return closed
+
+    def _final_evaluation(self, rnd: int, model_id: str, weights: bytes) -> None:
+        """After the last round: every live run site scores the final model on its
+        held-out split (evaluate-only jobs, numbered round ``rounds + 1``). Stored with
+        the model's other evaluations; it never changes how the run ended."""
+        spec, started = self.spec, time.monotonic()
+        sites = self._participants(rnd)
+        started_at = now_ms()
+        self.round = rnd
+        self.expected = None
+        jobs: dict[str, JobTrack] = {}
+        for site in sites:
+            job_id = f"{self.run_id[4:]}-e{rnd}-{site}-{uuid.uuid4().hex[:6]}"
+            jobs[site] = job = JobTrack(job_id, self.run_id, rnd, site, evaluate_only=True)
+            self.inbox.track(job)
+            self.db.put_job({**job.row(), "created_at": started_at})
+        for site, job in jobs.items():
+            self.sender.train(
+                site, job.job_id, self.run_id, rnd, spec.task, self.code_hash,
+                site_strategy(spec.strategy), {"round": rnd - 1}, weights,
+                ttl_s=max(spec.round_timeout_s, 60.0), evaluate_only=True,
+            )  # fmt: skip
+        self.sender.flush()
+        self.emit(
+            EvaluationStarted(
+                self.run_id, rnd, model_id, tuple(sites),
+                {s: j.job_id for s, j in jobs.items()}, spec.round_timeout_s,
+            )
+        )  # fmt: skip
+        self._collect(rnd, jobs, started, started_at, 0)
+        for job in jobs.values():
+            if not job.answered:
+                self.sender.cancel(job.site, job.job_id, "final evaluation closed")
+        from schemas import sha256_hex
+
+        evaluation = record_evaluation(
+            self.db, spec, self.run_id, rnd, model_id, sha256_hex(weights), jobs, final=True
+        )
+        self.emit(
+            EvaluationClosed(
+                self.run_id, rnd, model_id, sum(j.ok for j in jobs.values()), evaluation,
+                time.monotonic() - started,
+            )
+        )  # fmt: skip
 
     def _take(self, timeout: float) -> None:
         """Wait up to ``timeout`` for job messages from the feed; apply all that came."""
@@ -449,14 +523,15 @@ class _Runner:
                 self.sender.cancel(job.site, job.job_id, "run interrupted")
                 self.stragglers.add(job.job_id)
         self.sender.flush(5.0)
-        self.db.put_round(
-            self.run_id,
-            rnd,
-            state="failed",
-            closed_at=now_ms(),
-            reason="interrupted",
-            wall_s=time.monotonic() - started,
-        )
+        if rnd <= self.spec.rounds:  # the final evaluation has no round row
+            self.db.put_round(
+                self.run_id,
+                rnd,
+                state="failed",
+                closed_at=now_ms(),
+                reason="interrupted",
+                wall_s=time.monotonic() - started,
+            )
         raise _Interrupted
 
 

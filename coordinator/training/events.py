@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 __all__ = [
+    "EvaluationClosed",
+    "EvaluationStarted",
     "JobUpdate",
     "RoundClosed",
     "RoundStarted",
@@ -45,6 +47,11 @@ class TrainSpec:
     task. ``rejoin_wait_s``: before each later round, how long to wait for run sites that
     are not live (e.g. restarting) before going on with the live ones.
 
+    ``strategy`` (``coordinator.training.strategy``): ``fedavg``; ``fedprox`` (the sites
+    add a proximal term, ``mu``); ``fedadam``/``fedyogi``, a server optimizer over the
+    round's aggregate with ``server_lr``, ``beta1``, ``beta2``, ``tau``. ``final_eval``:
+    after the last round, every run site scores the final model (evaluate-only jobs).
+
     ``aggregate``: how results are combined (``coordinator.training.aggregate``); ``trim`` is the
     fraction a trimmed mean drops at each end. A result's weights may declare at most
     ``max_weights_bytes`` of arrays. Its sample count is capped by the dataset rows the
@@ -57,7 +64,7 @@ class TrainSpec:
     min_sites: int = 3
     round_timeout_s: float = 300.0
     sites: tuple[str, ...] | None = None
-    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
     mu: float | None = None
     epochs: int | None = None
     lr: float | None = None
@@ -70,6 +77,21 @@ class TrainSpec:
     trim: float = 0.2
     max_samples: int = 10_000_000
     max_weights_bytes: int = 256 * 1024 * 1024
+    server_lr: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    final_eval: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError for settings no run can use (the control API's 400)."""
+        from coordinator.training.strategy import validate_options
+
+        if not self.task or self.rounds < 1 or self.min_sites < 1:
+            raise ValueError("task, rounds >= 1 and min_sites >= 1 are required")
+        if self.aggregate not in ("fedavg", "median", "trimmed-mean"):
+            raise ValueError(f"unknown aggregate {self.aggregate!r}")
+        validate_options(self.strategy, self.server_lr, self.beta1, self.beta2, self.tau)
 
     def hyperparams(self) -> dict[str, float | int]:
         """The hyperparameters every job of the run gets (``round`` is added per round)."""
@@ -152,6 +174,35 @@ class RoundClosed(_Event):
     reason: str = ""
     wall_s: float = 0.0
     job_time_max_s: float | None = None
+    # The sites' federated evaluation of the model this round's jobs were sent (the
+    # previous round's), see coordinator.training.round.record_evaluation; None in round 1.
+    evaluation: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationStarted(_Event):
+    """The final evaluation round: every run site scores the final model (no training)."""
+
+    kind: ClassVar[str] = "evaluation_started"
+    run_id: str
+    round: int
+    model_id: str
+    sites: tuple[str, ...]
+    jobs: dict[str, str]  # site -> job id
+    deadline_s: float
+
+
+@dataclass(frozen=True)
+class EvaluationClosed(_Event):
+    """The final evaluation's result: ``evaluation`` as in :class:`RoundClosed`."""
+
+    kind: ClassVar[str] = "evaluation_closed"
+    run_id: str
+    round: int
+    model_id: str
+    n_results: int
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -163,12 +214,24 @@ class RunFinished(_Event):
     model_id: str | None = None
 
 
-TrainEvent = RunStarted | RoundStarted | JobUpdate | RoundClosed | RunFinished
+TrainEvent = (
+    RunStarted
+    | RoundStarted
+    | JobUpdate
+    | RoundClosed
+    | EvaluationStarted
+    | EvaluationClosed
+    | RunFinished
+)
 Progress = Callable[[TrainEvent], None]
 
 _KINDS: dict[str, type[_Event]] = {
-    c.kind: c for c in (RunStarted, RoundStarted, JobUpdate, RoundClosed, RunFinished)
-}
+    c.kind: c
+    for c in (
+        RunStarted, RoundStarted, JobUpdate, RoundClosed, EvaluationStarted, EvaluationClosed,
+        RunFinished,
+    )
+}  # fmt: skip
 
 
 def event_from_json(data: dict[str, Any]) -> TrainEvent | None:

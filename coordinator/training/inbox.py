@@ -54,10 +54,17 @@ class JobTrack:
     samples: int | None = None  # the sample count aggregation uses (clipped)
     arrays: dict[str, Any] | None = field(default=None, repr=False)  # loaded, until aggregated
     signature: dict[str, Any] | None = field(default=None, repr=False)
+    # An evaluate-only job (the final evaluation round): no weights are expected back.
+    evaluate_only: bool = False
+    # The site's vetted evaluation of the global model (coordinator.training.vet).
+    evaluation: Any = None
 
     @property
     def ok(self) -> bool:
-        """Done, with verified weights, not excluded: counts towards the round's quorum."""
+        """Done, with verified weights, not excluded: counts towards the round's quorum.
+        An evaluate-only job is ok once done with its result."""
+        if self.evaluate_only:
+            return self.state == "done" and self.result is not None and self.excluded is None
         return self.state == "done" and self.weights is not None and self.excluded is None
 
     @property
@@ -140,6 +147,8 @@ class TrainInbox:
         result = job.result
         if result is None or job.weights is not None or job.weights_error is not None:
             return
+        if job.evaluate_only:
+            return  # weights an evaluate-only job sends anyway are not used
         blob = result.weights
         if blob is None:
             if job.state == "done":

@@ -96,14 +96,21 @@ class CommandSender:
         hyperparams: dict[str, Any],
         weights: bytes | None,
         ttl_s: float,
+        evaluate_only: bool = False,
     ) -> TrainCommand:
-        """Sign and publish one train command and the chunks of its weights."""
+        """Sign and publish one train command and the chunks of its weights.
+
+        ``evaluate_only``: the site scores ``weights`` on its held-out split, no training
+        (also passed in the hyperparameters, which reach the job's body at the site).
+        """
+        if evaluate_only:
+            hyperparams = {**hyperparams, "evaluate_only": True}
         blob, parts = (None, []) if weights is None else make_blob(weights, self.chunk_bytes)
         cmd = TrainCommand(
             site=site, session=self.session, cmd_id=uuid.uuid4().hex,
             expires_at=now_ms() + int(ttl_s * 1000), job_id=job_id, run_id=run_id,
             round=round_no, task=task, code_hash=code_hash, strategy=strategy,  # type: ignore[arg-type]
-            hyperparams=hyperparams, weights=blob,
+            hyperparams=hyperparams, weights=blob, evaluate_only=evaluate_only,
         )  # fmt: skip
         topic = self.topics.cmd(site, "train")
         self._publish(topic, encode(self._sign(cmd)))

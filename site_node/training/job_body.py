@@ -4,6 +4,13 @@ Every job's syft function is two lines that import :func:`execute_job` from here
 it with the job's spec (or, for a pre-approved slot, :func:`execute_slot` with the slot's
 folder, where the site writes the spec of the job that takes the slot); keeping the body
 in one small module makes what an approving admin actually runs easy to read.
+
+Federated evaluation: a job that receives a global model first scores it with the task's
+``evaluate`` on the site's held-out split, before local training; an evaluate-only job
+(hyperparameter ``evaluate_only``, set from the signed command) only scores it. The scores
+travel back inside the result's ``metrics`` under :data:`EVAL_KEY` (the runner passes
+``metrics`` through unchanged) and the reporter turns them into the result's ``global_*``
+fields (:func:`eval_fields`).
 """
 
 from __future__ import annotations
@@ -11,16 +18,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROGRESS", "execute_job", "execute_slot", "mock_like"]
+from site_node.history.export import HISTORY_EXPORT_PARAM
+
+__all__ = ["EVAL_KEY", "PROGRESS", "eval_fields", "execute_job", "execute_slot", "mock_like"]
 
 log = logging.getLogger(__name__)
 
 # job id -> progress callback, set by Datasite.run for the job it is running.
 PROGRESS: dict[str, Callable[[float], None]] = {}
+
+EVAL_KEY = "__global_eval__"
+"""Key of the global model's evaluation inside a job's returned ``metrics``."""
+
+_EVAL_MAX = 64  # metrics (values and reasons) kept per evaluation; schemas.EVAL_MAX_METRICS
+_NAME_MAX = 128
+_REASON_MAX = 300
 
 
 def execute_job(spec_json: str, data: Any) -> dict[str, Any]:
@@ -63,12 +80,110 @@ def _execute_job(spec_json: str, data: Any) -> dict[str, Any]:
         weights = Path(spec["weights_file"]).read_bytes()
         if hashlib.sha256(weights).hexdigest() != spec["weights_sha256"]:
             raise RuntimeError("global weights file does not match the submitted sha256")
+    hyperparams = dict(spec["hyperparams"])
+    evaluate_only = bool(hyperparams.pop("evaluate_only", False))
+    if evaluate_only and weights is None:
+        raise RuntimeError("an evaluate-only job needs the global model's weights")
     table = data.syft_action_data if hasattr(data, "syft_action_data") else data
-    dataset = task.load_dataset(table, spec["load_params"])
+    load_params = dict(spec["load_params"])
+    export = load_params.pop(HISTORY_EXPORT_PARAM, None)
+    if export is not None:
+        # A history dataset: the rows the site exported for this job, fresher than the
+        # asset hosted when the dataset was first seen (site_node/training/history_dataset.py).
+        table = task.read_table([export], load_params)
+    dataset = task.load_dataset(table, load_params)
+    evaluation = None if weights is None else _evaluate(task, weights, dataset)
+    if evaluate_only:
+        assert evaluation is not None
+        return {"weights": b"", "n_samples": 0, "metrics": {EVAL_KEY: evaluation}}
     weights_out, n, metrics = task.train(
-        weights, dataset, spec["hyperparams"], PROGRESS.get(spec["job_id"])
+        weights, dataset, hyperparams, PROGRESS.get(spec["job_id"])
     )
-    return {"weights": weights_out, "n_samples": n, "metrics": metrics}
+    scores: dict[str, Any] = dict(metrics)
+    if evaluation is not None:
+        scores[EVAL_KEY] = evaluation
+    return {"weights": weights_out, "n_samples": n, "metrics": scores}
+
+
+def _evaluate(task: Any, weights: bytes, dataset: Any) -> dict[str, Any]:
+    """The global model's scores on the held-out split, as :func:`eval_fields` reads them.
+
+    A failing ``evaluate`` does not fail the job (its training still counts): the error
+    is reported instead of the scores.
+    """
+    out: dict[str, Any] = {"sha256": hashlib.sha256(weights).hexdigest()}
+    out["n_samples"] = _held_out_size(dataset)
+    try:
+        scores = task.evaluate(weights, dataset)
+    except Exception as exc:
+        log.warning("evaluating the global model failed: %s: %s", type(exc).__name__, exc)
+        out["error"] = f"evaluate failed: {type(exc).__name__}: {exc}"[:_REASON_MAX]
+        return out
+    if not isinstance(scores, Mapping):
+        out["error"] = f"evaluate returned {type(scores).__name__}, not a mapping"
+        return out
+    out["metrics"], out["missing"] = _split_scores(scores)
+    return out
+
+
+def _held_out_size(dataset: Any) -> int | None:
+    """How many held-out samples ``evaluate`` scores: the dataset's ``n_val`` if it says,
+    else the length of its ``y_val`` or ``x_val`` (None when it has neither)."""
+    n = getattr(dataset, "n_val", None)
+    if n is None:
+        for name in ("y_val", "x_val"):
+            part = getattr(dataset, name, None)
+            if part is not None and hasattr(part, "__len__"):
+                n = len(part)
+                break
+    try:
+        return None if n is None else max(int(n), 0)
+    except (TypeError, ValueError):
+        return None
+
+
+def _split_scores(scores: Mapping[Any, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """Numbers and reasons, bounded; a non-finite or non-numeric value becomes a reason."""
+    values: dict[str, float] = {}
+    missing: dict[str, str] = {}
+    for key in sorted(scores, key=str)[:_EVAL_MAX]:
+        name, value = str(key)[:_NAME_MAX], scores[key]
+        if not name:
+            continue
+        if isinstance(value, str):
+            missing[name] = value[:_REASON_MAX] or "no reason given"
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            missing[name] = f"not a number ({type(value).__name__})"
+            continue
+        if math.isfinite(number):
+            values[name] = number
+        else:
+            missing[name] = f"not a finite number ({number})"
+    return values, missing
+
+
+def eval_fields(evaluation: Any) -> dict[str, Any]:
+    """The ``global_*`` fields of a JobResult from a job's :data:`EVAL_KEY` entry (nothing
+    if it evaluated nothing); defensive, as the entry crossed the datasite."""
+    if not isinstance(evaluation, Mapping) or not isinstance(evaluation.get("sha256"), str):
+        return {}
+    out: dict[str, Any] = {"global_sha256": evaluation["sha256"]}
+    n = evaluation.get("n_samples")
+    if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+        out["global_n_samples"] = n
+    if evaluation.get("error"):
+        out["global_error"] = str(evaluation["error"])[:500]
+        return out
+    metrics = evaluation.get("metrics")
+    missing = evaluation.get("missing")
+    scores: dict[Any, Any] = {}
+    scores.update(missing if isinstance(missing, Mapping) else {})
+    scores.update(metrics if isinstance(metrics, Mapping) else {})
+    out["global_metrics"], out["global_missing"] = _split_scores(scores)
+    return out
 
 
 def mock_like(table: Any) -> Any:

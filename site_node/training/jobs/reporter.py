@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from schemas import JobResult, JobStatus, ResultChunk, make_blob
+from site_node.training.job_body import EVAL_KEY, eval_fields
 
 if TYPE_CHECKING:
     from site_node.daemon import SiteDaemon
@@ -96,8 +97,11 @@ class JobReporter:
         """Send the result and its chunks; returns the number of chunks."""
         d = self._d
         topic = d.topics.job_result(d.site_id, job.job_id)
-        blob, parts = make_blob(weights, max_inline=self._chunk)
-        clean = finite_metrics(metrics)
+        # An evaluate-only job returns no weights; the global model's scores ride in the
+        # metrics under EVAL_KEY and go out as the result's global_* fields.
+        blob, parts = make_blob(weights, max_inline=self._chunk) if weights else (None, [])
+        extra = eval_fields(dict(metrics).get(EVAL_KEY))
+        clean = finite_metrics({k: v for k, v in metrics.items() if k != EVAL_KEY})
         d.send_durable(
             "job_result",
             topic,
@@ -107,9 +111,11 @@ class JobReporter:
                 metrics=clean,
                 weights=blob,
                 train_time_s=max(0.0, round(train_time_s, 3)),
+                **extra,
             ),
         )
         for index, data in enumerate(parts):
+            assert blob is not None
             d.send_durable(
                 "result_chunk",
                 topic,
