@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "approve": "site_node.cli.decide:approve",
     "reject": "site_node.cli.decide:reject",
     "task": "site_node.cli.task:task",
+    "tasks": "site_node.cli.tasks:tasks",
     "service": "site_node.cli.service:service",
 }
 
