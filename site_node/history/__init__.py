@@ -8,7 +8,7 @@
 """
 
 from site_node.history.config import HISTORY_FILE, HistorySelection, HistorySettings
-from site_node.history.export import ExportResult, dataset_paths, export_history
+from site_node.history.export import ExportResult, dataset_source, export_history
 from site_node.history.store import History
 from site_node.history.summary import Summarizer, published_sensors
 from site_node.history.tap import Tap
@@ -21,7 +21,7 @@ __all__ = [
     "HistorySettings",
     "Summarizer",
     "Tap",
-    "dataset_paths",
+    "dataset_source",
     "export_history",
     "published_sensors",
 ]

@@ -23,18 +23,29 @@ import csv
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from fedmq_runtime.clock import now_ms
 from site_node.history.config import HISTORY_FILE, HistorySelection
 from site_node.history.store import QUALITY_CODES
 
-__all__ = ["EXPORT_DIR", "ExportResult", "dataset_paths", "export_history", "iso_utc"]
+__all__ = [
+    "EXPORT_DIR",
+    "HISTORY_EXPORT_PARAM",
+    "ExportResult",
+    "dataset_source",
+    "export_history",
+    "iso_utc",
+]
 
 EXPORT_DIR = "history-exports"
+# Load parameter naming the export a history dataset's job reads (taken out before the
+# task sees its parameters).
+HISTORY_EXPORT_PARAM = "_history_export"
 _BAD = QUALITY_CODES["bad"]
 
 
@@ -124,16 +135,22 @@ def _readings(
         yield current[1], current[0], current[2], current[3]
 
 
-def dataset_paths(
+def dataset_source(
     name: str,
     paths: Sequence[str],
     history: HistorySelection | None,
+    params: Mapping[str, Any],
     data_dir: Path,
-) -> list[str]:
-    """The files a dataset's task reads: its ``paths``, or for a history dataset a fresh
-    export of the selected history (one CSV, see the module docstring)."""
+) -> tuple[list[str], dict[str, Any]]:
+    """The files a dataset's task reads and its load parameters.
+
+    A ``paths`` dataset: as configured. A history dataset: a fresh export of the selected
+    history (one CSV, see the module docstring), and ``params`` gain
+    :data:`HISTORY_EXPORT_PARAM` = that file, so a job reads the rows exported for it (the
+    job body takes the key out before the task sees ``params``).
+    """
     if history is None:
-        return [str(p) for p in paths]
+        return [str(p) for p in paths], dict(params)
     data_dir = Path(data_dir)
     result = export_history(
         data_dir / HISTORY_FILE,
@@ -141,4 +158,4 @@ def dataset_paths(
         data_dir / EXPORT_DIR / f"{name}.csv",
         history.since_days,
     )
-    return [str(result.path)]
+    return [str(result.path)], {**params, HISTORY_EXPORT_PARAM: str(result.path)}
