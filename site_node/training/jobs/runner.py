@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from site_node.history.export import dataset_source
 from site_node.training.jobs.config import TrainingSettings
 from site_node.training.worker.protocol import (
     Cancelled,
@@ -70,6 +71,7 @@ class Runner:
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._site: Any = None
+        self._hosted: tuple[tuple[str, str, int], ...] = ()
         self._down: str | None = None
         self._slot_tasks: list[str] = []
         self._slots: dict[str, str] = {}  # task -> its free pre-approved slot
@@ -155,11 +157,16 @@ class Runner:
         hosted = []
         for ds in self._training.datasets:
             try:
-                h = site.host_dataset(ds.name, ds.task, ds.paths, ds.params)
+                # A history dataset is exported first (site_node/history/export.py).
+                paths, params = dataset_source(
+                    ds.name, ds.paths, ds.history, ds.params, self._data_dir
+                )
+                h = site.host_dataset(ds.name, ds.task, paths, params)
                 hosted.append((h.name, h.task, h.rows))
             except Exception as exc:
                 log.error("cannot host dataset %s: %s: %s", ds.name, type(exc).__name__, exc)
         self._site = site
+        self._hosted = tuple(hosted)
         if self._training.approval == "auto":
             self._slot_tasks = [t for _, t, _ in hosted if t in self._training.allow]
             for task in self._slot_tasks:
@@ -185,6 +192,7 @@ class Runner:
         fresh = not self._submitted(op.job_id)
         slot = self._slots.pop(op.task, None) if fresh and isinstance(op, Run) else None
         if fresh:
+            self._refresh_history(op.task)
             args = (op.job_id, op.task, op.weights, op.hyperparams, self._dataset(op.task))
             if slot is not None:
                 self._site.bind_slot(slot, *args)
@@ -233,6 +241,21 @@ class Runner:
 
     def _submitted(self, job_id: str) -> bool:
         return bool(self._site.has_job(job_id))
+
+    def _refresh_history(self, task: str) -> None:
+        """A history dataset: export it again for this job; report its new row count."""
+        cfg = self._training.dataset_for(task)
+        if cfg is None or cfg.history is None:
+            return
+        from site_node.training.history_dataset import refresh_history_dataset
+
+        rows = refresh_history_dataset(
+            self._site.state_dir, cfg, self._data_dir, self._training.tasks_dir
+        )
+        hosted = tuple((n, t, rows if n == cfg.name else r) for n, t, r in self._hosted)
+        if hosted != self._hosted:
+            self._hosted = hosted
+            self._report(DatasiteReady(hosted))
 
     def _dataset(self, task: str) -> str:
         cfg = self._training.dataset_for(task)
