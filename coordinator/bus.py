@@ -57,6 +57,8 @@ class BusOptions:
     # False for publish-only helpers (``fedmq train``): no retained coordinator status and
     # no Will, so their coming and going never looks like the coordinator's.
     announce: bool = True
+    # schemas.commands.public_key_id of the command-signing key, in the retained status.
+    key_id: str = ""
 
 
 class Bus:
@@ -121,7 +123,9 @@ class Bus:
         return client
 
     def _status(self, state: str) -> bytes:
-        return encode(CoordinatorStatus(session=self.options.session, state=state))  # type: ignore[arg-type]
+        return encode(
+            CoordinatorStatus(session=self.options.session, state=state, key_id=self.options.key_id)  # type: ignore[arg-type]
+        )
 
     # Lifecycle -----------------------------------------------------------------------
 

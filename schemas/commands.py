@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 from typing import Annotated, Literal
 
@@ -20,6 +23,7 @@ __all__ = [
     "RebirthCommand",
     "TrainChunk",
     "TrainCommand",
+    "public_key_id",
     "signing_bytes",
 ]
 
@@ -89,6 +93,32 @@ class CoordinatorStatus(Envelope):
     kind: Literal["coordinator_status"] = "coordinator_status"
     site: str = Field(default="coordinator", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     state: Literal["online", "offline"]
+    # public_key_id() of the key serve signs commands with ("" when it signs none): lets a
+    # site (fedmq-site doctor) see that its pinned key is the coordinator's, before a
+    # signed command is refused for it.
+    key_id: str = Field(default="", pattern=r"^([0-9a-f]{32})?$")
+
+
+def public_key_id(pem: bytes) -> str:
+    """A short id of a PEM public key: sha256 of its DER body, first 32 hex digits.
+
+    Stdlib only (both ends compute it): the base64 between the PEM armor lines.
+
+    Raises:
+        ValueError: not a PEM block.
+    """
+    lines = pem.decode("ascii", "replace").strip().splitlines()
+    if (
+        len(lines) < 3
+        or not lines[0].startswith("-----BEGIN ")
+        or not lines[-1].startswith("-----END ")
+    ):
+        raise ValueError("not a PEM key")
+    try:
+        der = base64.b64decode("".join(lines[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not a PEM key (bad base64)") from None
+    return hashlib.sha256(der).hexdigest()[:32]
 
 
 def signing_bytes(cmd: Command, prefix: str) -> bytes:

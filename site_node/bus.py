@@ -37,6 +37,7 @@ from fedmq_runtime.mqtt_protocol import ProtocolChoice, Version
 from fedmq_runtime.settings import MqttSettings
 
 __all__ = [
+    "BrokerProbe",
     "BusError",
     "BusEvent",
     "Connected",
@@ -403,3 +404,143 @@ def _publish_once(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+class BrokerProbe:
+    """One short-lived connection for ``fedmq-site doctor``: CONNACK, SUBACK and PUBACK
+    codes and retained messages, as plain values (the doctor never touches paho).
+
+    A clean session (nothing left behind on the broker) under ``client_id``; no Will.
+    ``protocol = "auto"`` is resolved as the daemon does (MQTT 5, else 3.1.1).
+    """
+
+    def __init__(self, settings: MqttSettings, client_id: str) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.protocol: Version = "3.1.1" if settings.protocol == "3.1.1" else "5"
+        self._client: mqtt.Client | None = None
+        self._cond = threading.Condition()
+        self._connack: tuple[int, str] | None = None
+        self._closed: str | None = None
+        self._pubacks: dict[int, int] = {}
+        self._subacks: dict[int, int] = {}
+        self._messages: list[Inbound] = []
+
+    def connect(self, timeout: float = 10.0) -> tuple[int | None, str]:
+        """(CONNACK reason code, reason); code None when the broker closed first.
+
+        Raises:
+            BusError: TCP/TLS failure (the doctor checks those before, with their reason).
+        """
+        quiet = logging.getLogger("fedmq.doctor.protocol")
+        quiet.propagate = False
+        choice = ProtocolChoice(
+            self.settings.protocol, f"{self.settings.host}:{self.settings.port}", quiet
+        )
+        while True:
+            self.protocol = choice.current
+            code, reason = self._attempt(timeout)
+            retry = (
+                choice.closed_before_connack(reason)
+                if code is None
+                else choice.connack(code, reason)
+            )
+            if not retry:
+                return code, reason
+            self.close()
+
+    def _attempt(self, timeout: float) -> tuple[int | None, str]:
+        v5 = self.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
+            reconnect_on_failure=False,
+        )
+        login = connection_options(self.settings)
+        if login.username is not None:
+            client.username_pw_set(login.username, login.password)
+        if login.tls is not None:
+            client.tls_set_context(login.tls)
+        with self._cond:
+            self._connack, self._closed = None, None
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        try:
+            client.connect(self.settings.host, self.settings.port, 30)
+        except (OSError, ssl.SSLError) as exc:
+            raise BusError(str(exc)) from None
+        self._client = client
+        client.loop_start()
+        with self._cond:
+            self._cond.wait_for(lambda: self._connack is not None or self._closed, timeout)
+            if self._connack is not None:
+                return self._connack
+            return None, self._closed or f"no CONNACK within {timeout:g} s"
+
+    @property
+    def closed(self) -> str | None:
+        """Why the broker closed the connection (None while it is open)."""
+        return self._closed
+
+    def publish_rc(self, topic: str, payload: bytes, timeout: float = 5.0) -> int | None:
+        """Publish at QoS 1; the PUBACK reason code (MQTT 3.1.1: 0), None if none came
+        (the broker closed the connection or stayed silent)."""
+        assert self._client is not None
+        info = self._client.publish(topic, payload, qos=1)
+        with self._cond:
+            self._cond.wait_for(lambda: info.mid in self._pubacks or self._closed, timeout)
+            return self._pubacks.get(info.mid)
+
+    def subscribe_rc(self, topic: str, timeout: float = 5.0) -> int | None:
+        """Subscribe at QoS 1; the SUBACK code (0-2 granted, >= 0x80 refused), or None."""
+        assert self._client is not None
+        _rc, mid = self._client.subscribe(topic, 1)
+        with self._cond:
+            self._cond.wait_for(lambda: mid in self._subacks or self._closed, timeout)
+            return self._subacks.get(mid) if mid is not None else None
+
+    def wait_message(self, topic: str, timeout: float) -> Inbound | None:
+        """The first message received on ``topic`` (exact name) within ``timeout``."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: any(m.topic == topic for m in self._messages) or self._closed, timeout
+            )
+            return next((m for m in self._messages if m.topic == topic), None)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+
+    # paho callbacks ---------------------------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):  # type: ignore[no-untyped-def]
+        with self._cond:
+            self._connack = (int(reason_code.value), str(reason_code))
+            self._cond.notify_all()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):  # type: ignore[no-untyped-def]
+        with self._cond:
+            self._closed = str(reason_code)
+            self._cond.notify_all()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties=None):  # type: ignore[no-untyped-def]
+        with self._cond:
+            self._pubacks[mid] = int(reason_code.value)
+            self._cond.notify_all()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):  # type: ignore[no-untyped-def]
+        with self._cond:
+            self._subacks[mid] = int(reason_codes[0].value)
+            self._cond.notify_all()
+
+    def _on_message(self, client, userdata, msg):  # type: ignore[no-untyped-def]
+        with self._cond:
+            self._messages.append(Inbound(msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self._cond.notify_all()

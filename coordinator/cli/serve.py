@@ -129,8 +129,9 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
     session = store.begin_session()
     inbound: queue.SimpleQueue[Any] = queue.SimpleQueue()
     options = BusOptions(
-        settings.client_id, session, settings.session_expiry_s, settings.receive_maximum
-    )
+        settings.client_id, session, settings.session_expiry_s, settings.receive_maximum,
+        key_id=_key_id(settings.signing_key_file),
+    )  # fmt: skip
     try:
         bus = Bus(settings.mqtt, inbound, options)
     except SettingsError:
@@ -208,6 +209,22 @@ def _resume_runs(bus: Any, training: Any, stop: threading.Event) -> None:
         training.resume_all()
     except Exception:
         log.exception("could not resume the runs left running")
+
+
+def _key_id(path: Path | None) -> str:
+    """The id of the signing key's public half, announced in the retained status."""
+    if path is None:
+        return ""
+    from cryptography.hazmat.primitives import serialization
+
+    from coordinator.admin import signing
+    from schemas.commands import public_key_id
+
+    public = signing.load_private_key(path).public_key()
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return public_key_id(pem)
 
 
 def _signer(path: Path | None, prefix: str) -> Any:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "task": "site_node.cli.task:task",
     "tasks": "site_node.cli.tasks:tasks",
     "service": "site_node.cli.service:service",
+    "doctor": "site_node.cli.doctor:doctor",
 }
 
 
@@ -44,6 +45,7 @@ def cli() -> None:
     \b
     Example:
         fedmq-site init > site.toml    # a commented example config
+        fedmq-site doctor --config site.toml   # check it, the broker and the coordinator
         fedmq-site run --config site.toml
     """
 
