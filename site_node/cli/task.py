@@ -291,6 +291,20 @@ def check(
     click.echo(f'to allow it: allow = ["{name}@{spec.code_hash}"]')
 
 
+def _history_export(config: Path | None, entry: dict[str, Any]) -> list[Path]:
+    """A history dataset: the site's history exported as its jobs get it (one CSV)."""
+    from site_node.history import HistorySelection, dataset_source
+    from site_node.settings import load_site_settings
+
+    try:
+        data_dir = load_site_settings(config).data_dir
+        selection = HistorySelection.model_validate(entry["history"])
+        files, _ = dataset_source(str(entry.get("name")), [], selection, {}, data_dir)
+    except Exception as exc:  # settings, selection or the history file: one line
+        raise UsageError(f"cannot export the history dataset: {exc}") from None
+    return [Path(p) for p in files]
+
+
 def _dataset(
     name: str,
     config: Path | None,
@@ -306,6 +320,8 @@ def _dataset(
         raise UsageError(f"--params is not JSON: {exc}") from None
     if data_paths:
         paths = list(data_paths)
+    elif entry is not None and entry.get("history"):
+        paths = _history_export(config, entry)
     elif entry is not None:
         paths = [Path(p) for p in entry.get("paths") or []]
     else:
