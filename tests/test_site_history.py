@@ -150,7 +150,7 @@ def test_summary_windows_min_mean_max_count_and_quality(tmp_path: Path) -> None:
     base = T0 - T0 % 10_000
     s.add_row("p", _row(base + 1, temp=3.0, vib=1.0), w)
     s.add_row(
-        "p", _row(base + 2, temp=1.0) + [Sample(ts=base + 2, name="vib", value=9, q="bad")], w
+        "p", [*_row(base + 2, temp=1.0), Sample(ts=base + 2, name="vib", value=9, q="bad")], w
     )
     s.add_row("p", [Sample(ts=base + 3, name="temp", value=5.0, unit="u", q="uncertain")], w)
     s.add_row("p", [Sample(ts=base + 4, name="dead", value=0, q="bad")], w)
@@ -220,7 +220,7 @@ def test_export_one_line_per_reading_with_iso_and_epoch_times(tmp_path: Path) ->
     h = _history(tmp_path)
     h.add_row("press", _row(T0 - 3 * DAY_MS, temp=1.0, vib=0.1))  # older than since_days
     h.add_row("press", _row(T0, temp=20.5, vib=1.0))
-    h.add_row("press", _row(T0, temp=21.0) + [Sample(ts=T0, name="vib", value=0, q="bad")])
+    h.add_row("press", [*_row(T0, temp=21.0), Sample(ts=T0, name="vib", value=0, q="bad")])
     h.add_row("other", _row(T0 + 1, temp=99.0))
     h.add_row("oven", _row(T0 + 2, heat=180.25, temp=30.0))
     assert h.flush()
@@ -266,3 +266,53 @@ def test_settings_defaults_and_refusals() -> None:
         _site(devices=[{"name": "h", "source": "system", "summary_window_s": 0}])
     with pytest.raises(ValidationError, match="max_bytes"):
         _site(history={"max_bytes": 10})
+
+
+# -- fedmq-site task check on a history dataset ---------------------------------------------
+
+
+def test_task_check_trains_on_the_exported_history(tmp_path: Path) -> None:
+    import subprocess
+    import textwrap
+
+    from site_node.sources.presets import CMAPSS_COLUMNS
+    from tests.helpers.data import TRAIN_FD001
+    from tests.helpers.site_proc import SITE_BIN, to_toml
+    from tests.test_site_history_e2e import TASK_SOURCE
+
+    data_dir = tmp_path / "data"
+    h = History(data_dir / "history.db", HistorySettings(flush_interval_s=0.05))
+    h.start()
+    names = [n for n, _u in CMAPSS_COLUMNS]
+    n_rows = 0
+    for i, line in enumerate(TRAIN_FD001.read_text().splitlines()):
+        values = [float(v) for v in line.split()]
+        if values[0] > 3:
+            break
+        h.add_row(
+            "engine",
+            [Sample(ts=T0 + i, name=n, value=v) for n, v in zip(names, values, strict=True)],
+        )
+        n_rows += 1
+    h.stop()
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "hist_rul.py").write_text(textwrap.dedent(TASK_SOURCE))
+    settings = {
+        "site_id": "chk",
+        "data_dir": str(data_dir),
+        "devices": [{"name": "engine", "source": "file", "path": str(TRAIN_FD001),
+                     "preset": "cmapss", "publish": "none"}],
+        "training": {"tasks_dir": str(tmp_path / "tasks"), "allow": ["hist-rul"]},
+    }  # fmt: skip
+    toml = to_toml(settings) + (
+        '[[training.datasets]]\nname = "eng"\ntask = "hist-rul"\nhistory = {devices = ["engine"]}\n'
+    )
+    (tmp_path / "site.toml").write_text(toml)
+    out = subprocess.run(
+        [str(SITE_BIN), "task", "check", "hist-rul", "--config", str(tmp_path / "site.toml")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    export = data_dir / "history-exports" / "eng.csv"
+    assert f"{n_rows} rows from {export}" in out.stdout
+    assert len(export.read_text().splitlines()) == n_rows + 1
