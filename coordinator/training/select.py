@@ -8,7 +8,6 @@ read side (``coordinator.store.read``), never as raw JSON.
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -44,15 +43,37 @@ def offers(conn: sqlite3.Connection, task: str, only: Iterable[str] | None = Non
 
 
 def choose_hash(found: list[Offer]) -> tuple[str, str]:
-    """The code hash most sites advertise, and a note naming the sites that disagree."""
-    counts = Counter(o.code_hash for o in found)
-    code_hash, _ = counts.most_common(1)[0]
-    others = sorted(o.site for o in found if o.code_hash != code_hash)
+    """The code hash most sites advertise, and a note naming the sites left out and why.
+
+    The coordinator holds no task code: the sites' hashes are all it compares. A tie
+    between the largest groups is no choice at all, so it is a TrainError that lists the
+    groups (pick one with --sites).
+
+    Raises:
+        TrainError: no site, or two or more hashes tied for the most sites.
+    """
+    from coordinator.training.events import TrainError
+
+    groups: dict[str, list[str]] = {}
+    for o in sorted(found, key=lambda o: o.site):
+        groups.setdefault(o.code_hash, []).append(o.site)
+    if not groups:
+        raise TrainError("no site advertises the task", "failed")
+    ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    code_hash, chosen = ranked[0]
+    if len(ranked) > 1 and len(ranked[1][1]) == len(chosen):
+        listing = "; ".join(f"{h[:12]}: {', '.join(sites)}" for h, sites in ranked)
+        raise TrainError(
+            f"sites disagree on the task's code hash and no hash has the most sites "
+            f"({listing}); pick one group with --sites, or give the sites the same task files",
+            "failed",
+        )
     note = ""
-    if others:
+    if len(ranked) > 1:
+        left = "; ".join(f"{', '.join(sites)} (runs {h[:12]})" for h, sites in ranked[1:])
         note = (
             f"sites disagree on the task's code hash: using {code_hash[:12]} "
-            f"({counts[code_hash]} of {len(found)} sites); left out: {', '.join(others)}"
+            f"({len(chosen)} of {len(found)} sites: {', '.join(chosen)}); left out: {left}"
         )
     return code_hash, note
 
