@@ -167,11 +167,21 @@ def test_cli_help_has_an_example() -> None:
         assert result.exit_code == 0 and "Example:" in result.output
 
 
-@pytest.mark.parametrize("case", ["missing", "a file", "unwritable"])
+def test_cli_creates_a_missing_directory(tmp_path: Path) -> None:
+    target = tmp_path / "contract" / "v1"  # the README example: no mkdir first
+    result = CliRunner().invoke(cli, ["schema", "export", str(target)])
+    assert result.exit_code == 0, result.output
+    _check_export_dir(target, result.output)
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "unwritable"])
 def test_cli_bad_directory_is_one_line_error(tmp_path: Path, case: str) -> None:
     target = tmp_path / "nope"
     if case == "a file":
         target.write_text("x")
+    elif case == "under a file":
+        (tmp_path / "file").write_text("x")
+        target = tmp_path / "file" / "sub"
     elif case == "unwritable":
         # Even root cannot create files in /proc/self; a chmod would not stop root.
         target = Path("/proc/self")
