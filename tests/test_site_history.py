@@ -316,3 +316,19 @@ def test_task_check_trains_on_the_exported_history(tmp_path: Path) -> None:
     export = data_dir / "history-exports" / "eng.csv"
     assert f"{n_rows} rows from {export}" in out.stdout
     assert len(export.read_text().splitlines()) == n_rows + 1
+
+
+def test_declared_sensors_make_an_empty_history_export_readable(tmp_path: Path) -> None:
+    h = _history(tmp_path)
+    h.declare("press", [SensorSpec(name="temp", unit="C"), SensorSpec(name="vib")])
+    assert h.flush()
+    res = export_history(tmp_path / "history.db", ["press"], tmp_path / "e.csv")
+    assert res.rows == 0 and res.columns == ("timestamp", "ts_ms", "device", "temp", "vib")
+    h.add_row("press", [Sample(ts=T0, name="temp", value=1.0, unit="C")])
+    h.declare("press", [SensorSpec(name="temp", unit="C")])  # again: nothing new
+    assert h.flush()
+    h.stop()
+    assert export_history(tmp_path / "history.db", ["press"], tmp_path / "e.csv").rows == 1
+    import pandas as pd
+
+    assert list(pd.read_csv(tmp_path / "e.csv").columns)[3:] == ["temp", "vib"]

@@ -33,7 +33,7 @@ from typing import Any
 
 from fedmq_runtime.clock import now_ms
 from fedmq_runtime.logs import RateLimitedLog
-from schemas import Sample
+from schemas import Sample, SensorSpec
 from site_node.history.config import HistorySettings
 
 __all__ = ["QUALITY_CODES", "History", "connect"]
@@ -79,6 +79,7 @@ class History:
         self._lock = threading.Lock()
         self._pending: list[tuple[str, Sequence[Sample]]] = []
         self._pending_samples = 0
+        self._declared: list[tuple[str, str, str]] = []
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._done = threading.Condition(self._lock)
@@ -113,6 +114,13 @@ class History:
             self._ratelog(logging.WARNING, "full", "history writer behind: %d sample(s) dropped", n)
         elif wake:
             self._wake.set()
+
+    def declare(self, device: str, sensors: Sequence[SensorSpec]) -> None:
+        """Record a device's sensors before its first sample, so an export of a history
+        still empty has their columns (a task can read it; it holds no row yet)."""
+        with self._lock:
+            self._declared += [(device, s.name, s.unit) for s in sensors]
+        self._wake.set()
 
     def add(self, device: str, sample: Sample) -> None:
         """Record one sample as a reading of its own."""
@@ -218,6 +226,14 @@ class History:
         return batch, ticket
 
     def _commit(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            declared, self._declared = self._declared, []
+        for key in declared:
+            if key not in self._series:
+                try:
+                    self._new_series(conn, key)
+                except sqlite3.Error as exc:
+                    log.warning("history: cannot record sensor %s: %s", key, exc)
         batch, ticket = self._take()
         if batch:
             try:
