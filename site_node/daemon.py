@@ -243,6 +243,8 @@ class SiteDaemon:
         for src, cfg in zip(self.sources, s.devices, strict=True):
             if isinstance(src, SplitSource):
                 src.route(functools.partial(self._row_emitter, cfg=cfg), self._device_found(src))
+            elif self.tap.history is not None:
+                self.tap.history.declare(src.device, src.sensors())
             src.start(self._emitter(src.device, cfg), self._row_emitter(src.device, cfg))
         self.heartbeat.start()
         log.info("site %s running with %d device(s)", self.site_id, len(self.sources))
