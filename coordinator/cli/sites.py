@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from coordinator.cli.output import ago, connect, db_option, echo_json, table
+from fedmq_runtime.cli import NotFound, UsageError
 from fedmq_runtime.clock import now_ms
 
 __all__ = ["sites"]
@@ -58,7 +59,7 @@ def _render(db: Path, state: str | None, as_json: bool, json_lines: bool = False
             click.echo(f"conflict: {r['site']}: {r['reason']}", err=True)
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @db_option
 @click.option("--state", type=click.Choice(_STATES), help="Only this state.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -74,7 +75,10 @@ def _render(db: Path, state: str | None, as_json: bool, json_lines: bool = False
     show_default=True,
     help="Watch period in seconds.",
 )
-def sites(db: Path, state: str | None, as_json: bool, watch: bool, every: float) -> None:
+@click.pass_context
+def sites(
+    ctx: click.Context, db: Path, state: str | None, as_json: bool, watch: bool, every: float
+) -> None:
     """List sites with their liveness (computed now from the stored status and heartbeats).
 
     A site is online while its retained status is online and its last heartbeat is within
@@ -88,7 +92,10 @@ def sites(db: Path, state: str | None, as_json: bool, watch: bool, every: float)
         fedmq sites --state stale --json
         fedmq sites --watch --every 1
         fedmq sites --watch --json | jq -c '.sites[] | [.site, .state]'
+        fedmq sites forget old-press-7 --db fedmq.db   # a site that is gone
     """
+    if ctx.invoked_subcommand is not None:
+        return
     if not watch:
         _render(db, state, as_json)
         return
@@ -100,3 +107,41 @@ def sites(db: Path, state: str | None, as_json: bool, watch: bool, every: float)
             time.sleep(every)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a watch ends: exit 0
+
+
+@sites.command("forget")
+@click.argument("site")
+@db_option
+@click.option("--purge", is_flag=True, help="Also delete its telemetry, messages, heartbeats, "
+              "events, gaps, streams and devices.")  # fmt: skip
+def forget(site: str, db: Path, purge: bool) -> None:
+    """Remove SITE from the site list (a site that was deregistered or is gone for good).
+
+    Its telemetry, messages, heartbeats and events are kept (query them by id) unless
+    --purge; a `forgotten` event records when. Refused while the site is online, stale or
+    in conflict: deregister it first (`fedmq-site deregister` on the site) or wait until
+    it is offline. A site that publishes again is listed again. Safe while `fedmq serve`
+    runs (one short transaction).
+
+    \b
+    Example:
+        fedmq sites forget old-press-7 --db fedmq.db
+        fedmq sites forget old-press-7 --db fedmq.db --purge
+    """
+    from coordinator.store.forget import SiteLive, SiteUnknown, forget_site
+
+    connect(db).close()  # a missing or foreign database: the read commands' one-line error
+    try:
+        deleted = forget_site(db, site, purge)
+    except SiteUnknown:
+        raise NotFound(f"no site {site!r} in {db}") from None
+    except SiteLive as exc:
+        raise UsageError(
+            f"site {site!r} is {exc}: deregister it first (`fedmq-site deregister` on the "
+            "site) or wait until it is offline"
+        ) from None
+    if purge:
+        rows = ", ".join(f"{n} {t}" for t, n in deleted.items() if t != "sites" and n)
+        click.echo(f"forgot {site} and purged its data ({rows or 'no rows'})")
+    else:
+        click.echo(f"forgot {site} (its data is kept: fedmq telemetry {site} --db {db})")
