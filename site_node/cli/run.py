@@ -53,8 +53,10 @@ def run(
     from fedmq_runtime.logs import setup_logging
     from site_node.bus import BusError
     from site_node.daemon import SiteDaemon
+    from site_node.logfilters import install_site_log_filters
 
     setup_logging(settings.log.file, settings.log.format, settings.log.verbose)
+    install_site_log_filters()  # syft's start-up CRITICAL line, progress bars, ANSI
     try:
         daemon = SiteDaemon(settings)
     except (OSError, ValueError, BusError) as exc:
