@@ -7,9 +7,12 @@ An address-space rlimit is no substitute: importing syft and torch alone maps ~1
 virtual memory for ~480 MB resident, and every new thread reserves malloc arenas, so a
 limit on virtual memory fails healthy jobs and says nothing about real use.
 
-CPU: the worker lowers its own priority (``nice``) first thing, before any thread exists
-(Linux applies nice per thread and new threads inherit it), and starts with the OpenMP/BLAS
-thread variables set, so torch's intra-op pool (and numpy's BLAS) use ``threads`` threads.
+CPU: the worker lowers its own priority (``nice``) and binds itself to ``threads`` CPUs
+(the last ones it may use) first thing, before any thread exists (Linux applies both per
+thread and new threads inherit them), so whatever a task does (its own threads included)
+it gets at most ``threads`` cores at the plant software's leftover priority. It starts
+with the OpenMP/BLAS thread variables set and torch's pools sized to match, so torch and
+numpy do not oversubscribe those cores.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from site_node.training.jobs.config import TrainingSettings
 
 __all__ = [
     "DEFAULT_MEMORY_CAP_MB",
+    "apply_cpus",
     "apply_nice",
     "memory_limit_mb",
     "rss_mb",
@@ -64,6 +68,18 @@ def apply_nice(level: int) -> None:
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if level > current:
         os.setpriority(os.PRIO_PROCESS, 0, level)
+
+
+def apply_cpus(n: int) -> list[int]:
+    """Bind the calling thread (and the threads it starts) to ``n`` of its allowed CPUs,
+    the highest-numbered ones; returns them. Where affinity cannot be set: all allowed."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+        chosen = allowed[-n:] if n < len(allowed) else allowed
+        os.sched_setaffinity(0, chosen)
+    except (AttributeError, OSError):
+        return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return chosen
 
 
 def rss_mb(pid: int) -> float | None:

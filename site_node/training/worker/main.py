@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import threading
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 __all__ = ["Hello", "main"]
@@ -42,14 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or not args[0].isdigit():
         sys.stderr.write("usage: python -m site_node.training.worker FD (started by fedmq-site)\n")
         return 2
-    conn = Connection(int(args[0]))
+    from site_node.training.worker.protocol import Channel
+
+    conn = Channel(socket.socket(fileno=int(args[0])))
     hello = conn.recv()
     if not isinstance(hello, Hello):
         return 2
     # First, before any thread exists: every thread the worker starts inherits its nice.
-    from site_node.training.worker.limits import apply_nice
+    from site_node.training.worker.limits import apply_cpus, apply_nice
 
     apply_nice(hello.nice)
+    cpus = apply_cpus(hello.threads)
     from fedmq_runtime.logs import setup_logging
 
     setup_logging(hello.log_file, hello.log_format, hello.verbose)
@@ -58,13 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from site_node.training.worker.protocol import Cancel, Deny, Prepare, Stop
 
     training = TrainingSettings.model_validate_json(hello.training_json)
-    send_lock = threading.Lock()
-
-    def report(msg: object) -> None:
-        with send_lock:
-            conn.send(msg)
-
-    runner = Runner(hello.data_dir, hello.site_id, training, report, threads=hello.threads)
+    runner = Runner(hello.data_dir, hello.site_id, training, conn.send, threads=hello.threads)
 
     def read() -> None:
         n = 0
@@ -84,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 runner.submit(n, op)
 
     threading.Thread(target=read, name="worker-pipe", daemon=True).start()
-    log.info("training worker %d started (nice %d, %d thread(s))", os.getpid(), hello.nice,
-             hello.threads)  # fmt: skip
+    log.info("training worker %d started (nice %d, %d thread(s) on CPUs %s)", os.getpid(),
+             hello.nice, hello.threads, cpus)  # fmt: skip
     runner.run()
     log.info("training worker %d stopped", os.getpid())
     return 0

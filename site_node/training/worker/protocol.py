@@ -7,12 +7,17 @@ from the network is ever unpickled: the controller builds every operation itself
 
 from __future__ import annotations
 
+import pickle
+import socket
+import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "Cancel",
     "Cancelled",
+    "Channel",
     "DatasiteDown",
     "DatasiteReady",
     "Deny",
@@ -120,3 +125,38 @@ class OpDone:
 
 
 Report = DatasiteReady | DatasiteDown | Started | Progress | Finished | Failed | Cancelled
+
+_LEN = struct.Struct("!Q")
+
+
+class Channel:
+    """One end of the worker's socket pair: length-prefixed pickles, whole or not at all.
+
+    ``send`` may be called from several threads (it holds a lock); ``recv`` from one.
+    Raises ``EOFError`` once the other end closed, ``OSError`` on a broken socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, msg: object) -> None:
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            self._sock.sendall(_LEN.pack(len(data)) + data)
+
+    def recv(self) -> object:
+        (size,) = _LEN.unpack(self._read(_LEN.size))
+        return pickle.loads(self._read(size))
+
+    def _read(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self._sock.recv(min(n - len(buf), 1 << 20))
+            if not chunk:
+                raise EOFError("the other end closed the channel")
+            buf += chunk
+        return bytes(buf)
+
+    def close(self) -> None:
+        self._sock.close()

@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +41,7 @@ from site_node.training.worker.main import Hello
 from site_node.training.worker.protocol import (
     Cancel,
     Cancelled,
+    Channel,
     DatasiteDown,
     DatasiteReady,
     Deny,
@@ -74,7 +74,7 @@ class WorkerDown:
 @dataclass
 class _Worker:
     proc: subprocess.Popen[bytes]
-    conn: Connection
+    conn: Channel
     started_at: float
     ready: bool = False
     stopping: bool = False
@@ -165,6 +165,7 @@ class WorkerSupervisor:
             w = self._w
             if w is not None:
                 w.stopping = True
+                w.stop_deadline = time.monotonic() + timeout + 1.0
                 self._write(w, Stop())
         if w is None:
             return
@@ -192,7 +193,7 @@ class WorkerSupervisor:
             )
         finally:
             child.close()
-        conn = Connection(parent.detach())
+        conn = Channel(parent)
         w = self._w = _Worker(proc, conn, time.monotonic())
         self._n = 0
         self._started = set()
