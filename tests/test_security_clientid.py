@@ -10,20 +10,14 @@ and paths substituted (tests/helpers/secure_broker.py).
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from coordinator.bus import Bus, BusOptions
-from coordinator.settings import CoordinatorSettings
-from coordinator.training.send import CommandSender
-from fedmq_runtime.settings import load_settings
 from schemas import CoordinatorStatus, SiteStatus, Topics, encode
 from tests.helpers.broker import Broker
-from tests.helpers.coord_proc import Coordinator
 from tests.helpers.mqtt import TestClient
 from tests.helpers.secure_broker import COORDINATOR_USER, SecureSetup, secure_setup
 
@@ -102,59 +96,3 @@ def test_another_account_cannot_take_over_coordinator_or_site_sessions(
     assert (coord.disconnects, site_a.disconnects) == (0, 0)
     coord.c.close()
     site_a.c.close()
-
-
-def test_serve_and_train_run_side_by_side_on_their_own_accounts(
-    tmp_path: Path,
-    prefix: str,
-    broker_factory: Callable[..., Broker],
-) -> None:
-    """A second coordinator-side client next to `fedmq serve` needs its own account with
-    client ids bound to usernames: `fedmq broker init` still writes the coordinator-train
-    account (publish train and cancel commands only). `fedmq train` itself no longer
-    connects to the broker (serve drives runs), so new deployments need not use it."""
-    setup = secure_setup(tmp_path / "secure", SITES, prefix=prefix)
-    b = broker_factory(config_text=setup.config_text)
-    t = Topics(prefix)
-    site_a = setup.client(b.port, "site-a").subscribe(t.coordinator_status())
-    site_a.subscribe(t.cmd("site-a", "cancel"))
-    serve_config = str(setup.credentials_file(COORDINATOR_USER))
-    coord = Coordinator(tmp_path / "fedmq.db", b.port, prefix, extra=("--config", serve_config))
-    coord.env = {"FEDMQ_MQTT__HOST": "localhost"}
-    coord.start().wait_ready()
-    sender: CommandSender | None = None
-    bus: Bus | None = None
-    try:
-        online = site_a.expect(lambda m: m.topic == t.coordinator_status())
-        assert CoordinatorStatus.model_validate_json(online.payload).state == "online"
-        train = load_settings(
-            CoordinatorSettings, setup.deploy / "coordinator" / "train-credentials.toml", env={}
-        )
-        assert train.mqtt.username == "coordinator-train"
-        mqtt = train.mqtt.model_copy(update={"host": "localhost", "port": b.port})
-        assert train.signing_key_file is not None
-        from coordinator.admin.signing import load_private_key
-
-        bus = Bus(
-            mqtt,
-            queue.SimpleQueue(),
-            BusOptions("coordinator-train", session_expiry_s=0, announce=False),
-        )
-        bus.start()
-        sender = CommandSender(bus, load_private_key(train.signing_key_file))
-        sender.start()
-        for n in range(3):
-            sender.cancel("site-a", f"job-{n}", "test")
-            sender.flush()
-            got = site_a.expect(lambda m: m.topic == t.cmd("site-a", "cancel"))
-            assert f'"job_id":"job-{n}"'.encode() in got.payload
-        # The coordinator never went offline meanwhile (no Will, no takeover), and it is
-        # still connected: it has not logged a reconnect.
-        assert all(m.topic != t.coordinator_status() for m in site_a.collect(timeout=0.5))
-        assert coord.proc is not None and coord.proc.poll() is None
-    finally:
-        if sender is not None:
-            sender.stop()
-        if bus is not None:
-            bus.stop()
-        coord.stop()

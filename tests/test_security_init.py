@@ -34,8 +34,6 @@ SECRET_FILES = [
     "coordinator/credentials.toml",
     "coordinator/signing.key",
     "coordinator/tls/client.key",
-    "coordinator/train-credentials.toml",
-    "coordinator/tls/train-client.key",
     *[f"sites/{s}/credentials.toml" for s in SITES],
     *[f"sites/{s}/tls/client.key" for s in SITES],
 ]
@@ -64,7 +62,6 @@ def _init(tmp_path: Path, sites_file: Path, *extra: str) -> tuple[Path, str]:
 
 _CREDENTIALS = {
     "coordinator": "coordinator/credentials.toml",
-    "coordinator-train": "coordinator/train-credentials.toml",
 }
 
 
@@ -99,9 +96,6 @@ def test_init_layout_modes_and_no_secret_in_output(
         "coordinator/tls/ca.crt",
         "coordinator/tls/client.crt",
         "coordinator/tls/client.key",
-        "coordinator/train-credentials.toml",
-        "coordinator/tls/train-client.crt",
-        "coordinator/tls/train-client.key",
     }
     for s in SITES:
         expected |= {
@@ -123,10 +117,10 @@ def test_init_layout_modes_and_no_secret_in_output(
         assert secret.strip() not in output
         assert secret.strip() not in caplog.text
     entries = read_password_file(out / "broker/passwd")
-    assert set(entries) == {"coordinator", "coordinator-train", *SITES}
+    assert set(entries) == {"coordinator", *SITES}
     for user, password in _passwords(out).items():
         assert verify_password(entries[user], password)
-    assert len(set(_passwords(out).values())) == 5
+    assert len(set(_passwords(out).values())) == 4
 
 
 def test_credentials_are_valid_node_settings(tmp_path: Path, sites_file: Path) -> None:
@@ -145,15 +139,14 @@ def test_credentials_are_valid_node_settings(tmp_path: Path, sites_file: Path) -
     coord = load_settings(CoordinatorSettings, out / "coordinator/credentials.toml", env={})
     assert coord.mqtt.username == "coordinator"
     assert coord.signing_key_file == out / "coordinator/signing.key"
-    train = load_settings(CoordinatorSettings, out / "coordinator/train-credentials.toml", env={})
-    assert train.mqtt.username == "coordinator-train"
-    assert train.signing_key_file == coord.signing_key_file
-    assert train.mqtt.cert_file == out / "coordinator/tls/train-client.crt"
     acl = (out / "broker/acl").read_text()
     assert "topic readwrite acme/detroit/pdm/fedmq/v1/#" in acl
     assert "pattern read acme/detroit/pdm/fedmq/v1/site/%u/cmd/#" in acl
     assert "{prefix}" not in acl and "{coordinator}" not in acl and "{train}" not in acl
-    assert "user coordinator-train\ntopic write acme/detroit/pdm/fedmq/v1/site/+/cmd/train" in acl
+    # `fedmq train` needs no broker account (serve sends the commands): none is written.
+    assert (
+        "coordinator-train" not in acl and not (out / "coordinator/train-credentials.toml").exists()
+    )
 
 
 def test_runtime_dir_rewrites_paths(tmp_path: Path, sites_file: Path) -> None:
@@ -191,7 +184,6 @@ def test_invalid_site_line_is_named(tmp_path: Path) -> None:
     for content, needle in [
         ("a\na\n", ":2: duplicate"),
         ("coordinator\n", ":1: site id"),
-        ("coordinator-train\n", ":1: site id"),
         ("# only\n", "no site ids"),
     ]:
         bad.write_text(content)

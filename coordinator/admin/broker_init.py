@@ -1,25 +1,35 @@
 """Generate everything a secured broker deployment needs, in one directory.
 
-``init_broker`` writes (``add_site`` extends an existing directory)::
+``init_broker`` writes (``add_site`` and ``add_reader`` extend an existing directory)::
 
-    DIR/fedmq-broker.json          what was generated (prefix, sites, tls, hosts); no secrets
-    DIR/broker/passwd              Mosquitto 2 password file (0600)
-    DIR/broker/acl                 the ACL from broker_config/acl.template, prefix filled in
+    DIR/fedmq-broker.json          what was generated (broker, prefix, sites, readers, tls,
+                                   hosts); no secrets
+    DIR/broker/passwd              mosquitto: Mosquitto 2 password file (0600)
+    DIR/broker/acl                 mosquitto: the ACL from broker_config/acl.template
+    DIR/broker/rabbitmq-users.sh   rabbitmq: rabbitmqctl commands, users and topic
+                                   permissions (0700, holds the passwords)
+    DIR/broker/nats-accounts.conf  nats: an account with its users and subject
+                                   permissions, to include from nats-server.conf (0600)
     DIR/broker/tls/ca.crt          --tls: what the broker trusts (client certs under mTLS)
     DIR/broker/tls/server.crt|key  --tls: the broker's certificate and key (0600)
     DIR/ca/ca.crt|ca.key           --tls: the development CA; keep ca.key off the broker
     DIR/coordinator/credentials.toml   [mqtt] + signing_key_file (0600)
     DIR/coordinator/signing.key|pub    the command-signing Ed25519 key pair (key 0600)
     DIR/coordinator/tls/ca.crt|client.crt|client.key   --tls (CN = coordinator)
-    DIR/coordinator/train-credentials.toml     `fedmq train`'s own account (0600)
-    DIR/coordinator/tls/train-client.crt|key   --tls (CN = coordinator-train)
     DIR/sites/<id>/credentials.toml    site_id, coordinator_public_key_file, [mqtt] (0600)
     DIR/sites/<id>/coordinator.pub     the pinned command-signing public key
     DIR/sites/<id>/tls/ca.crt|client.crt|client.key   --tls (CN = site id)
+    DIR/readers/<name>/credentials.toml  [mqtt] of a read-only consumer (0600)
+    DIR/readers/<name>/tls/...           --tls (CN = name)
 
-The broker binds client ids to usernames (broker_config/mosquitto.conf), so each account
-holds one connection: ``fedmq serve`` uses ``coordinator``, ``fedmq train`` its own
-``coordinator-train`` account (ACL: publish train and cancel commands only).
+Every broker gets the same grants (:func:`grants`): a site publishes only its own status,
+registration, heartbeat, telemetry, job status/results, predictions and alarms and reads
+only its own commands and acks and the coordinator's status; the coordinator reads and
+writes everything under the prefix; a reader (Node-RED, Telegraf, a historian) reads
+status, registration, heartbeats, telemetry, predictions, alarms and the coordinator's
+status of every site and publishes nothing. On RabbitMQ (rabbitmq_mqtt) an MQTT topic is
+an AMQP routing key with ``/`` as ``.``, and topic permissions are regexes on it; on NATS
+it is a subject with ``/`` as ``.``, ``+`` as ``*`` and ``#`` as ``>``.
 
 Paths inside credentials files are where each node's directory is mounted at run time
 (``runtime_dir``, e.g. ``/etc/fedmq`` in a container), by default the generated path.
@@ -30,7 +40,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shlex
 import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,25 +59,38 @@ from coordinator.admin.signing import generate_keypair, write_private
 from schemas.errors import TopicError
 from schemas.topics import DEFAULT_PREFIX, validate_prefix, validate_site_id
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 __all__ = [
+    "BROKERS",
     "COORDINATOR_USER",
     "MANIFEST",
-    "TRAIN_USER",
     "BrokerInitError",
+    "Grants",
     "Layout",
+    "add_reader",
     "add_site",
     "find_acl_template",
+    "grants",
     "init_broker",
+    "nats_subjects",
+    "rabbit_regex",
     "read_sites_file",
     "render_acl",
+    "render_nats_accounts",
+    "render_rabbitmq_script",
 ]
 
 log = logging.getLogger(__name__)
 
 COORDINATOR_USER = "coordinator"
-TRAIN_USER = "coordinator-train"
-_RESERVED = (COORDINATOR_USER, TRAIN_USER)
+_RESERVED = (COORDINATOR_USER,)
 MANIFEST = "fedmq-broker.json"
+BROKERS = ("mosquitto", "rabbitmq", "nats")
+NATS_ACCOUNT = "FEDMQ"
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -95,6 +121,14 @@ class Layout:
         return self.broker / "acl"
 
     @property
+    def rabbitmq_script(self) -> Path:
+        return self.broker / "rabbitmq-users.sh"
+
+    @property
+    def nats_accounts(self) -> Path:
+        return self.broker / "nats-accounts.conf"
+
+    @property
     def ca_dir(self) -> Path:
         return self.root / "ca"
 
@@ -104,6 +138,171 @@ class Layout:
 
     def site(self, site: str) -> Path:
         return self.root / "sites" / site
+
+    def reader(self, name: str) -> Path:
+        return self.root / "readers" / name
+
+
+# --- Grants: one model, rendered for each broker -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What one account may publish (``write``) and subscribe to (``read``), as MQTT
+    topic filters (``+`` one level, ``#`` the rest)."""
+
+    user: str
+    role: str  # "coordinator", "site" or "reader"
+    write: tuple[str, ...]
+    read: tuple[str, ...]
+
+
+# The per-site channels a reader may read (DESIGN's topic table: prediction and alarm are
+# what a deployed model publishes).
+_SITE_WRITES = (
+    "status",
+    "registration",
+    "heartbeat",
+    "telemetry/+",
+    "job/+/status",
+    "job/+/result",
+    "prediction/+",
+    "alarm/+",
+)
+READ_CHANNELS = ("status", "registration", "heartbeat", "telemetry/+", "prediction/+", "alarm/+")
+
+
+def grants(prefix: str, sites: Iterable[str], readers: Iterable[str] = ()) -> list[Grants]:
+    """Every account's grants: the coordinator, each site, each reader."""
+    out = [Grants(COORDINATOR_USER, "coordinator", (f"{prefix}/#",), (f"{prefix}/#",))]
+    for site in sites:
+        base = f"{prefix}/site/{site}"
+        out.append(
+            Grants(
+                site,
+                "site",
+                tuple(f"{base}/{c}" for c in _SITE_WRITES),
+                (f"{base}/cmd/#", f"{base}/ack", f"{prefix}/coordinator/status"),
+            )
+        )
+    for name in readers:
+        reads = tuple(f"{prefix}/site/+/{c}" for c in READ_CHANNELS)
+        out.append(Grants(name, "reader", (), (*reads, f"{prefix}/coordinator/status")))
+    return out
+
+
+def rabbit_regex(filters: Sequence[str]) -> str:
+    """A RabbitMQ topic-permission regex matching the routing keys of ``filters`` (MQTT
+    ``/`` is ``.``) and the binding keys of subscriptions within them (``+`` -> ``*``,
+    ``#`` -> ``#``). ``^$`` (nothing) for no filters."""
+    if not filters:
+        return "^$"
+    alternatives = []
+    for topic in filters:
+        levels = topic.split("/")
+        rest = ""
+        if levels[-1] == "#":
+            levels, rest = levels[:-1], r"(\..+)?"
+        parts = [r"[^.#]+" if lv == "+" else re.escape(lv) for lv in levels]
+        alternatives.append(r"\.".join(parts) + rest)
+    return "^(" + "|".join(alternatives) + ")$"
+
+
+def nats_subjects(filters: Sequence[str]) -> list[str]:
+    """NATS subjects of MQTT ``filters``: ``/`` -> ``.``, ``+`` -> ``*``; ``a/#`` is both
+    ``a`` and ``a.>`` (MQTT's ``#`` matches its parent level too)."""
+    out: list[str] = []
+    for topic in filters:
+        levels = ["*" if lv == "+" else lv for lv in topic.split("/")]
+        if levels[-1] == "#":
+            out += [".".join(levels[:-1]), ".".join([*levels[:-1], ">"])]
+        else:
+            out.append(".".join(levels))
+    return list(dict.fromkeys(out))
+
+
+def render_rabbitmq_script(
+    prefix: str, accounts: Sequence[Grants], passwords: dict[str, str]
+) -> str:
+    """A POSIX shell script of rabbitmqctl commands creating every account (idempotent:
+    an existing user gets its password changed) with vhost and topic permissions."""
+    q = shlex.quote
+    lines = [
+        "#!/bin/sh",
+        f"# fedmq accounts for RabbitMQ (rabbitmq_mqtt), prefix {prefix}, generated by",
+        "# `fedmq broker init --broker rabbitmq`. SECRET: it holds the passwords (mode 0700).",
+        "# Run it where rabbitmqctl reaches the node: sh rabbitmq-users.sh",
+        "# Overrides: RABBITMQCTL (the command), VHOST (mqtt.vhost, default /), EXCHANGE",
+        "# (mqtt.exchange, default amq.topic).",
+        "#",
+        "# Topic permissions are regexes on routing keys (MQTT topic with / as .): writes are",
+        "# checked on publish, reads on subscribe (the binding key, + as *, # as #). A client's",
+        "# own queues are mqtt-subscription-<client id>qos0/qos1: each account may only",
+        "# declare and read those of the client id equal to its username, so connect with",
+        "# client id = username (sites do; `fedmq serve` gets client_id in its credentials).",
+        "set -eu",
+        'CTL="${RABBITMQCTL:-rabbitmqctl}"',
+        'VHOST="${VHOST:-/}"',
+        'EXCHANGE="${EXCHANGE:-amq.topic}"',
+        "account() {  # user password queue-regex write-regex read-regex",
+        '  "$CTL" add_user "$1" "$2" >/dev/null 2>&1 ||',
+        '    "$CTL" change_password "$1" "$2" >/dev/null',
+        '  Q="^($3)$"; X="^(amq\\.topic|$3)$"',
+        '  "$CTL" set_permissions -p "$VHOST" "$1" "$Q" "$X" "$X" >/dev/null',
+        '  "$CTL" set_topic_permissions -p "$VHOST" "$1" "$EXCHANGE" "$4" "$5" >/dev/null',
+        '  echo "account $1"',
+        "}",
+        "",
+    ]
+    for g in accounts:
+        queues = f"mqtt-subscription-{re.escape(g.user)}qos[01]"
+        lines.append(f"# {g.role} {g.user}")
+        lines.append(
+            " ".join(
+                [
+                    "account",
+                    q(g.user),
+                    q(passwords[g.user]),
+                    q(queues),
+                    q(rabbit_regex(g.write)),
+                    q(rabbit_regex(g.read)),
+                ]
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_nats_accounts(prefix: str, accounts: Sequence[Grants], passwords: dict[str, str]) -> str:
+    """A nats-server config fragment: account FEDMQ (JetStream on, which MQTT needs) with
+    one MQTT-only user per account and its publish/subscribe permissions."""
+    users = []
+    for g in accounts:
+        publish: dict[str, list[str]] = (
+            {"allow": nats_subjects(g.write)} if g.write else {"deny": [">"]}
+        )
+        # $MQTT.sub.>: where the server delivers a QoS 1 subscription's JetStream messages.
+        subscribe = {"allow": [*nats_subjects(g.read), "$MQTT.sub.>"]}
+        users.append(
+            {
+                "user": g.user,
+                "password": passwords[g.user],
+                "allowed_connection_types": ["MQTT"],
+                "permissions": {"publish": publish, "subscribe": subscribe},
+            }
+        )
+    body = json.dumps({NATS_ACCOUNT: {"jetstream": "enabled", "users": users}}, indent=2)
+    return (
+        f"# fedmq accounts for nats-server (MQTT), prefix {prefix}, generated by\n"
+        "# `fedmq broker init --broker nats`. SECRET: it holds the passwords (mode 0600).\n"
+        "# Include it from nats-server.conf (see broker_config/nats.conf):\n"
+        "#     include fedmq/nats-accounts.conf\n"
+        "# MQTT topics are subjects with / as . (+ is *, # is >); a user's subscribe\n"
+        "# permissions also allow $MQTT.sub.> (the server's delivery subject for QoS 1).\n"
+        f"accounts: {body}\n"
+    )
+
+
+# --- Input --------------------------------------------------------------------------------
 
 
 def read_sites_file(path: Path) -> list[str]:
@@ -143,6 +342,24 @@ def _check_site(site: str) -> str:
     return site
 
 
+def _check_reader(name: str) -> str:
+    try:
+        validate_site_id(name)
+    except TopicError:
+        raise BrokerInitError(
+            f"reader name {name!r}: use [a-z0-9][a-z0-9_-]{{0,63}} (it is a username)"
+        ) from None
+    if name in _RESERVED:
+        raise BrokerInitError(f"reader name {name!r} is reserved for the coordinator")
+    return name
+
+
+def _check_broker(broker: str) -> str:
+    if broker not in BROKERS:
+        raise BrokerInitError(f"unknown broker {broker!r}: one of {', '.join(BROKERS)}")
+    return broker
+
+
 def find_acl_template(explicit: Path | None = None) -> Path:
     """The ACL template: ``explicit``, else broker_config/ in the source tree or the CWD."""
     candidates = (
@@ -159,14 +376,27 @@ def find_acl_template(explicit: Path | None = None) -> Path:
     raise BrokerInitError(f"ACL template not found ({candidates[0]}): pass --acl-template")
 
 
-def render_acl(template: str, prefix: str) -> str:
-    """The ACL with ``{prefix}``, ``{coordinator}`` and ``{train}`` filled in."""
+def render_acl(template: str, prefix: str, readers: Iterable[str] = ()) -> str:
+    """The Mosquitto ACL with ``{prefix}`` and ``{coordinator}`` filled in, and a block
+    per read-only ``readers`` account."""
     validate_prefix(prefix)
-    return (
-        template.replace("{prefix}", prefix)
-        .replace("{coordinator}", COORDINATOR_USER)
-        .replace("{train}", TRAIN_USER)
-    )
+    text = template.replace("{prefix}", prefix).replace("{coordinator}", COORDINATOR_USER)
+    for g in grants(prefix, (), readers):
+        if g.role != "reader":
+            continue
+        text += (
+            f"\n# --- Read-only consumer {g.user} (Node-RED, Telegraf, a historian): reads every\n"
+            "# site's status, registration, heartbeats, telemetry, predictions and alarms and\n"
+            "# the coordinator's status; writes nothing. The deny line voids the pattern rights\n"
+            "# above, which every authenticated username gets (deny is checked first).\n"
+            f"user {g.user}\n"
+            f"topic deny {prefix}/site/{g.user}/#\n"
+        )
+        text += "".join(f"topic read {t}\n" for t in g.read)
+    return text
+
+
+# --- Files --------------------------------------------------------------------------------
 
 
 def _toml_str(value: str) -> str:
@@ -180,18 +410,22 @@ def _credentials(
     password: str,
     node_dir: Path,
     top: dict[str, str],
-    stem: str = "",
+    role: str,
 ) -> bytes:
     runtime = Path(str(manifest["runtime_dir"])) if manifest.get("runtime_dir") else node_dir
     tls = bool(manifest["tls"])
+    broker = str(manifest.get("broker", "mosquitto"))
     hosts = list(manifest.get("hosts") or [])  # type: ignore[call-overload]
     lines = [
         f"# fedmq MQTT credentials for {user!r}, generated by `fedmq broker init`.",
         "# SECRET: keep mode 0600. Use as the node's config file, or copy into it.",
     ]
+    if role == "site":
+        lines.append(f"site_id = {_toml_str(user)}")
+    if role == "coordinator" and broker != "mosquitto":
+        # RabbitMQ's queue permissions (and NATS sessions) follow the client id.
+        lines.append(f"client_id = {_toml_str(user)}")
     lines += [f"{k} = {_toml_str(str(runtime / v))}" for k, v in top.items()]
-    if user not in _RESERVED:
-        lines.insert(2, f"site_id = {_toml_str(user)}")
     lines += [
         "",
         "[mqtt]",
@@ -206,8 +440,8 @@ def _credentials(
             "tls = true",
             f"ca_file = {_toml_str(str(runtime / 'tls' / 'ca.crt'))}",
             "# Presented only when the broker asks (broker_config/mtls.conf): CN = username.",
-            f"cert_file = {_toml_str(str(runtime / 'tls' / f'{stem}client.crt'))}",
-            f"key_file = {_toml_str(str(runtime / 'tls' / f'{stem}client.key'))}",
+            f"cert_file = {_toml_str(str(runtime / 'tls' / 'client.crt'))}",
+            f"key_file = {_toml_str(str(runtime / 'tls' / 'client.key'))}",
         ]
     return ("\n".join(lines) + "\n").encode()
 
@@ -222,26 +456,25 @@ def _add_user(
     user: str,
     node_dir: Path,
     top: dict[str, str],
-    stem: str = "",
+    role: str,
 ) -> list[Path]:
-    """Password entry, credentials file and (with TLS) client certificate for one user.
-
-    ``stem`` prefixes the file names, for a second account in the same node directory.
-    """
+    """Password (Mosquitto: its hash in passwd), credentials file and (with TLS) client
+    certificate for one account."""
     password = generate_password()
-    entries = read_password_file(layout.passwd)
-    entries[user] = hash_password(password)
-    write_password_file(layout.passwd, entries)
-    creds = node_dir / f"{stem}credentials.toml"
-    write_private(creds, _credentials(manifest, user, password, node_dir, top, stem))
+    if manifest.get("broker", "mosquitto") == "mosquitto":
+        entries = read_password_file(layout.passwd)
+        entries[user] = hash_password(password)
+        write_password_file(layout.passwd, entries)
+    creds = node_dir / "credentials.toml"
+    write_private(creds, _credentials(manifest, user, password, node_dir, top, role))
     written = [creds]
     if manifest["tls"]:
         ca = _load_ca(layout)
         tls = node_dir / "tls"
-        cert, key = tls / f"{stem}client.crt", tls / f"{stem}client.key"
+        cert, key = tls / "client.crt", tls / "client.key"
         ca.write_ca_cert(tls / "ca.crt")
         ca.issue_client(user, cert, key)
-        written += [tls / "ca.crt", cert, key] if not stem else [cert, key]
+        written += [tls / "ca.crt", cert, key]
     log.info("credentials for %s written to %s", user, creds)
     return written
 
@@ -252,11 +485,57 @@ def _add_site(layout: Layout, manifest: dict[str, object], site: str) -> list[Pa
     node.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(layout.coordinator / "signing.pub", pub)
     top = {"coordinator_public_key_file": "coordinator.pub"}
-    return [*_add_user(layout, manifest, site, node, top), pub]
+    return [*_add_user(layout, manifest, site, node, top, "site"), pub]
+
+
+def _add_reader(layout: Layout, manifest: dict[str, object], name: str) -> list[Path]:
+    node = layout.reader(name)
+    node.mkdir(parents=True, exist_ok=True)
+    return _add_user(layout, manifest, name, node, {}, "reader")
+
+
+def _password_of(path: Path) -> str:
+    return str(tomllib.loads(path.read_text())["mqtt"]["password"])
+
+
+def _write_broker_files(layout: Layout, manifest: dict[str, object], template: str) -> list[Path]:
+    """The broker's own files, rendered from the manifest (and for RabbitMQ and NATS the
+    passwords in the credentials files)."""
+    prefix = str(manifest["prefix"])
+    sites = list(manifest.get("sites", []))  # type: ignore[call-overload]
+    readers = list(manifest.get("readers", []))  # type: ignore[call-overload]
+    broker = str(manifest.get("broker", "mosquitto"))
+    layout.broker.mkdir(parents=True, exist_ok=True)
+    if broker == "mosquitto":
+        layout.acl.write_text(render_acl(template, prefix, readers))
+        return [layout.acl, layout.passwd]
+    accounts = grants(prefix, sites, readers)
+    files = {COORDINATOR_USER: layout.coordinator / "credentials.toml"}
+    files |= {s: layout.site(s) / "credentials.toml" for s in sites}
+    files |= {r: layout.reader(r) / "credentials.toml" for r in readers}
+    passwords = {user: _password_of(path) for user, path in files.items()}
+    if broker == "rabbitmq":
+        write_private(
+            layout.rabbitmq_script, render_rabbitmq_script(prefix, accounts, passwords).encode()
+        )
+        layout.rabbitmq_script.chmod(0o700)
+        return [layout.rabbitmq_script]
+    write_private(layout.nats_accounts, render_nats_accounts(prefix, accounts, passwords).encode())
+    return [layout.nats_accounts]
 
 
 def _write_manifest(layout: Layout, manifest: dict[str, object]) -> None:
     layout.manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def _read_manifest(layout: Layout) -> dict[str, object]:
+    try:
+        manifest: dict[str, object] = json.loads(layout.manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise BrokerInitError(f"{layout.manifest} missing or unreadable: run init first") from exc
+    manifest.setdefault("broker", "mosquitto")
+    manifest.setdefault("readers", [])
+    return manifest
 
 
 def init_broker(
@@ -268,39 +547,48 @@ def init_broker(
     force: bool = False,
     runtime_dir: Path | None = None,
     acl_template: Path | None = None,
+    broker: str = "mosquitto",
+    readers: Sequence[str] = (),
 ) -> list[Path]:
     """Generate a new deployment directory; return the files written.
 
     Raises:
         BrokerInitError: invalid input, or ``out`` already holds one (without ``force``).
     """
+    _check_broker(broker)
     for site in sites:
         _check_site(site)
+    for name in readers:
+        _check_reader(name)
+    clash = sorted(set(sites) & set(readers)) or sorted(
+        {n for n in readers if list(readers).count(n) > 1}
+    )
+    if clash:
+        raise BrokerInitError(f"{clash}: a reader name must differ from every site and reader")
     try:
         validate_prefix(prefix)
     except TopicError as exc:
         raise BrokerInitError(str(exc)) from None
     layout = Layout(Path(out))
-    template = find_acl_template(acl_template)
+    template = find_acl_template(acl_template).read_text() if broker == "mosquitto" else ""
     if layout.root.exists() and any(layout.root.iterdir()) and not force:
         raise BrokerInitError(f"{layout.root} is not empty: pass --force to replace its secrets")
     if force:
-        for sub in ("broker", "ca", "coordinator", "sites"):
+        for sub in ("broker", "ca", "coordinator", "sites", "readers"):
             shutil.rmtree(layout.root / sub, ignore_errors=True)
     layout.root.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, object] = {
+        "broker": broker,
         "prefix": prefix,
         "tls": tls,
         "hosts": list(hosts),
         "coordinator_user": COORDINATOR_USER,
-        "train_user": TRAIN_USER,
         "runtime_dir": str(runtime_dir) if runtime_dir else None,
-        "sites": [],
+        "sites": list(sites),
+        "readers": list(readers),
     }
     written: list[Path] = []
     layout.broker.mkdir(parents=True, exist_ok=True)
-    layout.acl.write_text(render_acl(template.read_text(), prefix))
-    written.append(layout.acl)
     if tls:
         ca = CertificateAuthority.create()
         ca.save(layout.ca_dir / "ca.crt", layout.ca_dir / "ca.key")
@@ -313,15 +601,21 @@ def init_broker(
     generate_keypair(coord / "signing.key", coord / "signing.pub")
     written += [coord / "signing.key", coord / "signing.pub"]
     signing = {"signing_key_file": "signing.key"}
-    written += _add_user(layout, manifest, COORDINATOR_USER, coord, signing)
-    written += _add_user(layout, manifest, TRAIN_USER, coord, signing, stem="train-")
+    written += _add_user(layout, manifest, COORDINATOR_USER, coord, signing, "coordinator")
     for site in sites:
         written += _add_site(layout, manifest, site)
-        manifest["sites"].append(site)  # type: ignore[attr-defined]
-    written.append(layout.passwd)
+    for name in readers:
+        written += _add_reader(layout, manifest, name)
+    written += _write_broker_files(layout, manifest, template)
     _write_manifest(layout, manifest)
     written.append(layout.manifest)
     return written
+
+
+def _template_for(manifest: dict[str, object]) -> str:
+    if manifest.get("broker", "mosquitto") != "mosquitto":
+        return ""
+    return find_acl_template().read_text()
 
 
 def add_site(out: Path, site: str, force: bool = False) -> list[Path]:
@@ -332,15 +626,38 @@ def add_site(out: Path, site: str, force: bool = False) -> list[Path]:
     """
     _check_site(site)
     layout = Layout(Path(out))
-    try:
-        manifest = json.loads(layout.manifest.read_text())
-    except (OSError, ValueError) as exc:
-        raise BrokerInitError(f"{layout.manifest} missing or unreadable: run init first") from exc
-    sites = list(manifest.get("sites", []))
+    manifest = _read_manifest(layout)
+    sites = list(manifest.get("sites", []))  # type: ignore[call-overload]
+    if site in list(manifest["readers"]):  # type: ignore[call-overload]
+        raise BrokerInitError(f"{site!r} is a reader's name")
     if (site in sites or layout.site(site).exists()) and not force:
         raise BrokerInitError(f"site {site!r} already exists: pass --force to replace it")
     written = _add_site(layout, manifest, site)
     if site not in sites:
         manifest["sites"] = [*sites, site]
+    written += _write_broker_files(layout, manifest, _template_for(manifest))
     _write_manifest(layout, manifest)
-    return [*written, layout.passwd, layout.manifest]
+    return [*dict.fromkeys([*written, layout.manifest])]
+
+
+def add_reader(out: Path, name: str, force: bool = False) -> list[Path]:
+    """Add a read-only account to a directory made by :func:`init_broker`.
+
+    Raises:
+        BrokerInitError: not such a directory, invalid name, a site's name, or the reader
+            exists (no ``force``).
+    """
+    _check_reader(name)
+    layout = Layout(Path(out))
+    manifest = _read_manifest(layout)
+    readers = list(manifest["readers"])  # type: ignore[call-overload]
+    if name in list(manifest.get("sites", [])):  # type: ignore[call-overload]
+        raise BrokerInitError(f"{name!r} is a site's id: a reader name must differ")
+    if name in readers and not force:
+        raise BrokerInitError(f"reader {name!r} already exists: pass --force to replace it")
+    written = _add_reader(layout, manifest, name)
+    if name not in readers:
+        manifest["readers"] = [*readers, name]
+    written += _write_broker_files(layout, manifest, _template_for(manifest))
+    _write_manifest(layout, manifest)
+    return [*dict.fromkeys([*written, layout.manifest])]

@@ -15,17 +15,30 @@ __all__ = ["broker"]
 
 @click.group()
 def broker() -> None:
-    """Generate what a secured Mosquitto needs: passwords, ACL, keys, certificates.
+    """Generate what a secured broker needs: accounts, permissions, keys, certificates.
 
-    Pair the output with broker_config/mosquitto.conf (passwords, TLS) or
-    broker_config/mtls.conf (client certificates). Secrets go only into files (mode
-    0600); the command prints file paths, never a password or key.
+    For Mosquitto (passwords + ACL; pair with broker_config/mosquitto.conf or mtls.conf),
+    RabbitMQ (a script of rabbitmqctl commands; broker_config/rabbitmq.conf) or NATS (an
+    accounts file to include; broker_config/nats.conf): the same grants on each. Secrets
+    go only into files (mode 0600/0700); the command prints file paths, never a password.
 
     \b
     Example:
         fedmq broker init --sites sites.txt --out deploy --tls --hosts broker.plant.local
+        fedmq broker init --sites sites.txt --out deploy --broker nats --reader nodered
         fedmq broker add-site press-7 --out deploy
+        fedmq broker add-reader telegraf --out deploy
     """
+
+
+_APPLY = {
+    "mosquitto": "reload Mosquitto to apply {broker}/passwd and {broker}/acl "
+    "(kill -HUP <mosquitto pid>)",
+    "rabbitmq": "apply with: sh {broker}/rabbitmq-users.sh (where rabbitmqctl reaches the "
+    "node; it creates or updates every account)",
+    "nats": "include {broker}/nats-accounts.conf from nats-server.conf and reload it "
+    "(nats-server --signal reload)",
+}
 
 
 def _report(written: list[Path], out: Path, as_json: bool) -> None:
@@ -34,10 +47,11 @@ def _report(written: list[Path], out: Path, as_json: bool) -> None:
         return
     for path in written:
         click.echo(str(path))
-    click.echo(
-        f"reload the broker to apply {out / 'broker' / 'passwd'} (kill -HUP <mosquitto pid>)",
-        err=True,
-    )
+    try:
+        kind = json.loads((out / "fedmq-broker.json").read_text()).get("broker", "mosquitto")
+    except (OSError, ValueError):
+        kind = "mosquitto"
+    click.echo(_APPLY.get(kind, _APPLY["mosquitto"]).format(broker=out / "broker"), err=True)
 
 
 @broker.command("init")
@@ -70,6 +84,21 @@ def _report(written: list[Path], out: Path, as_json: bool) -> None:
     default=None,
     help="ACL template (default: broker_config/acl.template).",
 )
+@click.option(
+    "--broker",
+    "kind",
+    type=click.Choice(["mosquitto", "rabbitmq", "nats"]),
+    default="mosquitto",
+    show_default=True,
+    help="Which broker the accounts are for.",
+)
+@click.option(
+    "--reader",
+    "readers",
+    multiple=True,
+    help="A read-only account (repeatable), for Node-RED, Telegraf or a historian: reads "
+    "status, registration, heartbeats, telemetry, predictions and alarms; writes nothing.",
+)
 @click.option("--force", is_flag=True, help="Replace the secrets of an existing directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
 def init_command(
@@ -80,22 +109,28 @@ def init_command(
     hosts: tuple[str, ...],
     runtime_dir: Path | None,
     acl_template: Path | None,
+    kind: str,
+    readers: tuple[str, ...],
     force: bool,
     as_json: bool,
 ) -> None:
-    """Generate passwords, ACL, signing keys (and with --tls certificates) into OUT.
+    """Generate accounts, permissions, signing keys (and with --tls certificates) into OUT.
 
-    Writes OUT/broker/{passwd,acl,tls/} for the broker, OUT/coordinator/ (credentials.toml
-    for `fedmq serve`, train-credentials.toml for `fedmq train`: the broker binds client
-    ids to usernames, so each process has its own account; signing key pair) and
-    OUT/sites/<id>/ (credentials.toml, coordinator.pub, tls/) per site. Refuses to
-    overwrite an existing directory unless --force.
+    Writes the broker's files into OUT/broker/: Mosquitto passwd + acl; RabbitMQ
+    rabbitmq-users.sh (rabbitmqctl users, vhost and topic permissions); NATS
+    nats-accounts.conf (an account with MQTT-only users and subject permissions); tls/.
+    Then OUT/coordinator/ (credentials.toml for `fedmq serve`, signing key pair),
+    OUT/sites/<id>/ (credentials.toml, coordinator.pub, tls/) per site and
+    OUT/readers/<name>/credentials.toml per --reader. A site may publish only its own
+    topics and read only its own commands and acks. Refuses to overwrite an existing
+    directory unless --force.
 
     \b
     Example:
         printf 'press-1\\npress-2\\n' > sites.txt
         fedmq broker init --sites sites.txt --out deploy --prefix acme/detroit/pdm/fedmq/v1
         fedmq broker init --sites sites.txt --out deploy --tls --hosts mosquitto --force
+        fedmq broker init --sites sites.txt --out deploy --broker rabbitmq --reader nodered
     """
     from coordinator.admin.broker_init import BrokerInitError, init_broker, read_sites_file
     from coordinator.admin.dev_ca import DevCaError
@@ -112,6 +147,8 @@ def init_command(
             force=force,
             runtime_dir=runtime_dir,
             acl_template=acl_template,
+            broker=kind,
+            readers=list(readers),
         )
     except (BrokerInitError, DevCaError) as exc:
         raise UsageError(str(exc)) from None
@@ -140,6 +177,35 @@ def add_site_command(site: str, out: Path, force: bool, as_json: bool) -> None:
 
     try:
         written = add_site(out, site, force=force)
+    except (BrokerInitError, DevCaError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    _report(written, out, as_json)
+
+
+@broker.command("add-reader")
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory of init.")
+@click.option("--force", is_flag=True, help="Replace the reader's password and certificate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+def add_reader_command(name: str, out: Path, force: bool, as_json: bool) -> None:
+    """Add a read-only account NAME to a directory made by `fedmq broker init`.
+
+    NAME may subscribe to every site's status, registration, heartbeats, telemetry,
+    predictions and alarms and to the coordinator's status, and publish nothing: for
+    Node-RED, Telegraf or a historian (docs/integrations.md). Its credentials go to
+    OUT/readers/NAME/credentials.toml; apply the broker files again (printed).
+
+    \b
+    Example:
+        fedmq broker add-reader nodered --out deploy
+    """
+    from coordinator.admin.broker_init import BrokerInitError, add_reader
+    from coordinator.admin.dev_ca import DevCaError
+
+    try:
+        written = add_reader(out, name, force=force)
     except (BrokerInitError, DevCaError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
