@@ -25,6 +25,7 @@ __all__ = [
     "RangeFilter",
     "SerialDeviceConfig",
     "SystemDeviceConfig",
+    "check_timestamp_format",
     "parse_devices",
     "resolve_timezone",
     "unique_device_names",
@@ -243,8 +244,6 @@ class FileDeviceConfig(_Device):
     @field_validator("timestamp_format")
     @classmethod
     def _ts_format(cls, value: str) -> str:
-        from site_node.sources.parsing import check_timestamp_format
-
         return check_timestamp_format(value)
 
     @field_validator("timezone")
@@ -297,6 +296,17 @@ class FileDeviceConfig(_Device):
             for c in self.resolved_columns()
             if c.name not in skip
         )
+
+
+def check_timestamp_format(fmt: str) -> str:
+    """``fmt`` if it is ``iso``, ``epoch_s``, ``epoch_ms`` or a strftime pattern (has a
+    ``%``), else ValueError naming the choices."""
+    if fmt in ("iso", "epoch_s", "epoch_ms") or "%" in fmt:
+        return fmt
+    raise ValueError(
+        f"timestamp_format {fmt!r}: use iso, epoch_s, epoch_ms or a strftime pattern "
+        'such as "%d/%m/%Y %H:%M:%S"'
+    )
 
 
 def resolve_timezone(name: str) -> tzinfo:

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pydantic import ValidationError
 
 from schemas import Sample
-from site_node.sources.config import ColumnSpec
+from site_node.sources.config import ColumnSpec, check_timestamp_format
 
 __all__ = [
     "CsvLineParser",
@@ -236,18 +236,6 @@ def _number(raw: object) -> float | None:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
 _EPOCH_FORMATS = {"epoch_s": 1000.0, "epoch_ms": 1.0}
-_TEXT_FORMATS = ("iso", "epoch_s", "epoch_ms")
-
-
-def check_timestamp_format(fmt: str) -> str:
-    """``fmt`` if it is ``iso``, ``epoch_s``, ``epoch_ms`` or a strftime pattern (has a
-    ``%``), else ValueError naming the choices."""
-    if fmt in _TEXT_FORMATS or "%" in fmt:
-        return fmt
-    raise ValueError(
-        f"timestamp_format {fmt!r}: use iso, epoch_s, epoch_ms or a strftime pattern "
-        'such as "%d/%m/%Y %H:%M:%S"'
-    )
 
 
 class TimestampParser:
