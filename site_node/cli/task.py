@@ -206,7 +206,14 @@ def _fmt(value: Any) -> str:
     help="Data file(s) instead of the configured dataset's paths (repeatable).",
 )
 @click.option("--params", help="Dataset params as JSON (default: the configured ones).")
-@click.option("--epochs", type=int, default=1, show_default=True, help="Local epochs.")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=1, show_default=True, help="Local epochs."
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Score these weights (npz, e.g. from `fedmq models export`) instead of training.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 def check(
     name: str,
@@ -215,17 +222,20 @@ def check(
     data_paths: tuple[Path, ...],
     params: str | None,
     epochs: int,
+    weights: Path | None,
     as_json: bool,
 ) -> None:
     """Try task NAME on this site's own data before allowing it: check that it provides
     the task contract, read the site's dataset for it, train --epochs local epochs from
-    fresh weights, score the result on the validation split and predict for the latest
-    rows. Runs here (imports torch); no datasite, no broker. Exit 0 when every step ran.
+    fresh weights (or take --weights, e.g. a federated model), score the model on the
+    validation split and predict for the latest rows. Runs here (imports torch); no
+    datasite, no broker. Exit 0 when every step ran.
 
     \b
     Example:
         fedmq-site task check press-fail --config site.toml
         fedmq-site task check press-fail --tasks-dir tasks --data tasks/press-fail-sample.csv
+        fedmq-site task check press-fail --config site.toml --weights press-fail.npz
     """
     from site_node.cli.tasks import training_table
     from site_node.training.tasks import contract_problems
@@ -244,11 +254,17 @@ def check(
     t0 = time.perf_counter()
     rows = _step("read_table", name, lambda: spec.read_table([str(p) for p in paths], load_params))
     data = _step("load_dataset", name, lambda: spec.load_dataset(rows, load_params))
-    weights, n, train_metrics = _step(
-        "train", name, lambda: spec.train(None, data, {"epochs": epochs})
-    )
+    if weights is None:
+        model, n, train_metrics = _step(
+            "train", name, lambda: spec.train(None, data, {"epochs": epochs})
+        )
+    else:
+        try:
+            model, n, train_metrics, epochs = weights.read_bytes(), 0, {}, 0
+        except OSError as exc:
+            raise NotFound(f"cannot read weights {weights}: {exc.strerror or exc}") from None
     train_s = time.perf_counter() - t0
-    scores = _step("evaluate", name, lambda: spec.evaluate(weights, data))
+    scores = _step("evaluate", name, lambda: spec.evaluate(model, data))
     missing = sorted(set(spec.metrics) - set(scores))
     if missing:
         raise click.ClickException(f"task {name}: evaluate left out metric(s) {missing}")
@@ -257,7 +273,7 @@ def check(
         for r in rows.tail(spec.window).to_dict("records")
     ]
     try:
-        outputs: dict[str, Any] = spec.predict(weights, window, load_params)
+        outputs: dict[str, Any] = spec.predict(model, window, load_params)
         predicted = f"{', '.join(f'{k}={_fmt(v)}' for k, v in outputs.items())}"
     except ValueError as exc:  # the window of table rows may lack what live samples carry
         outputs, predicted = {}, f"not on table rows: {exc}"
@@ -270,6 +286,7 @@ def check(
         "rows": len(rows),
         "n_samples": n,
         "epochs": epochs,
+        "weights": str(weights) if weights else None,
         "train_s": round(train_s, 3),
         "train_metrics": train_metrics,
         "metrics": scores,
@@ -280,8 +297,9 @@ def check(
         return
     click.echo(f"task {name} {spec.version} ({spec.source}) hash {spec.code_hash}")
     click.echo(f"data: {len(rows)} rows from {', '.join(str(p) for p in paths)}")
-    click.echo(f"trained {epochs} epoch(s) on {n} samples in {train_s:.1f} s")
-    click.echo("metrics of the trained model on the validation split:")
+    if weights is None:
+        click.echo(f"trained {epochs} epoch(s) on {n} samples in {train_s:.1f} s")
+    click.echo(f"metrics of {weights or 'the trained model'} on the validation split:")
     for key, value in scores.items():
         better = {"min": "lower is better", "max": "higher is better"}.get(
             spec.metrics.get(key, ""), ""
