@@ -190,6 +190,8 @@ class WorkerSupervisor:
                 pass_fds=(child.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C reaches the daemon, which stops it.
+                start_new_session=True,
             )
         finally:
             child.close()

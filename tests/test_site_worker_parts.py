@@ -1,0 +1,112 @@
+"""The training worker's parts that need no syft: the daemon's imports, limits, the channel.
+
+The end-to-end behaviour (real ``fedmq-site run``, syft, kill -9, memory and CPU limits)
+is in tests/test_site_worker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from site_node.training.jobs.config import TrainingSettings
+from site_node.training.worker import limits
+from site_node.training.worker.protocol import Channel, Finished, Run
+from site_node.training.worker.supervisor import _exit_reason
+
+REPO = Path(__file__).resolve().parents[1]
+
+_DAEMON = """
+import json, sys
+from pathlib import Path
+from site_node.daemon import SiteDaemon
+from site_node.settings import SiteSettings
+
+data = Path(sys.argv[1])
+settings = SiteSettings.model_validate({
+    "site_id": "x", "data_dir": str(data), "mqtt": {"port": 1},
+    "training": {"allow": ["cmapss-rul"], "worker_idle_s": 1,
+                 "datasets": [{"name": "d", "task": "cmapss-rul", "paths": ["/nonexistent"]}]},
+})
+daemon = SiteDaemon(settings)
+daemon._load_extensions()  # the training extension installs its job controller
+daemon.send_heartbeat  # (bound, not called: no broker)
+heavy = sorted(m for m in sys.modules
+               if m.split(".")[0] in {"torch", "syft", "pandas", "numpy", "sklearn", "scipy"})
+print(json.dumps({"heavy": heavy, "jobs": "site_node.training.jobs.service" in sys.modules}))
+for fn in daemon._on_stop:
+    fn()
+"""
+
+
+def test_a_training_site_daemon_imports_no_torch_syft_pandas_or_numpy(tmp_path: Path) -> None:
+    # The hosted-datasets record is there, so no worker starts at boot either.
+    (tmp_path / "syft").mkdir()
+    record = {"d": {"task": "cmapss-rul", "rows": 5, "columns": ["a"], "paths": [], "params": {}}}
+    (tmp_path / "syft" / "datasets.json").write_text(json.dumps(record))
+    out = subprocess.run(
+        [sys.executable, "-c", _DAEMON, str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"heavy": [], "jobs": True}
+
+
+def test_defaults_are_safe_on_a_shared_machine() -> None:
+    t = TrainingSettings()
+    cores = os.cpu_count() or 2
+    assert limits.threads(t) == max(1, cores // 2)
+    ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert limits.memory_limit_mb(t) == max(128, min(2048, ram_mb // 2))
+    assert t.nice == 10 and t.max_concurrent_jobs == 1 and 60 <= t.worker_idle_s <= 600
+    set_ = TrainingSettings(threads=3, memory_limit_mb=700, nice=15)
+    assert (limits.threads(set_), limits.memory_limit_mb(set_)) == (3, 700)
+    assert limits.thread_env(3)["OMP_NUM_THREADS"] == "3"
+    with pytest.raises(ValueError):
+        TrainingSettings(nice=20)
+    with pytest.raises(ValueError):
+        TrainingSettings(memory_limit_mb=10)
+
+
+def test_rss_of_a_live_and_a_gone_process() -> None:
+    mine = limits.rss_mb(os.getpid())
+    assert mine is not None and 5 < mine < 100_000
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert limits.rss_mb(proc.pid) is None
+
+
+def test_the_channel_carries_whole_messages_and_reports_the_other_end_closing() -> None:
+    a, b = socket.socketpair()
+    left, right = Channel(a), Channel(b)
+    big = Run("job-1", "cmapss-rul", os.urandom(3 * 1024 * 1024), {"epochs": 2})
+
+    def send() -> None:
+        left.send(big)
+        left.send(Finished("j", b"w", 1, {"rmse": 1.0}, 0.5))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert right.recv() == big
+    assert right.recv() == Finished("j", b"w", 1, {"rmse": 1.0}, 0.5)
+    sender.join()
+    left.close()
+    with pytest.raises(EOFError):
+        right.recv()
+
+
+def test_exit_reasons_name_the_signal() -> None:
+    assert _exit_reason(-signal.SIGKILL) == (
+        "training worker killed by SIGKILL (kill -9, or the kernel's out-of-memory killer)"
+    )
+    assert _exit_reason(-signal.SIGSEGV) == "training worker killed by SIGSEGV"
+    assert _exit_reason(1) == "training worker exited with code 1"
