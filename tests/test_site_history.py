@@ -24,6 +24,7 @@ from site_node.history import (
     published_sensors,
 )
 from site_node.history.export import iso_utc
+from site_node.history.store import QUALITY_CODES, read_readings
 from site_node.settings import SiteSettings
 
 DAY_MS = 86_400_000
@@ -43,12 +44,14 @@ def _history(tmp_path: Path, clock: list[int] | None = None, **kw: Any) -> Histo
 
 
 def _rows(path: Path) -> list[tuple[Any, ...]]:
+    """(reading, ts, device, sensor, value, quality code) of every stored sample."""
     conn = sqlite3.connect(path)
     try:
-        return conn.execute(
-            "SELECT s.reading, s.ts, se.device, se.name, s.value, s.q FROM samples s "
-            "JOIN series se ON se.id = s.series ORDER BY s.reading, se.id"
-        ).fetchall()
+        return [
+            (r.id, r.ts, r.device, name, value, QUALITY_CODES[q])
+            for r in read_readings(conn)
+            for name, value, q in zip(r.names, r.values, r.quality, strict=True)
+        ]
     finally:
         conn.close()
 
@@ -63,7 +66,9 @@ def test_rows_are_committed_in_batches_and_survive_a_reopen(tmp_path: Path) -> N
     h.add("oven", Sample(ts=T0 + 1, name="temp", value=180.0, unit="C", q="bad"))
     assert h.flush()
     st = h.stats()
-    assert st["committed"] == 5 and st["rows"] == 5 and st["pending"] == 0 and st["commits"] >= 1
+    assert (
+        st["committed"] == 5 and st["readings"] == 3 and st["pending"] == 0 and st["commits"] >= 1
+    )
     h.stop()
     rows = _rows(tmp_path / "history.db")
     assert rows == [
@@ -74,7 +79,7 @@ def test_rows_are_committed_in_batches_and_survive_a_reopen(tmp_path: Path) -> N
         (3, T0 + 1, "oven", "temp", 180.0, 2),
     ]
     h2 = _history(tmp_path)
-    assert h2.stats()["rows"] == 5
+    assert h2.stats()["readings"] == 3
     h2.add_row("press", _row(T0 + 2, temp=22.0))
     assert h2.flush()
     h2.stop()
@@ -113,7 +118,7 @@ def test_samples_older_than_max_age_are_pruned_by_their_timestamps(tmp_path: Pat
     wait_for(lambda: h.stats()["pruned_age"] == 3, 10, "age pruning a day later")
     h.stop()
     assert sorted(r[4] for r in _rows(tmp_path / "history.db")) == [0, 0.5]
-    assert h.stats()["rows"] == 2
+    assert h.stats()["readings"] == 2
 
 
 def test_size_bound_prunes_the_oldest_and_the_file_stops_growing(tmp_path: Path) -> None:
@@ -131,7 +136,7 @@ def test_size_bound_prunes_the_oldest_and_the_file_stops_growing(tmp_path: Path)
     h.stop()
     assert st["pruned_size"] > 0
     rows = _rows(tmp_path / "history.db")
-    assert len(rows) == st["rows"] < 120_000
+    assert len(rows) == 2 * st["readings"] < 120_000
     values = sorted(r[4] for r in rows if r[3] == "a")
     # The newest samples are kept, contiguous up to the last one written.
     assert values[-1] == 59_999 and values == [float(v) for v in range(int(values[0]), 60_000)]

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from coordinator.admin.signing import generate_keypair
+from site_node.history.store import read_readings
 from site_node.outbox_store import read_stats
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import Coordinator, fedmq, sites_json, wait_until
@@ -42,11 +43,11 @@ def _history(data_dir: Path, device: str) -> list[tuple[int, int, str, float]]:
         return []
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        return conn.execute(
-            "SELECT s.reading, s.ts, se.name, s.value FROM samples s JOIN series se "
-            "ON se.id = s.series WHERE se.device = ? ORDER BY s.reading",
-            (device,),
-        ).fetchall()
+        return [
+            (r.id, r.ts, name, value)
+            for r in read_readings(conn, [device])
+            for name, value in zip(r.names, r.values, strict=True)
+        ]
     except sqlite3.OperationalError:
         return []
     finally:

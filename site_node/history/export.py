@@ -23,7 +23,7 @@ import csv
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any
 
 from fedmq_runtime.clock import now_ms
 from site_node.history.config import HISTORY_FILE, HistorySelection
-from site_node.history.store import QUALITY_CODES
+from site_node.history.store import read_readings
 
 __all__ = [
     "EXPORT_DIR",
@@ -46,7 +46,6 @@ EXPORT_DIR = "history-exports"
 # Load parameter naming the export a history dataset's job reads (taken out before the
 # task sees its parameters).
 HISTORY_EXPORT_PARAM = "_history_export"
-_BAD = QUALITY_CODES["bad"]
 
 
 @dataclass(frozen=True)
@@ -76,34 +75,27 @@ def export_history(
     """
     since = 0 if since_days is None else (now or now_ms()) - int(since_days * 86_400_000)
     out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    names: list[str] = []
-    lines: Iterator[tuple[int, int, str, dict[str, float | None]]] = iter(())
-    conn = None
-    if history_db.exists():
-        conn = sqlite3.connect(f"file:{history_db}?mode=ro", uri=True, timeout=30)
-        marks = ",".join("?" * len(devices))
-        names = list(
-            dict.fromkeys(
-                n
-                for (n,) in conn.execute(
-                    f"SELECT name FROM series WHERE device IN ({marks}) ORDER BY id",
-                    list(devices),
-                )
-            )
-        )
-        lines = _readings(conn, marks, list(devices), since)
     fd, tmp = tempfile.mkstemp(prefix=".export-", dir=out.parent)
+    conn = None
+    names: list[str] = []
     rows = 0
     try:
-        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            if history_db.exists():
+                conn = sqlite3.connect(f"file:{history_db}?mode=ro", uri=True, timeout=30)
+                marks = ",".join("?" * len(devices))
+                query = f"SELECT name FROM series WHERE device IN ({marks}) ORDER BY id"
+                names = list(dict.fromkeys(n for (n,) in conn.execute(query, list(devices))))
+            column = {n: i for i, n in enumerate(names)}
             writer = csv.writer(fh)
             writer.writerow(["timestamp", "ts_ms", "device", *names])
-            for ts, _reading, device, values in lines:
-                writer.writerow(
-                    [iso_utc(ts), ts, device, *("" if (v := values.get(n)) is None else repr(v)
-                                                for n in names)]
-                )  # fmt: skip
+            for r in read_readings(conn, devices, since) if conn is not None else ():
+                cells = [""] * len(names)
+                for name, value, q in zip(r.names, r.values, r.quality, strict=True):
+                    if q != "bad":
+                        cells[column[name]] = repr(value)
+                writer.writerow([iso_utc(r.ts), r.ts, r.device, *cells])
                 rows += 1
         os.replace(tmp, out)
     except BaseException:
@@ -113,26 +105,6 @@ def export_history(
         if conn is not None:
             conn.close()
     return ExportResult(out, rows, ("timestamp", "ts_ms", "device", *names))
-
-
-def _readings(
-    conn: sqlite3.Connection, marks: str, devices: list[str], since: int
-) -> Iterator[tuple[int, int, str, dict[str, float | None]]]:
-    cur = conn.execute(
-        "SELECT s.reading, s.ts, se.device, se.name, s.value, s.q FROM samples s "
-        f"JOIN series se ON se.id = s.series WHERE se.device IN ({marks}) AND s.ts >= ? "
-        "ORDER BY s.ts, s.reading",
-        [*devices, since],
-    )
-    current: tuple[int, int, str, dict[str, float | None]] | None = None
-    for reading, ts, device, name, value, q in cur:
-        if current is None or current[0] != reading:
-            if current is not None:
-                yield current[1], current[0], current[2], current[3]
-            current = (reading, ts, device, {})
-        current[3][name] = None if q == _BAD else value
-    if current is not None:
-        yield current[1], current[0], current[2], current[3]
 
 
 def dataset_source(

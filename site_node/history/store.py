@@ -5,14 +5,16 @@ telemetry path never waits for the disk); one writer thread owns the connection 
 commits what is pending every ``flush_interval_s`` (or sooner, when much is pending) in one
 transaction. The file is separate from the outbox: nothing here is ever sent.
 
-Schema: ``series`` (one row per device, sensor and unit) and ``samples`` (``reading``,
-``ts``, ``series``, ``value``, ``q``). The samples of one reading (a file or serial row)
-share a ``reading`` number, so an export puts them on one line even when two readings
-share a millisecond.
+Schema: one row per *reading* (the samples of one file or serial row), which keeps the
+writer's cost per sample low: ``readings`` (``id``, ``ts``, ``layout``, ``vals``: the
+values as little-endian float64s, ``q``: one quality code byte per value, NULL when all
+are good); ``layouts`` (a device and the ordered series of a reading's samples);
+``series`` (device, sensor, unit). Two readings in the same millisecond stay two lines of
+an export. :func:`read_readings` reads it back.
 
 Bounds, checked after each commit (page counts, cheap) and every ``prune_interval_s``:
-samples older than ``max_age_days`` by their own timestamp go; when the pages in use pass
-``max_bytes`` the oldest samples go until 90 % of it is left (freed pages are reused, so
+readings older than ``max_age_days`` by their own timestamp go; when the pages in use pass
+``max_bytes`` the oldest readings go until 90 % of it is left (freed pages are reused, so
 the file stops growing).
 
 What a crash loses: samples not committed yet (at most ``flush_interval_s`` of them);
@@ -25,9 +27,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +42,35 @@ from fedmq_runtime.logs import RateLimitedLog
 from schemas import Sample, SensorSpec
 from site_node.history.config import HistorySettings
 
-__all__ = ["QUALITY_CODES", "History", "connect"]
+__all__ = ["QUALITY_CODES", "History", "Reading", "connect", "read_readings"]
 
 log = logging.getLogger(__name__)
 
 QUALITY_CODES = {"good": 0, "uncertain": 1, "bad": 2}
+_QUALITY_NAMES = {v: k for k, v in QUALITY_CODES.items()}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY, device TEXT NOT NULL, name TEXT NOT NULL, unit TEXT NOT NULL,
     UNIQUE (device, name, unit));
-CREATE TABLE IF NOT EXISTS samples (
-    reading INTEGER NOT NULL, ts INTEGER NOT NULL, series INTEGER NOT NULL,
-    value REAL NOT NULL, q INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts);
+CREATE TABLE IF NOT EXISTS layouts (
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, series TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, layout INTEGER NOT NULL,
+    vals BLOB NOT NULL, q BLOB);
+CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
 """
 # Pending samples that wake the writer before its interval (one big transaction is cheaper
 # than many, but a burst should not wait for the timer).
 _WAKE_AT = 20_000
 _PRUNE_CHUNK = 50_000
+_BIG_ENDIAN = sys.byteorder == "big"
+# C-level field access: the writer's per-sample cost is what the history adds to the path.
+_name_unit = attrgetter("name", "unit")
+_value = attrgetter("value")
+_quality = attrgetter("q")
+_ts = attrgetter("ts")
+_ALL_GOOD = {"good"}
 
 
 def connect(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
@@ -136,11 +152,12 @@ class History:
             return self._done.wait_for(lambda: self._served >= ticket, timeout)
 
     def stats(self) -> dict[str, int]:
-        """Counters: committed, dropped, pending, rows, used_bytes, pruned_*, commits, errors."""
+        """Counters: committed, dropped, pending (samples), readings (stored), used_bytes,
+        pruned_age and pruned_size (readings), commits, errors."""
         with self._lock:
             out = dict(self._counts)
             out["pending"] = self._pending_samples
-            out["rows"] = self._rows
+            out["readings"] = self._rows
             out["used_bytes"] = self._used_bytes
         return out
 
@@ -175,18 +192,12 @@ class History:
             self._serve_forever_dropping()
             return
         try:
-            self._series = {
-                (d, n, u): i
-                for i, d, n, u in conn.execute("SELECT id, device, name, unit FROM series")
-            }
-            self._next_reading = int(
-                conn.execute("SELECT coalesce(max(reading), 0) + 1 FROM samples").fetchone()[0]
-            )
-            rows = int(conn.execute("SELECT count(*) FROM samples").fetchone()[0])
+            self._load_ids(conn)
+            rows = int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
             with self._lock:
                 self._rows = rows
             opened.set()
-            self._prune_age(conn)
+            self._prune(self._prune_age, conn)
             next_prune = time.monotonic() + self.settings.prune_interval_s
             while True:
                 self._wake.wait(self.settings.flush_interval_s)
@@ -194,7 +205,7 @@ class History:
                 stopping = self._stopping.is_set()
                 self._commit(conn)
                 if time.monotonic() >= next_prune:
-                    self._prune_age(conn)
+                    self._prune(self._prune_age, conn)
                     next_prune = time.monotonic() + self.settings.prune_interval_s
                 if stopping:
                     self._commit(conn)
@@ -250,41 +261,67 @@ class History:
                 with self._lock:
                     self._counts["committed"] += n
                     self._counts["commits"] += 1
-                    self._rows += n
-                self._prune_size(conn)
+                self._prune(self._prune_size, conn)
         with self._done:
             self._served = max(self._served, ticket)
             self._done.notify_all()
 
+    def _load_ids(self, conn: sqlite3.Connection) -> None:
+        self._series = {
+            (d, n, u): i for i, d, n, u in conn.execute("SELECT id, device, name, unit FROM series")
+        }
+        self._layouts: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+        names = {i: (n, u) for (_d, n, u), i in self._series.items()}
+        for lid, device, series in conn.execute("SELECT id, device, series FROM layouts"):
+            key = tuple(names[int(s)] for s in series.split(","))
+            self._layouts[(device, key)] = lid
+
     def _write(self, conn: sqlite3.Connection, batch: list[tuple[str, Sequence[Sample]]]) -> int:
-        rows: list[tuple[int, int, int, float, int]] = []
-        reading = self._next_reading
-        series = self._series
+        rows: list[tuple[int, int, bytes, bytes | None]] = []
+        layouts = self._layouts
         codes = QUALITY_CODES
+        n = 0
         conn.execute("BEGIN")
         try:
             for device, samples in batch:
-                for s in samples:
-                    key = (device, s.name, s.unit)
-                    sid = series.get(key)
-                    if sid is None:
-                        sid = self._new_series(conn, key)
-                    rows.append((reading, s.ts, sid, s.value, codes[s.q]))
-                reading += 1
-            conn.executemany(
-                "INSERT INTO samples (reading, ts, series, value, q) VALUES (?, ?, ?, ?, ?)", rows
-            )
+                for part in _by_ts(samples):
+                    key = (device, tuple(map(_name_unit, part)))
+                    lid = layouts.get(key)
+                    if lid is None:
+                        lid = self._new_layout(conn, key)
+                    vals = array("d", map(_value, part))
+                    if _BIG_ENDIAN:
+                        vals.byteswap()
+                    quality = set(map(_quality, part))
+                    q = None if quality == _ALL_GOOD else bytes([codes[s.q] for s in part])
+                    rows.append((part[0].ts, lid, vals.tobytes(), q))
+                    n += len(part)
+            conn.executemany("INSERT INTO readings (ts, layout, vals, q) VALUES (?, ?, ?, ?)", rows)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
-            # Series ids created in the rolled-back transaction are gone again.
-            self._series = {
-                (d, n, u): i
-                for i, d, n, u in conn.execute("SELECT id, device, name, unit FROM series")
-            }
+            self._load_ids(conn)  # ids created in the rolled-back transaction are gone
             raise
-        self._next_reading = reading
-        return len(rows)
+        with self._lock:
+            self._rows += len(rows)
+        return n
+
+    def _new_layout(
+        self, conn: sqlite3.Connection, key: tuple[str, tuple[tuple[str, str], ...]]
+    ) -> int:
+        device, names = key
+        ids = []
+        for name, unit in names:
+            sid = self._series.get((device, name, unit))
+            if sid is None:
+                sid = self._new_series(conn, (device, name, unit))
+            ids.append(str(sid))
+        cur = conn.execute(
+            "INSERT INTO layouts (device, series) VALUES (?, ?)", (device, ",".join(ids))
+        )
+        lid = int(cur.lastrowid or 0)
+        self._layouts[key] = lid
+        return lid
 
     def _new_series(self, conn: sqlite3.Connection, key: tuple[str, str, str]) -> int:
         cur = conn.execute("INSERT INTO series (device, name, unit) VALUES (?, ?, ?)", key)
@@ -298,6 +335,14 @@ class History:
         size = conn.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * size)
 
+    def _prune(self, how: Callable[[sqlite3.Connection], None], conn: sqlite3.Connection) -> None:
+        try:
+            how(conn)
+        except sqlite3.Error as exc:  # e.g. a full disk; the next commit tries again
+            with self._lock:
+                self._counts["errors"] += 1
+            self._ratelog(logging.ERROR, "prune", "history: pruning failed: %s", exc)
+
     def _prune_size(self, conn: sqlite3.Connection) -> None:
         used = self._used(conn)
         with self._lock:
@@ -310,7 +355,7 @@ class History:
         keep = int(rows * 0.9 * self.settings.max_bytes / used)
         n = max(1, rows - keep)
         row = conn.execute(
-            "SELECT ts FROM samples ORDER BY ts LIMIT 1 OFFSET ?", (n - 1,)
+            "SELECT ts FROM readings ORDER BY ts LIMIT 1 OFFSET ?", (n - 1,)
         ).fetchone()
         if row is None:
             return
@@ -342,7 +387,7 @@ class History:
         total = 0
         while True:  # in chunks: a long first prune must not hold one huge transaction
             cur = conn.execute(
-                f"DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples WHERE {where} "
+                f"DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE {where} "
                 f"LIMIT {_PRUNE_CHUNK})",
                 args,
             )
@@ -351,3 +396,57 @@ class History:
                 self._rows -= cur.rowcount
             if cur.rowcount < _PRUNE_CHUNK:
                 return total
+
+
+def _by_ts(samples: Sequence[Sample]) -> Iterator[Sequence[Sample]]:
+    """A reading's samples, split where their timestamps differ (rare: sources stamp a
+    row once)."""
+    if len(set(map(_ts, samples))) == 1:
+        yield samples
+        return
+    start = 0
+    for i in range(1, len(samples) + 1):
+        if i == len(samples) or samples[i].ts != samples[start].ts:
+            yield samples[start:i]
+            start = i
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One reading read back: its samples' sensor names, units, values and qualities."""
+
+    id: int
+    ts: int
+    device: str
+    names: tuple[str, ...]
+    units: tuple[str, ...]
+    values: tuple[float, ...]
+    quality: tuple[str, ...]
+
+
+def read_readings(
+    conn: sqlite3.Connection, devices: Sequence[str] | None = None, since_ms: int = 0
+) -> Iterator[Reading]:
+    """The readings of ``devices`` (None: all) from ``since_ms`` on, oldest first."""
+    names = {i: (n, u) for i, n, u in conn.execute("SELECT id, name, unit FROM series")}
+    layouts: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+    for lid, device, series in conn.execute("SELECT id, device, series FROM layouts"):
+        if devices is None or device in devices:
+            pairs = [names[int(s)] for s in series.split(",")]
+            layouts[lid] = (device, tuple(n for n, _ in pairs), tuple(u for _, u in pairs))
+    if not layouts:
+        return
+    marks = ",".join("?" * len(layouts))
+    cur = conn.execute(
+        f"SELECT id, ts, layout, vals, q FROM readings WHERE layout IN ({marks}) AND ts >= ? "
+        "ORDER BY ts, id",
+        [*layouts, since_ms],
+    )
+    for rid, ts, lid, vals, q in cur:
+        device, cols, units = layouts[lid]
+        values = array("d")
+        values.frombytes(vals)
+        if _BIG_ENDIAN:
+            values.byteswap()
+        quality = ("good",) * len(cols) if q is None else tuple(_QUALITY_NAMES[c] for c in q)
+        yield Reading(rid, ts, device, cols, units, tuple(values), quality)
