@@ -229,8 +229,11 @@ class SiteDaemon:
         Pass ``install_signals=False`` when running off the main thread (e.g. in tests).
         """
         if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda _s, _f: self._stop.set())
+            # SIGBREAK (Windows): Ctrl-Break, which service wrappers may send to stop it.
+            for name in ("SIGTERM", "SIGINT", "SIGBREAK"):
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    signal.signal(sig, lambda _s, _f: self._stop.set())
         s = self.settings
         self.guard = CommandGuard(
             s.commands_path, self._key, s.command_clock_skew_s, prefix=s.mqtt.prefix

@@ -72,3 +72,12 @@ def test_every_training_option_is_shown() -> None:
     raw = tomllib.loads(uncommented(render("plant-7")))["training"]
     assert not sorted(set(TrainingSettings.model_fields) - set(raw))
     assert not sorted(set(DatasetConfig.model_fields) - _keys(raw["datasets"]))
+
+
+def test_every_history_option_is_shown() -> None:
+    from site_node.history.config import HistorySelection, HistorySettings
+
+    raw = tomllib.loads(uncommented(render("plant-7")))
+    assert not sorted(set(HistorySettings.model_fields) - set(raw["history"]))
+    selections = [d["history"] for d in raw["training"]["datasets"] if "history" in d]
+    assert not sorted(set(HistorySelection.model_fields) - _keys(selections))

@@ -35,7 +35,7 @@ batch_max_wait_s = 1.0                ## ...or per second, whichever comes first
 [mqtt]
 host = "127.0.0.1"
 port = 1883
-protocol = "5"                        ## "5" or "3.1.1" (RabbitMQ and NATS: "3.1.1")
+protocol = "auto"                     ## MQTT 5, else 3.1.1 (RabbitMQ, NATS); or "5", "3.1.1"
 keepalive = 30
 prefix = "fedmq/v1"
 # username = "<site_id>"
@@ -173,6 +173,22 @@ publish = "raw"                       ## raw: every sample | summary: min/mean/m
 # task = "cmapss-rul"
 # paths = ["train_FD001.txt"]
 # params = { units = [1, 2, 3] }
+#
+# [[training.datasets]]               ## or train on the site's own telemetry history:
+# name = "engine-history"
+# task = "cmapss-rul"
+# history = { devices = ["engine"], since_days = 30 }
+
+## ---- history: every device's samples, kept at the site (training, export) -----------
+
+# [history]
+# enabled = true                      ## off: no history (publish = "none" then refused)
+# max_age_days = 30                   ## by the samples' own time
+# max_bytes = 1073741824              ## 1 GiB; the oldest are pruned past it
+# flush_interval_s = 1                ## a kill -9 loses at most this long of samples
+# max_pending = 200000                ## beyond: dropped and counted, never slowing sources
+# prune_interval_s = 60
+# synchronous = "NORMAL"              ## or "FULL" (survives power loss)
 """
 
 
