@@ -25,7 +25,7 @@ from site_node.training.worker.supervisor import _exit_reason
 REPO = Path(__file__).resolve().parents[1]
 
 _DAEMON = """
-import json, sys
+import json, sys, time
 from pathlib import Path
 from site_node.daemon import SiteDaemon
 from site_node.settings import SiteSettings
@@ -38,10 +38,16 @@ settings = SiteSettings.model_validate({
 })
 daemon = SiteDaemon(settings)
 daemon._load_extensions()  # the training extension installs its job controller
-daemon.send_heartbeat  # (bound, not called: no broker)
-heavy = sorted(m for m in sys.modules
-               if m.split(".")[0] in {"torch", "syft", "pandas", "numpy", "sklearn", "scipy"})
-print(json.dumps({"heavy": heavy, "jobs": "site_node.training.jobs.service" in sys.modules}))
+# Before this issue a thread of the daemon began importing syft at once: look for 3 s.
+deadline = time.monotonic() + 3.0
+while True:
+    heavy = sorted(m for m in list(sys.modules)
+                   if m.split(".")[0] in {"torch", "syft", "pandas", "numpy", "sklearn", "scipy"})
+    if heavy or time.monotonic() > deadline:
+        break
+    time.sleep(0.05)
+result = {"heavy": heavy, "jobs": "site_node.training.jobs.service" in sys.modules}
+(data / "result.json").write_text(json.dumps(result))  # syft may capture stdout
 for fn in daemon._on_stop:
     fn()
 """
@@ -57,7 +63,7 @@ def test_a_training_site_daemon_imports_no_torch_syft_pandas_or_numpy(tmp_path: 
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = json.loads((tmp_path / "result.json").read_text())
     assert got == {"heavy": [], "jobs": True}
 
 
