@@ -200,6 +200,9 @@ def test_folder_task_trains_two_rounds_then_an_edit_is_refused(fed: Fed) -> None
     assert len(jobs) == 6 and all(j["state"] == "done" for j in jobs)
     models = fed.read("models", "--run", run_id)
     assert sorted(m["round"] for m in models) == [1, 2]
+    # Each job's spec (what the datasite's job body reads) names the site's tasks folder.
+    specs = [json.loads(p.read_text()) for p in fed.sites["b"].data_dir.rglob("spec.json")]
+    assert specs and {s["tasks_dir"] for s in specs} == {str(fed.tasks_dir.resolve())}
 
     # One byte: every site now refuses the job, naming the pinned and the current hash.
     path = fed.tasks_dir / "plug_linear.py"

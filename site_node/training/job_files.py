@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from site_node.training.tasks.registry import TASKS_DIR_ENV
+
 __all__ = [
     "JOB_PREFIX",
     "SLOT_PREFIX",
@@ -79,6 +81,8 @@ def write_spec(
         "load_params": dict(load_params),
         "weights_file": None,
         "weights_sha256": None,
+        # The site's tasks folder, so the job body finds the same task (docs/tasks.md).
+        "tasks_dir": os.environ.get(TASKS_DIR_ENV) or None,
     }
     if global_weights is not None:
         wpath = job_dir / "global.npz"
