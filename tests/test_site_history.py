@@ -337,3 +337,45 @@ def test_declared_sensors_make_an_empty_history_export_readable(tmp_path: Path) 
     import pandas as pd
 
     assert list(pd.read_csv(tmp_path / "e.csv").columns)[3:] == ["temp", "vib"]
+
+
+def test_history_cli_show_and_export(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from tests.helpers.site_proc import SITE_BIN, to_toml
+
+    data_dir = tmp_path / "data"
+    (tmp_path / "site.toml").write_text(
+        to_toml({"site_id": "cli", "data_dir": str(data_dir),
+                 "devices": [{"name": "host", "source": "system", "publish": "none"}]})
+    )  # fmt: skip
+
+    def site(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SITE_BIN), "history", *args, "--config", str(tmp_path / "site.toml")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    missing = site("show")
+    assert missing.returncode == 3 and "no history" in missing.stderr
+    h = History(data_dir / "history.db", HistorySettings())
+    h.start()
+    h.add_row("host", _row(T0, cpu=12.5, mem=40.0))
+    h.add_row("host", _row(T0 + 1000, cpu=13.0, mem=41.0))
+    h.stop()
+    shown = site("show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    info = json.loads(shown.stdout)
+    assert info["devices"] == [
+        {"device": "host", "publish": "none", "readings": 2, "first": iso_utc(T0),
+         "last": iso_utc(T0 + 1000), "sensors": ["cpu", "mem"]}
+    ]  # fmt: skip
+    assert "host" in site("show").stdout
+    out = tmp_path / "h.csv"
+    done = site("export", "--device", "host", "--out", str(out))
+    assert done.returncode == 0 and "2 readings" in done.stdout
+    assert out.read_text().splitlines()[0] == "timestamp,ts_ms,device,cpu,mem"
+    assert (
+        site("export", "--device", "host", "--since-days", "0", "--out", str(out)).returncode == 2
+    )

@@ -42,7 +42,15 @@ from fedmq_runtime.logs import RateLimitedLog
 from schemas import Sample, SensorSpec
 from site_node.history.config import HistorySettings
 
-__all__ = ["QUALITY_CODES", "History", "Reading", "connect", "read_readings"]
+__all__ = [
+    "QUALITY_CODES",
+    "DeviceHistory",
+    "History",
+    "Reading",
+    "connect",
+    "device_summary",
+    "read_readings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -450,3 +458,34 @@ def read_readings(
             values.byteswap()
         quality = ("good",) * len(cols) if q is None else tuple(_QUALITY_NAMES[c] for c in q)
         yield Reading(rid, ts, device, cols, units, tuple(values), quality)
+
+
+@dataclass(frozen=True)
+class DeviceHistory:
+    """What the history holds of one device."""
+
+    device: str
+    readings: int
+    first_ms: int | None
+    last_ms: int | None
+    sensors: tuple[str, ...]
+
+
+def device_summary(conn: sqlite3.Connection) -> list[DeviceHistory]:
+    """Per device (sorted by name): readings held, the oldest and newest time, sensors."""
+    counts = {
+        device: (n, first, last)
+        for device, n, first, last in conn.execute(
+            "SELECT l.device, count(*), min(r.ts), max(r.ts) FROM readings r "
+            "JOIN layouts l ON l.id = r.layout GROUP BY l.device"
+        )
+    }
+    sensors: dict[str, list[str]] = {}
+    for device, name in conn.execute("SELECT device, name FROM series ORDER BY id"):
+        names = sensors.setdefault(device, [])
+        if name not in names:
+            names.append(name)
+    return [
+        DeviceHistory(d, *counts.get(d, (0, None, None)), tuple(sensors.get(d, ())))
+        for d in sorted({*counts, *sensors})
+    ]
