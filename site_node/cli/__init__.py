@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "tasks": "site_node.cli.tasks:tasks",
     "service": "site_node.cli.service:service",
     "doctor": "site_node.cli.doctor:doctor",
+    "history": "site_node.cli.history:history",
 }
 
 
