@@ -46,6 +46,7 @@ from schemas import Topics
 from tests.helpers.broker import Broker, free_port
 from tests.helpers.other_brokers import RABBIT_BIN, NatsBroker, RabbitBroker
 from tests.helpers.secure_broker import secure_config
+from tests.helpers.site_proc import SiteProc, make_site_fixture  # noqa: F401 (fixture)
 from tests.helpers.wait import wait_for
 
 if sys.version_info >= (3, 11):
@@ -479,3 +480,78 @@ def test_shipped_nats_conf_accepts_the_generated_accounts(tmp_path: Path) -> Non
         [binary, "-c", str(tmp_path / "nats.conf"), "-t"], capture_output=True, text=True
     )
     assert bad.returncode != 0
+
+
+# --- The real daemons on the generated accounts ------------------------------------------
+
+
+def _run_real_site_and_serve(
+    tmp_path: Path, port: int, deploy: Path, site: str, make_site: Callable[..., SiteProc]
+) -> None:
+    """`fedmq serve` and `fedmq-site run` with nothing but the generated credentials:
+    the site comes online, its telemetry is stored and acked (the coordinator writes the
+    site's ack topic), both over MQTT 3.1.1 found by protocol = "auto"."""
+    from site_node.outbox_store import read_stats
+    from tests.helpers.coord_proc import Coordinator, sites_json, wait_until
+    from tests.helpers.db import query
+
+    creds = tomllib.loads((deploy / "sites" / site / "credentials.toml").read_text())
+    db = tmp_path / "c.db"
+    coord = Coordinator(
+        db, port, PREFIX, extra=("--config", str(deploy / "coordinator" / "credentials.toml"))
+    )
+    coord.env = {"FEDMQ_MQTT__HOST": "127.0.0.1"}
+    coord.start().wait_ready(60)
+    try:
+        mqtt_settings = {k: creds["mqtt"][k] for k in ("username", "password")}
+        proc = make_site(
+            port,
+            PREFIX,
+            site_id=site,
+            rows=300,
+            rate_hz=100.0,
+            coordinator_public_key_file=creds["coordinator_public_key_file"],
+            mqtt=mqtt_settings,
+        )
+        wait_until(lambda: sites_json(db).get(site, {}).get("state") == "online", 90, "online")
+
+        def stored() -> int:
+            rows = query(db, "SELECT count(*) FROM telemetry WHERE site = ?", site)
+            return int(rows[0][0]) if rows else 0
+
+        wait_until(lambda: stored() == 300, 120, "300 samples stored", step=0.3)
+
+        def acked() -> bool:
+            st = read_stats(proc.data_dir / "outbox.db")
+            return st.last_seq > 0 and st.last_acked == st.last_seq
+
+        wait_until(acked, 60, "the site's outbox acked by the coordinator", step=0.3)
+        assert "3.1.1" in proc.log_text()
+    finally:
+        coord.stop()
+
+
+def test_real_site_and_serve_on_generated_nats_accounts(
+    tmp_path: Path, make_site: Callable[..., SiteProc]
+) -> None:
+    deploy = tmp_path / "deploy"
+    init_broker(deploy, ["plant-n"], prefix=PREFIX, broker="nats")
+    b = NatsBroker(tmp_path / "nats", anonymous=False)
+    b.auth_text = Layout(deploy).nats_accounts.read_text()
+    b.start()
+    try:
+        _run_real_site_and_serve(tmp_path, b.port, deploy, "plant-n", make_site)
+    finally:
+        b.stop()
+
+
+def test_real_site_and_serve_on_generated_rabbitmq_accounts(
+    tmp_path: Path, rabbit: RabbitBroker, make_site: Callable[..., SiteProc]
+) -> None:
+    deploy = tmp_path / "deploy"
+    init_broker(deploy, ["plant-r"], prefix=PREFIX, broker="rabbitmq")
+    env = {**rabbit.env, "RABBITMQCTL": str(RABBIT_BIN / "rabbitmqctl")}
+    script = str(Layout(deploy).rabbitmq_script)
+    out = subprocess.run(["sh", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    _run_real_site_and_serve(tmp_path, rabbit.port, deploy, "plant-r", make_site)
