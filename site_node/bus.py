@@ -432,8 +432,10 @@ class BrokerProbe:
         Raises:
             BusError: TCP/TLS failure (the doctor checks those before, with their reason).
         """
-        quiet = logging.getLogger("fedmq.doctor.protocol")
+        quiet = logging.getLogger("fedmq.doctor.protocol")  # the doctor prints its own line
         quiet.propagate = False
+        if not quiet.handlers:
+            quiet.addHandler(logging.NullHandler())
         choice = ProtocolChoice(
             self.settings.protocol, f"{self.settings.host}:{self.settings.port}", quiet
         )
@@ -465,6 +467,8 @@ class BrokerProbe:
             client.tls_set_context(login.tls)
         with self._cond:
             self._connack, self._closed = None, None
+            self._pubacks.clear()  # message ids start again on a new connection
+            self._subacks.clear()
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

@@ -22,6 +22,7 @@ from coordinator.admin.signing import generate_keypair
 from schemas import Topics
 from tests.helpers.broker import Broker, free_port
 from tests.helpers.coord_proc import Coordinator
+from tests.helpers.other_brokers import NatsBroker, nats_broker, rabbitmq_broker
 from tests.helpers.secure_broker import (
     COORDINATOR_USER,
     SecureSetup,
@@ -94,7 +95,7 @@ def _doctor(config: Path) -> tuple[int, dict[str, tuple[str, str]], str]:
     checks = {}
     for line in out.stdout.splitlines():
         state, name, *rest = line.split(None, 2)
-        if state in ("ok", "FAIL", "skip"):
+        if state in ("ok", "FAIL", "WARN", "skip"):
             checks[name] = (state, rest[0] if rest else "")
     return out.returncode, checks, out.stdout + out.stderr
 
@@ -238,5 +239,47 @@ def test_help_explains_the_publish_probe() -> None:
         [str(SITE_BIN), "doctor", "--help"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0
-    for words in ("PUBACK 135", "3.1.1", "--while-running", "Example:"):
+    for words in ("PUBACK 135", "3.1.1", "WARN", "--while-running", "Example:"):
         assert words in out.stdout
+
+
+# --- MQTT 3.1.1 brokers: no reason codes, so the probe must come back -------------------
+
+
+@pytest.mark.parametrize("kind", ["nats", "rabbit"])
+def test_on_311_brokers_the_acl_probe_is_proven_by_its_echo_or_named_denied(
+    kind: str, tmp_path: Path
+) -> None:
+    prefix = "fedmq/v1"
+    deny = {"publish": {"deny": ["fedmq.v1.site.site-a.telemetry.>"]}}
+    users: dict[str, dict[str, object]] = {
+        "site-a": {"password": "pw", "permissions": deny},
+        "site-b": {"password": "pw"},
+    }
+    ctx = nats_broker(tmp_path / kind, users=users) if kind == "nats" else None
+    with ctx or rabbitmq_broker(tmp_path / kind) as broker:
+        if not isinstance(broker, NatsBroker):
+            only_status = r"^fedmq\.v1\.site\.site-a\.status$"
+            broker.add_user("site-a", "pw", topic_write=only_status, topic_read=".*")
+            broker.add_user("site-b", "pw")
+        serve = Coordinator(tmp_path / "c.db", broker.port, prefix).start()
+        try:
+            wait_for(lambda: "connected to" in serve.log_text(), 90, "serve connected")
+
+            def config(site: str) -> Path:
+                path = tmp_path / f"{site}.toml"
+                mqtt = {"port": broker.port, "prefix": prefix, "username": site, "password": "pw"}
+                path.write_text(
+                    to_toml({"site_id": site, "data_dir": str(tmp_path / site), "mqtt": mqtt})
+                )
+                return path
+
+            rc, checks, text = _doctor(config("site-b"))
+            assert rc == 0 and _failing(checks) == [], text
+            assert checks["connack"] == ("ok", "accepted as site-b (MQTT 3.1.1)"), text
+            assert "its probe came back" in checks["acl"][1], text
+            rc, checks, text = _doctor(config("site-a"))
+            assert rc == 1 and _failing(checks) == ["acl"], text
+            assert "denied: publish telemetry" in checks["acl"][1]
+        finally:
+            serve.stop()

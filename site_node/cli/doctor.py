@@ -52,7 +52,7 @@ CERT_WARN_DAYS = 14
 @dataclass
 class Check:
     name: str
-    state: str  # ok | FAIL | skip
+    state: str  # ok | FAIL | WARN | skip
     detail: str
 
     def line(self) -> str:
@@ -76,6 +76,10 @@ class Failed(Exception):
 
 class Skipped(Exception):
     """A check does not apply; ``str(exc)`` says why."""
+
+
+class Warned(Exception):
+    """A check could not prove its point; ``str(exc)`` says what (not a failure)."""
 
 
 # --- the checks: each returns its detail (ok) or raises Failed / Skipped ----------------
@@ -192,6 +196,8 @@ def _acl(ctx: Context) -> str:
         if rc is None or rc >= 0x80:
             denied.append(f"read {what} {topic} ({_code(rc, probe)})")
     topic = t.telemetry(s.site_id, PROBE_DEVICE)
+    v5 = probe.protocol == "5"
+    echo = None if v5 or probe.closed else probe.subscribe_rc(topic, ctx.timeout)
     if not probe.closed:
         # An empty payload: nothing a consumer could take for data (the coordinator files
         # it as a dead letter "empty payload", naming the probe device).
@@ -200,12 +206,26 @@ def _acl(ctx: Context) -> str:
             denied.append(f"publish telemetry {topic} ({_code(rc, probe)})")
     if denied:
         raise Failed("denied: " + "; ".join(denied))
-    how = (
-        "PUBACK/SUBACK reason codes"
-        if probe.protocol == "5"
-        else "MQTT 3.1.1: a broker may drop a denied publish and still PUBACK"
+    if v5:
+        return "publish telemetry, read commands and acks granted (PUBACK/SUBACK reason codes)"
+    # MQTT 3.1.1 PUBACKs carry no reason: a broker may drop a denied publish and still
+    # PUBACK it (NATS does). Our own probe coming back proves it was accepted.
+    if echo is not None and echo < 0x80:
+        if probe.wait_message(topic, min(ctx.timeout, 3.0)):
+            return "publish telemetry (its probe came back), read commands and acks granted"
+        if s.mqtt.protocol == "auto":
+            # auto fell back: the broker speaks 3.1.1 only (NATS, RabbitMQ), and those
+            # refuse a subscription they would not deliver, so the read was granted and
+            # the publish was dropped.
+            raise Failed(
+                f"denied: publish telemetry {topic} (PUBACKed, but the probe never came "
+                "back to its granted subscription: the broker dropped it)"
+            )
+    raise Warned(
+        "read commands and acks granted; publish telemetry NOT PROVEN: MQTT 3.1.1 has no "
+        "PUBACK reason code and the probe did not come back (a denied publish is dropped "
+        "silently by NATS; or this account may not read its own telemetry)"
     )
-    return f"publish telemetry, read commands and acks granted ({how})"
 
 
 def _code(rc: int | None, probe: Any) -> str:
@@ -214,10 +234,21 @@ def _code(rc: int | None, probe: Any) -> str:
     return "not authorized" if rc in (0x80, 0x87) else f"reason code {rc}"
 
 
+def _reopen(ctx: Context) -> None:
+    """A new connection when the broker closed ours (RabbitMQ, after a denied publish)."""
+    if ctx.probe.closed is None:
+        return
+    ctx.probe.close()
+    code, reason = ctx.probe.connect(ctx.timeout)
+    if code != 0:
+        raise Failed(f"could not connect again: {reason}")
+
+
 def _coordinator(ctx: Context) -> str:
     from schemas import CoordinatorStatus, Topics
     from schemas.codec import Codec
 
+    _reopen(ctx)
     s, probe = ctx.settings, ctx.probe
     topic = Topics(s.mqtt.prefix).coordinator_status()
     rc = probe.subscribe_rc(topic, ctx.timeout)
@@ -407,6 +438,8 @@ def run_checks(
                     result = Check(name, "FAIL", str(exc))
                 except Skipped as exc:
                     result = Check(name, "skip", str(exc))
+                except Warned as exc:
+                    result = Check(name, "WARN", str(exc))
             ctx.results[name] = result
             echo(result.line())
     finally:
@@ -425,6 +458,9 @@ def run_checks(
 def doctor(config: Path, timeout: float, while_running: bool) -> None:
     """Check everything a site needs, one line per check; exit 1 naming the failures.
 
+    Each line: ok, FAIL, WARN (could not be proven; not a failure) or skip, the check's
+    name and what was found.
+
     \b
     Checks, in order (a check whose prerequisite failed is skipped):
       config       the TOML file loads and validates
@@ -436,12 +472,16 @@ def doctor(config: Path, timeout: float, while_running: bool) -> None:
       acl          the site may read its commands and acks (SUBACK) and publish
                    telemetry: an empty QoS 1 probe on telemetry/doctor-probe (the
                    coordinator files it as a dead letter). MQTT 5 brokers answer a
-                   denied publish with PUBACK 135. On MQTT 3.1.1 a broker may drop a
-                   denied publish silently and still PUBACK; NATS and RabbitMQ close
-                   the connection instead, which the doctor reports as denied. The
-                   site cannot read its own telemetry, so no echo test is possible;
+                   denied publish with PUBACK 135 (Mosquitto). MQTT 3.1.1 has no
+                   reason codes: RabbitMQ closes the connection (reported as denied),
+                   NATS drops the publish and still PUBACKs. So on 3.1.1 the doctor
+                   also subscribes to its probe topic: the probe coming back proves
+                   the publish; a probe that does not come back to a granted
+                   subscription on a 3.1.1-only broker (auto fell back) is denied;
+                   when the site may not read its own telemetry (SUBACK refused, or
+                   protocol = "3.1.1" set on a broker that speaks 5), a WARN.
                    Mosquitto 2 checks reads when delivering, so a granted SUBACK
-                   there does not prove the read right.
+                   there does not prove the read right either.
       coordinator  fedmq serve's retained status is online
       signing-key  the key pinned in coordinator_public_key_file is the one serve
                    signs commands with (serve announces its key id in its status)
@@ -467,6 +507,7 @@ def doctor(config: Path, timeout: float, while_running: bool) -> None:
     if failed:
         click.echo(f"FAILED: {', '.join(failed)}", err=True)
         raise SystemExit(EXIT["error"])
-    click.echo(
-        "all checks passed" + (" (some skipped)" if any(r.state == "skip" for r in results) else "")
-    )
+    warned = [r.name for r in results if r.state == "WARN"]
+    notes = [f"warnings: {', '.join(warned)}"] if warned else []
+    notes += ["some skipped"] if any(r.state == "skip" for r in results) else []
+    click.echo("all checks passed" + (f" ({'; '.join(notes)})" if notes else ""))

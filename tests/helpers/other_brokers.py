@@ -19,7 +19,9 @@ Use them as context managers; each yields an object with ``host``, ``port`` (MQT
 
 NATS: ``add_user(name, password, permissions={...})`` takes a NATS permissions map
 (subjects, with MQTT's ``/`` as ``.``); ``set_auth(text)`` replaces the whole auth part
-of the config (e.g. a generated accounts file) and reloads. RabbitMQ: users get
+of the config (e.g. a generated accounts file) and reloads. Prefer users given at start
+(``nats_broker(dir, users={...})``): nats-server 2.9 was seen not to finish a second
+reload while MQTT clients were connected (the helper then raises after 15 s). RabbitMQ: users get
 ``configure/write/read`` on vhost ``/`` (default ``.*``) and, when given, topic permissions
 on the ``amq.topic`` exchange (routing keys: MQTT's ``/`` is ``.``).
 
@@ -224,8 +226,11 @@ class NatsBroker:
 
 
 @contextlib.contextmanager
-def nats_broker(workdir: Path, anonymous: bool = True) -> Iterator[NatsBroker]:
-    b = NatsBroker(workdir, anonymous=anonymous).start()
+def nats_broker(
+    workdir: Path, anonymous: bool = True, users: dict[str, dict[str, object]] | None = None
+) -> Iterator[NatsBroker]:
+    """``users``: name -> {"password": ..., "permissions": {...}}, in the config at start."""
+    b = NatsBroker(workdir, anonymous=anonymous, users=dict(users or {})).start()
     try:
         yield b
     finally:
