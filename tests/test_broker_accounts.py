@@ -555,3 +555,42 @@ def test_real_site_and_serve_on_generated_rabbitmq_accounts(
     out = subprocess.run(["sh", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     _run_real_site_and_serve(tmp_path, rabbit.port, deploy, "plant-r", make_site)
+
+
+def test_cli_broker_choice_readers_and_modes(tmp_path: Path) -> None:
+    import stat
+
+    from click.testing import CliRunner
+
+    from coordinator.cli import cli
+
+    sites = tmp_path / "sites.txt"
+    sites.write_text("press-1\n")
+    runner = CliRunner()
+    for broker, secret in [("rabbitmq", "rabbitmq-users.sh"), ("nats", "nats-accounts.conf")]:
+        out = tmp_path / broker
+        args = ["broker", "init", "--sites", str(sites), "--out", str(out)]
+        res = runner.invoke(cli, [*args, "--broker", broker, "--reader", READER])
+        assert res.exit_code == 0, res.output
+        path = out / "broker" / secret
+        assert str(path) in res.output and str(out / "readers" / READER / "credentials.toml") in (
+            res.output
+        )
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if broker == "rabbitmq" else 0o600)
+        password = tomllib.loads((out / "sites/press-1/credentials.toml").read_text())["mqtt"]
+        assert password["password"] in path.read_text()  # the broker needs it...
+        assert password["password"] not in res.output  # ...the terminal never shows it
+        assert not (out / "broker" / "passwd").exists()
+        more = runner.invoke(cli, ["broker", "add-reader", "telegraf", "--out", str(out)])
+        assert more.exit_code == 0 and "telegraf" in path.read_text()
+    bad = runner.invoke(
+        cli, ["broker", "init", "--sites", str(sites), "--out", str(tmp_path / "x"),
+              "--broker", "hivemq"],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "hivemq" in bad.output
+    clash = runner.invoke(
+        cli, ["broker", "init", "--sites", str(sites), "--out", str(tmp_path / "y"),
+              "--reader", "press-1"],
+    )  # fmt: skip
+    assert clash.exit_code == 2 and "must differ" in clash.output
