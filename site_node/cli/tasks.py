@@ -38,12 +38,12 @@ def training_table(config: Path | None) -> dict[str, Any]:
 
 def _pins(table: dict[str, Any]) -> dict[str, str | None]:
     """name -> pinned hash (None: plain name) of the allow-list, leniently read."""
-    from site_node.training.jobs.config import _allow_entry
+    from site_node.training.jobs.config import allow_entry
 
     out: dict[str, str | None] = {}
     for entry in table.get("allow") or []:
         try:
-            name, pin = _allow_entry(entry)
+            name, pin = allow_entry(entry)
         except ValueError:
             continue
         out[name] = pin

@@ -37,7 +37,7 @@ from pydantic import (
 
 from site_node.history.config import HistorySelection
 
-__all__ = ["DatasetConfig", "TrainingSettings"]
+__all__ = ["DatasetConfig", "TrainingSettings", "allow_entry"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -122,7 +122,7 @@ class TrainingSettings(BaseModel):
         names: list[str] = []
         pins: dict[str, str] = dict(data.get("pins") or {})
         for entry in raw:
-            name, pin = _allow_entry(entry)
+            name, pin = allow_entry(entry)
             if name in names:
                 raise ValueError(f"training.allow names task {name!r} twice")
             names.append(name)
@@ -171,7 +171,7 @@ class TrainingSettings(BaseModel):
         return next((d for d in self.datasets if d.task == task), None)
 
 
-def _allow_entry(entry: Any) -> tuple[str, str | None]:
+def allow_entry(entry: Any) -> tuple[str, str | None]:
     """(name, pinned hash or None) of one training.allow entry."""
     name: Any
     pin: Any

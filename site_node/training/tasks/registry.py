@@ -25,6 +25,7 @@ hash at once); ``TASKS`` holds the built-ins only.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -264,10 +265,24 @@ def _sorted(files: list[tuple[str, Path]]) -> tuple[tuple[str, Path], ...]:
 # -- reading NAME / VERSION without running the code ------------------------------------
 
 
+# Parsed literals by the file's content digest: a scan re-reads every file (fresh hashes)
+# but parses only what changed.
+_PARSED: dict[str, dict[str, Any]] = {}
+
+
 def _literals(path: Path) -> dict[str, Any]:
     """Module-level ``NAME = "..."`` style literal assignments of a Python file."""
+    source = path.read_bytes()
+    key = hashlib.sha256(source).hexdigest()
+    cached = _PARSED.get(key)
+    if cached is None:
+        cached = _PARSED[key] = _parse_literals(source, path)
+    return dict(cached)
+
+
+def _parse_literals(source: bytes, path: Path) -> dict[str, Any]:
     try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
+        tree = ast.parse(source, filename=str(path))
     except SyntaxError as exc:
         raise TaskLoadError(f"{path}: syntax error line {exc.lineno}: {exc.msg}") from None
     out: dict[str, Any] = {}
@@ -385,23 +400,31 @@ def _declared(path: Path, source: str) -> Task:
         raise TaskLoadError(
             f"{path}: declared tasks need site_node.training.tasks.declared ({exc})"
         ) from None
-    try:
-        obj = from_toml(path)
-    except Exception as exc:  # the engine's own validation says what is wrong
-        raise TaskLoadError(f"{path}: {exc}") from None
+    files = [(path.name, path), *_engine_files()]
+    code_hash = files_hash(files)
+    key = (str(path), code_hash)
+    obj = _DECLARED.get(key)  # the same TOML and engine make the same task
+    if obj is None:
+        try:
+            obj = from_toml(path)
+        except Exception as exc:  # the engine's own validation says what is wrong
+            raise TaskLoadError(f"{path}: {exc}") from None
+        _DECLARED[key] = obj
     name, version = str(getattr(obj, "NAME", "")), str(getattr(obj, "VERSION", "0"))
     if not NAME_PATTERN.match(name):
         raise TaskLoadError(f"{path}: task name {name!r} must match [A-Za-z0-9_-]{{1,128}}")
-    files = [(path.name, path), *_engine_files()]
     return Task(
         name=name,
         version=version,
         source=source,
         files=_sorted(files),
-        code_hash=files_hash(files),
+        code_hash=code_hash,
         loader=lambda: obj,
         kind="declared",
     )
+
+
+_DECLARED: dict[tuple[str, str], Any] = {}
 
 
 def _builtin_declared() -> tuple[list[Task], list[str]]:
@@ -458,11 +481,17 @@ def _dir_tasks(tasks_dir: Path) -> tuple[list[Task], list[str]]:
     return tasks, problems
 
 
+@functools.cache
+def _entry_points() -> tuple[importlib.metadata.EntryPoint, ...]:
+    """The installed ``fedmq.tasks`` entry points, read once per process (a package
+    installed later is seen after a restart); their files are hashed on every scan."""
+    found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return tuple(sorted(found, key=lambda e: e.name))
+
+
 def _entry_point_tasks() -> tuple[list[Task], list[str]]:
     tasks, problems = [], []
-    for ep in sorted(
-        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
-    ):
+    for ep in _entry_points():
         dist = ep.dist.name if ep.dist is not None else "unknown"
         where = f"entry point {ep.name} = {ep.value} ({dist})"
         try:
