@@ -96,7 +96,7 @@ publish = "raw"                       ## raw: every sample | summary: min/mean/m
 ## recorded 2015 times and are flagged historical. Replay pace is still rate_hz rows/s
 ## (for the whole file: 100 rows/s over 4 machines is 25 rows/s each). The coordinator's
 ## retention counts from the samples' own times: to keep 2015 data, start it with
-## `fedmq serve --telemetry-retention-days 4000` (default 90).
+## `fedmq serve --telemetry-retention-days 5000` (default 90; 2015 is ~4350 days ago).
 # [[devices]]
 # name = "pdm"
 # source = "file"
