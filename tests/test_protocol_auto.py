@@ -190,14 +190,18 @@ def _answer(delta: float, n: int) -> Callable[[int, Any], tuple[bytes, int]]:
     return answer
 
 
-def test_fedmq_train_through_nats_with_flags_only(nats: NatsBroker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["nats", "rabbit"])
+def test_fedmq_train_through_3_1_1_brokers_with_flags_only(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    port = _port(kind, request)
     prefix = f"test-{uuid.uuid4().hex[:10]}/fedmq/v1"
     generate_keypair(tmp_path / "coord.key", tmp_path / "coord.pub")
     db = tmp_path / "c.db"
-    coord = Coordinator(db, nats.port, prefix, ("--signing-key", str(tmp_path / "coord.key")))
-    # the fake sites are plain paho clients: MQTT 3.1.1 by default, which NATS speaks
+    coord = Coordinator(db, port, prefix, ("--signing-key", str(tmp_path / "coord.key")))
+    # the fake sites are plain paho clients: MQTT 3.1.1 by default, which both speak
     sites = [
-        FakeTrainer(nats.port, prefix, f"nats-train-{i}", TASK, CODE_HASH, _answer(i, 100), 1000)
+        FakeTrainer(port, prefix, f"{kind}-train-{i}", TASK, CODE_HASH, _answer(i, 100), 1000)
         for i in (1, 3)
     ]
     try:
@@ -224,7 +228,11 @@ def test_fedmq_train_through_nats_with_flags_only(nats: NatsBroker, tmp_path: Pa
         for s in sites:
             s.stop()
         assert coord.stop() == 0
-    assert "using MQTT 3.1.1 (protocol auto)" in coord.log_text()
+    log = coord.log_text()
+    assert "using MQTT 3.1.1 (protocol auto)" in log
+    # serve's own stop is not a broker problem: no "(reconnecting)" warning at the end
+    assert "WARNING coordinator.bus: disconnected" not in log
+    assert "INFO coordinator.bus: disconnected from broker" in log
 
 
 def test_fedmq_train_takes_no_protocol_flag() -> None:
