@@ -104,17 +104,23 @@ def test_a_writer_behind_drops_and_counts_instead_of_blocking(tmp_path: Path) ->
     assert st["pending"] == 1000 and st["dropped"] == 500
 
 
-def test_samples_older_than_max_age_are_pruned_by_their_timestamps(tmp_path: Path) -> None:
-    clock = [T0]
-    h = _history(tmp_path, clock, max_age_days=2, prune_interval_s=0.05)
-    for age_days in (5, 3, 1.5, 0.5, 0):
-        h.add_row("d", _row(T0 - int(age_days * DAY_MS), age=age_days))
-    assert h.flush()
+def test_readings_stored_longer_ago_than_max_age_are_pruned(tmp_path: Path) -> None:
     from tests.helpers.wait import wait_for
 
+    clock = [T0 - 5 * DAY_MS]
+    h = _history(tmp_path, clock, max_age_days=2, prune_interval_s=0.05)
+    # Stored 5, 3, 1.5 and 0.5 days before T0; the values carry recorded times of 2015,
+    # which do not matter: the bound is on when the site stored them.
+    for stored_days_ago in (5, 3, 1.5, 0.5):
+        clock[0] = T0 - int(stored_days_ago * DAY_MS)
+        h.add_row("d", _row(1_420_070_400_000 + int(stored_days_ago), ago=stored_days_ago))
+        assert h.flush()
+    clock[0] = T0
+    h.add_row("d", _row(1_420_070_400_000, ago=0.0))
+    assert h.flush()
     wait_for(lambda: h.stats()["pruned_age"] == 2, 10, "age pruning")
     assert sorted(r[4] for r in _rows(tmp_path / "history.db")) == [0, 0.5, 1.5]
-    clock[0] = T0 + DAY_MS  # a day later the 1.5-day-old sample is over the bound too
+    clock[0] = T0 + DAY_MS  # a day later the reading stored 1.5 days before T0 is over too
     wait_for(lambda: h.stats()["pruned_age"] == 3, 10, "age pruning a day later")
     h.stop()
     assert sorted(r[4] for r in _rows(tmp_path / "history.db")) == [0, 0.5]

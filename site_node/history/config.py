@@ -4,7 +4,7 @@ dataset drawn from it (``history = {...}`` in ``[[training.datasets]]``). Pydant
 Example::
 
     [history]
-    max_age_days = 30            # older samples are pruned (by their own timestamps)
+    max_age_days = 30            # what the site stored longer ago is pruned
     max_bytes = 1073741824       # 1 GiB of database pages; the oldest samples go first
 
     [[training.datasets]]
@@ -35,7 +35,8 @@ class HistorySettings(BaseModel):
 
     # Off: no history; a device with publish = "none" is then a configuration error.
     enabled: bool = True
-    # Samples older than this (by their own timestamp) are pruned.
+    # Readings the site stored longer ago than this are pruned (by when they arrived, so a
+    # replayed file with recorded times from years ago is kept).
     max_age_days: float = Field(default=30.0, gt=0, le=36_500)
     # Database pages in use; over it the oldest samples are pruned down to 90 %.
     max_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)

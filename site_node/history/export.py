@@ -81,7 +81,8 @@ def export_history(
     rows = 0
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o600)
+            if hasattr(os, "fchmod"):  # POSIX; mkstemp's file is private on Windows too
+                os.fchmod(fh.fileno(), 0o600)
             if history_db.exists():
                 conn = sqlite3.connect(f"file:{history_db}?mode=ro", uri=True, timeout=30)
                 marks = ",".join("?" * len(devices))

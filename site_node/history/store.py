@@ -13,9 +13,11 @@ are good); ``layouts`` (a device and the ordered series of a reading's samples);
 an export. :func:`read_readings` reads it back.
 
 Bounds, checked after each commit (page counts, cheap) and every ``prune_interval_s``:
-readings older than ``max_age_days`` by their own timestamp go; when the pages in use pass
-``max_bytes`` the oldest readings go until 90 % of it is left (freed pages are reused, so
-the file stops growing).
+readings the site stored more than ``max_age_days`` ago go (by the time they arrived, not
+their timestamps, so a replayed file with recorded times from years ago is kept: ``marks``
+notes once a minute the last reading id stored by then); when the pages in use pass
+``max_bytes`` the earliest stored readings go until 90 % of it is left (freed pages are
+reused, so the file stops growing).
 
 What a crash loses: samples not committed yet (at most ``flush_interval_s`` of them);
 committed samples survive a kill -9 (WAL), and with ``synchronous = "FULL"`` a power loss.
@@ -35,7 +37,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
 
 from fedmq_runtime.clock import now_ms
 from fedmq_runtime.logs import RateLimitedLog
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS readings (
     id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, layout INTEGER NOT NULL,
     vals BLOB NOT NULL, q BLOB);
 CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
+CREATE TABLE IF NOT EXISTS marks (reading INTEGER PRIMARY KEY, stored_ms INTEGER NOT NULL);
 """
 # Pending samples that wake the writer before its interval (one big transaction is cheaper
 # than many, but a burst should not wait for the timer).
@@ -116,6 +118,7 @@ class History:
         )
         self._rows = 0
         self._used_bytes = 0
+        self._mark_minute = -1
 
     # -- any thread ------------------------------------------------------------------------
 
@@ -305,7 +308,11 @@ class History:
                     rows.append((part[0].ts, lid, vals.tobytes(), q))
                     n += len(part)
             conn.executemany("INSERT INTO readings (ts, layout, vals, q) VALUES (?, ?, ?, ?)", rows)
+            now = self._clock_ms()
+            if now // 60_000 != self._mark_minute:
+                conn.execute("INSERT OR REPLACE INTO marks SELECT max(id), ? FROM readings", (now,))
             conn.execute("COMMIT")
+            self._mark_minute = now // 60_000
         except BaseException:
             conn.execute("ROLLBACK")
             self._load_ids(conn)  # ids created in the rolled-back transaction are gone
@@ -358,46 +365,51 @@ class History:
             rows = self._rows
         if used <= self.settings.max_bytes or rows == 0:
             return
-        # Samples take roughly equal space: drop the oldest share that brings the pages in
-        # use to 90 % of the bound (whole milliseconds, so a reading is not cut in two).
+        # Readings take roughly equal space: drop the earliest stored share that brings the
+        # pages in use to 90 % of the bound.
         keep = int(rows * 0.9 * self.settings.max_bytes / used)
         n = max(1, rows - keep)
-        row = conn.execute(
-            "SELECT ts FROM readings ORDER BY ts LIMIT 1 OFFSET ?", (n - 1,)
-        ).fetchone()
-        if row is None:
+        row = conn.execute("SELECT id FROM readings ORDER BY id LIMIT 1 OFFSET ?", (n - 1,))
+        last = row.fetchone()
+        if last is None:
             return
-        deleted = self._delete(conn, "ts <= ?", (row[0],))
+        deleted = self._delete(conn, last[0])
         used = self._used(conn)
         with self._lock:
             self._counts["pruned_size"] += deleted
             self._used_bytes = used
         log.info(
-            "history over %d bytes: pruned the %d oldest sample(s)",
+            "history over %d bytes: pruned the %d earliest stored reading(s)",
             self.settings.max_bytes,
             deleted,
         )
 
     def _prune_age(self, conn: sqlite3.Connection) -> None:
         cutoff = self._clock_ms() - int(self.settings.max_age_days * 86_400_000)
-        deleted = self._delete(conn, "ts < ?", (cutoff,))
+        row = conn.execute("SELECT max(reading) FROM marks WHERE stored_ms <= ?", (cutoff,))
+        last = row.fetchone()[0]
+        if last is None:
+            return
+        deleted = self._delete(conn, last)
         if deleted:
             with self._lock:
                 self._counts["pruned_age"] += deleted
                 self._used_bytes = self._used(conn)
             log.info(
-                "history: pruned %d sample(s) older than %g days",
+                "history: pruned %d reading(s) stored over %g days ago",
                 deleted,
                 self.settings.max_age_days,
             )
 
-    def _delete(self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
+    def _delete(self, conn: sqlite3.Connection, last: int) -> int:
+        """Delete the readings stored up to id ``last`` (and their marks)."""
+        conn.execute("DELETE FROM marks WHERE reading <= ?", (last,))
         total = 0
         while True:  # in chunks: a long first prune must not hold one huge transaction
             cur = conn.execute(
-                f"DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE {where} "
-                f"LIMIT {_PRUNE_CHUNK})",
-                args,
+                "DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE id <= ? "
+                f"ORDER BY id LIMIT {_PRUNE_CHUNK})",
+                (last,),
             )
             total += cur.rowcount
             with self._lock:
