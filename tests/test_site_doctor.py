@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from tests.helpers.secure_broker import (
     publish_rc,
     secure_setup,
 )
-from tests.helpers.site_proc import to_toml
+from tests.helpers.site_proc import SiteProc, make_site_fixture, to_toml  # noqa: F401 (fixture)
 from tests.helpers.wait import wait_for
 
 SITE_BIN = Path(sys.executable).parent / "fedmq-site"
@@ -283,3 +283,34 @@ def test_on_311_brokers_the_acl_probe_is_proven_by_its_echo_or_named_denied(
             assert "denied: publish telemetry" in checks["acl"][1]
         finally:
             serve.stop()
+
+
+# --- with the site daemon running ---------------------------------------------------------
+
+
+def test_running_daemon_skips_broker_checks_unless_while_running_then_clock_from_acks(
+    broker: Broker, tmp_path: Path, make_site: Callable[..., SiteProc]
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:10]}/fedmq/v1"
+    serve = Coordinator(tmp_path / "c.db", broker.port, prefix).start()
+    try:
+        serve.wait_ready(60)
+        site = make_site(broker.port, prefix, site_id="doc-live", rate_hz=50.0)
+        site.wait_log("connected to", 60)
+        rc, checks, text = _doctor(site.config)
+        assert rc == 0, text
+        assert checks["connack"][0] == "skip" and "daemon is running" in checks["connack"][1]
+        assert checks["acl"] == ("skip", "needs connack")
+        out = subprocess.run(
+            [str(SITE_BIN), "doctor", "--config", str(site.config), "--while-running"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=site.workdir,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        clock = next(x for x in out.stdout.splitlines() if x.split()[1] == "clock")
+        assert clock.startswith("ok") and "against the coordinator (an ack" in clock, clock
+        assert site.alive()
+    finally:
+        serve.stop()

@@ -54,6 +54,7 @@ class Check:
     name: str
     state: str  # ok | FAIL | WARN | skip
     detail: str
+    blocks: bool = False  # the checks that need this one cannot run
 
     def line(self) -> str:
         return f"{self.state:<4} {self.name:<11} {self.detail}"
@@ -75,7 +76,12 @@ class Failed(Exception):
 
 
 class Skipped(Exception):
-    """A check does not apply; ``str(exc)`` says why."""
+    """A check does not apply; ``str(exc)`` says why. ``blocks``: the checks that need
+    this one are skipped too (False when there was nothing to check, e.g. TLS off)."""
+
+    def __init__(self, why: str, blocks: bool = True) -> None:
+        super().__init__(why)
+        self.blocks = blocks
 
 
 class Warned(Exception):
@@ -127,7 +133,7 @@ def _tls(ctx: Context) -> str:
 
     m = ctx.settings.mqtt
     if not m.tls:
-        raise Skipped("mqtt.tls = false (plain TCP: use TLS off a trusted network)")
+        raise Skipped("mqtt.tls = false (plain TCP: use TLS off a trusted network)", False)
     try:
         context = connection_options(m).tls
     except (SettingsError, ValueError) as exc:
@@ -423,21 +429,16 @@ def run_checks(
     ctx = Context(config, timeout, while_running)
     try:
         for name in CHECKS:
-            blocked = [n for n in NEEDS.get(name, ()) if ctx.results[n].state == "FAIL"]
-            blocked += [
-                n
-                for n in NEEDS.get(name, ())
-                if ctx.results[n].state == "skip" and ctx.results[n].detail.startswith("needs ")
-            ]
+            blocked = [n for n in NEEDS.get(name, ()) if ctx.results[n].blocks]
             if blocked:
-                result = Check(name, "skip", f"needs {', '.join(blocked)}")
+                result = Check(name, "skip", f"needs {', '.join(blocked)}", blocks=True)
             else:
                 try:
                     result = Check(name, "ok", RUN[name](ctx))
                 except Failed as exc:
-                    result = Check(name, "FAIL", str(exc))
+                    result = Check(name, "FAIL", str(exc), blocks=True)
                 except Skipped as exc:
-                    result = Check(name, "skip", str(exc))
+                    result = Check(name, "skip", str(exc), blocks=exc.blocks)
                 except Warned as exc:
                     result = Check(name, "WARN", str(exc))
             ctx.results[name] = result
