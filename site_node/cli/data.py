@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from site_node.cli.options import settings_from, site_options
+from site_node.training.jobs.config import DatasetConfig
 
 __all__ = ["data"]
 
@@ -21,6 +22,14 @@ def data() -> None:
     Example:
         fedmq-site data list --config site.toml
     """
+
+
+def _sources(cfg: DatasetConfig) -> list[str]:
+    """What a dataset not hosted yet reads: its files, or its history selection."""
+    if cfg.history is None:
+        return list(cfg.paths)
+    since = "" if cfg.history.since_days is None else f", last {cfg.history.since_days:g} days"
+    return [f"history of {', '.join(cfg.history.devices)}{since}"]
 
 
 @data.command("list")
@@ -57,7 +66,7 @@ def list_datasets(
                 "task": cfg.task,
                 "hosted": h is not None,
                 "rows": h.rows if h else None,
-                "paths": list(h.paths) if h else cfg.paths,
+                "paths": list(h.paths) if h else _sources(cfg),
             }
         )
     for h in hosted.values():  # hosted earlier, no longer configured
