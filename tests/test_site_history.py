@@ -385,3 +385,28 @@ def test_history_cli_show_and_export(tmp_path: Path) -> None:
     assert (
         site("export", "--device", "host", "--since-days", "0", "--out", str(out)).returncode == 2
     )
+
+
+def test_data_list_names_a_history_dataset_not_hosted_yet(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from tests.helpers.site_proc import SITE_BIN, to_toml
+
+    toml = to_toml({"site_id": "dl", "data_dir": str(tmp_path / "data"),
+                    "devices": [{"name": "host", "source": "system", "publish": "none"}],
+                    "training": {"allow": ["cmapss-rul"]}})  # fmt: skip
+    toml += (
+        '[[training.datasets]]\nname = "mine"\ntask = "cmapss-rul"\n'
+        'history = {devices = ["host"], since_days = 7}\n'
+    )
+    (tmp_path / "site.toml").write_text(toml)
+    out = subprocess.run(
+        [str(SITE_BIN), "data", "list", "--json", "--config", str(tmp_path / "site.toml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [
+        {"name": "mine", "task": "cmapss-rul", "hosted": False, "rows": None,
+         "paths": ["history of host, last 7 days"]}
+    ]  # fmt: skip
