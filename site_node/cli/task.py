@@ -124,10 +124,10 @@ def sample_rows(machines: int = 6, hours: int = 288, seed: int = 0) -> list[str]
 )
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def new(name: str, out: Path, force: bool) -> None:
-    """Write a working starter task NAME to --out: NAME (as a module, - becomes _) .py, a
-    small torch model on a CSV (failure within a day, from four readings), and
-    NAME-sample.csv, six machines' hourly readings to try it on. It passes
-    `fedmq-site task check` as written; then edit its column names for your CSV.
+    """Write a working starter task to --out: NAME.py (- written as _), a small torch
+    model on a CSV (failure within a day, from four readings), and NAME-sample.csv, six
+    machines' hourly readings to try it on. It passes `fedmq-site task check` as
+    written; then map its columns to your CSV (docs/tasks.md, "Your own CSV").
 
     \b
     Example:
