@@ -118,11 +118,25 @@ class CmapssData:
 
 
 def read_table(paths: Any, params: Mapping[str, Any]) -> Any:
-    """Rows of a C-MAPSS file as a DataFrame, only ``params["units"]`` if given."""
+    """Rows of a C-MAPSS file as a DataFrame, only ``params["units"]`` if given.
+
+    A CSV with a header line, such as a site's history export of a ``preset = "cmapss"``
+    file device (timestamp, ts_ms, device, then the sensors), is read by column name: it
+    needs unit, cycle and the model's sensors (absent operating settings stay empty).
+    """
     import pandas as pd
 
     path = Path(paths[0] if isinstance(paths, list | tuple) else paths)
-    table = pd.DataFrame(np.loadtxt(path, dtype=np.float64), columns=COLUMNS)
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        header = fh.readline()[:1].isalpha()
+    if header:
+        raw = pd.read_csv(path)
+        missing = [c for c in ("unit", "cycle", *SENSORS) if c not in raw.columns]
+        if missing:
+            raise ValueError(f"{path}: no column(s) {missing}; columns: {list(raw.columns)}")
+        table = raw.reindex(columns=COLUMNS).dropna(subset=["unit", "cycle", *SENSORS])
+    else:
+        table = pd.DataFrame(np.loadtxt(path, dtype=np.float64), columns=COLUMNS)
     units = params.get("units")
     if units is not None:
         table = table[table["unit"].isin([int(u) for u in units])]
