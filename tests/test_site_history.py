@@ -410,3 +410,32 @@ def test_data_list_names_a_history_dataset_not_hosted_yet(tmp_path: Path) -> Non
         {"name": "mine", "task": "cmapss-rul", "hosted": False, "rows": None,
          "paths": ["history of host, last 7 days"]}
     ]  # fmt: skip
+
+
+def test_cmapss_rul_reads_a_history_export_as_it_reads_the_file(tmp_path: Path) -> None:
+    import numpy as np
+
+    from site_node.sources.presets import CMAPSS_COLUMNS
+    from site_node.training.tasks import get_task
+    from tests.helpers.data import TRAIN_FD001
+
+    names = [n for n, _u in CMAPSS_COLUMNS]
+    h = _history(tmp_path)
+    h.declare("engine", [SensorSpec(name=n) for n in names if not n.startswith("op_")])
+    for i, line in enumerate(TRAIN_FD001.read_text().splitlines()):
+        values = dict(zip(names, (float(v) for v in line.split()), strict=True))
+        if values["unit"] > 3:
+            break
+        h.add_row("engine", [Sample(ts=T0 + i, name=n, value=v) for n, v in values.items()
+                             if not n.startswith("op_")])  # fmt: skip
+    h.stop()
+    out = export_history(tmp_path / "history.db", ["engine"], tmp_path / "e.csv")
+    task = get_task("cmapss-rul")
+    from_export = task.read_table([str(out.path)], {"units": [2, 3]})
+    from_file = task.read_table([str(TRAIN_FD001)], {"units": [2, 3]})
+    assert len(from_export) == len(from_file) > 0
+    keep = ["unit", "cycle", *(f"s{i}" for i in range(1, 22))]
+    assert np.array_equal(from_export[keep].to_numpy(), from_file[keep].to_numpy())
+    a = task.load_dataset(from_export, {"units": [2, 3]})
+    b = task.load_dataset(from_file, {"units": [2, 3]})
+    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_val, b.y_val)
