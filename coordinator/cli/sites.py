@@ -115,20 +115,28 @@ def sites(
 @click.option("--purge", is_flag=True, help="Also delete its telemetry, messages, heartbeats, "
               "events, gaps, streams and devices.")  # fmt: skip
 def forget(site: str, db: Path, purge: bool) -> None:
-    """Remove SITE from the site list (a site that was deregistered or is gone for good).
+    """Remove a deregistered SITE from the site list.
 
     Its telemetry, messages, heartbeats and events are kept (query them by id) unless
-    --purge; a `forgotten` event records when. Refused while the site is online, stale or
-    in conflict: deregister it first (`fedmq-site deregister` on the site) or wait until
-    it is offline. A site that publishes again is listed again. Safe while `fedmq serve`
-    runs (one short transaction).
+    --purge; a `forgotten` event records when. Only a deregistered site (`fedmq-site
+    deregister` cleared its retained status and registration): a live one is refused,
+    and so is an offline one whose retained messages are still on the broker (serve
+    would list it again at its next subscription); for a machine that is gone, clear
+    them with an account that may write the site's topics, e.g.
+
+    \b
+        mosquitto_pub -r -n -t P/site/SITE/status
+        mosquitto_pub -r -n -t P/site/SITE/registration
+
+    A site that publishes again is listed again. Safe while `fedmq serve` runs (one
+    short transaction).
 
     \b
     Example:
         fedmq sites forget old-press-7 --db fedmq.db
         fedmq sites forget old-press-7 --db fedmq.db --purge
     """
-    from coordinator.store.forget import SiteLive, SiteUnknown, forget_site
+    from coordinator.store.forget import SiteLive, SiteRegistered, SiteUnknown, forget_site
 
     connect(db).close()  # a missing or foreign database: the read commands' one-line error
     try:
@@ -137,8 +145,13 @@ def forget(site: str, db: Path, purge: bool) -> None:
         raise NotFound(f"no site {site!r} in {db}") from None
     except SiteLive as exc:
         raise UsageError(
-            f"site {site!r} is {exc}: deregister it first (`fedmq-site deregister` on the "
-            "site) or wait until it is offline"
+            f"site {site!r} is {exc}: deregister it first (`fedmq-site deregister` on the site)"
+        ) from None
+    except SiteRegistered:
+        raise UsageError(
+            f"site {site!r} is offline but not deregistered: its retained status and "
+            "registration would list it again (run `fedmq-site deregister` on the site, or "
+            "clear them: see fedmq sites forget --help)"
         ) from None
     if purge:
         rows = ", ".join(f"{n} {t}" for t, n in deleted.items() if t != "sites" and n)
