@@ -125,17 +125,19 @@ class FileSource(ThreadedSource):
                 "128 characters at most)"
             )
         with self._devices_lock:
-            found = sum(1 for d in self._devices.values() if d is not None)
-            if found >= self.cfg.max_devices:
+            if sum(1 for d in self._devices.values() if d is not None) >= self.cfg.max_devices:
                 self._devices[key] = None
                 name = ""
         if not name:
-            log.warning(
-                "device %s: %s %r would be device %d, over max_devices = %d: its rows are dropped",
+            # Rate limited: a wrongly chosen column (a timestamp) has a new value per row.
+            self._ratelog(
+                logging.WARNING,
+                "device_limit",
+                "device %s: %s %r and further new values are over max_devices = %d: "
+                "their rows are dropped (counted in device_limit)",
                 self.device,
                 self.cfg.device_column,
                 key,
-                found + 1,
                 self.cfg.max_devices,
             )
             return None
