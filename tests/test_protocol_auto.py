@@ -177,6 +177,24 @@ def test_explicit_mqtt5_against_rabbitmq_logs_why(
     assert "connected to" not in text
 
 
+def test_serve_forced_to_mqtt5_against_rabbitmq_logs_why(
+    rabbit: RabbitBroker, tmp_path: Path
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:10]}/fedmq/v1"
+    coord = Coordinator(tmp_path / "c.db", rabbit.port, prefix, ("--protocol", "5")).start()
+    try:
+        wait_until(
+            lambda: 'may not speak MQTT 5: set mqtt.protocol = "auto"' in coord.log_text(),
+            60,
+            "serve's reason",
+        )
+        text = coord.log_text()
+        assert "closed the connection before CONNACK (MQTT 5, " in text
+        assert "connected to" not in text
+    finally:
+        assert coord.stop() == 0
+
+
 # --- fedmq train through NATS ------------------------------------------------------------
 
 TASK, CODE_HASH = "toy", "c" * 64
