@@ -234,7 +234,7 @@ _PATIENCE_S = 120.0  # how long `fedmq train` waits for a daemon that went away
                    "optimizer steps along the aggregate's update (--server-lr, --beta1, "
                    "--beta2, --tau), its moments kept across rounds and restarts.")  # fmt: skip
 @click.option("--mu", type=click.FloatRange(min=0), help="FedProx proximal weight.")
-@click.option("--server-lr", type=click.FloatRange(min=0, min_open=True), default=0.01,
+@click.option("--server-lr", type=click.FloatRange(min=0, min_open=True), default=0.003,
               show_default=True, help="fedadam/fedyogi: server learning rate.")  # fmt: skip
 @click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=0.9,
               show_default=True, help="fedadam/fedyogi: first-moment decay.")  # fmt: skip
@@ -311,7 +311,7 @@ def train(
         fedmq train --task cmapss-rul --rounds 5 --min-sites 3 --round-timeout 300
         fedmq train --task cmapss-rul --sites a,b,c --strategy fedprox --mu 0.01 --epochs 2
         fedmq train --task cmapss-rul --aggregate trimmed-mean --trim 0.2
-        fedmq train --task ai4i-failure --strategy fedadam --server-lr 0.01 --final-eval
+        fedmq train --task ai4i-failure --strategy fedadam --server-lr 0.003 --final-eval
         fedmq train --resume run-20250101-120000-ab12 --db fedmq.db
     """
     from coordinator.api.client import ApiClient, ApiError

@@ -77,7 +77,7 @@ class TrainSpec:
     trim: float = 0.2
     max_samples: int = 10_000_000
     max_weights_bytes: int = 256 * 1024 * 1024
-    server_lr: float = 0.01
+    server_lr: float = 0.003
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3

@@ -71,7 +71,7 @@ class ServerOpt:
     """FedAdam / FedYogi on named arrays; ``m``/``v`` appear on the first step."""
 
     kind: Literal["fedadam", "fedyogi"] = "fedadam"
-    lr: float = 0.01
+    lr: float = 0.003
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
