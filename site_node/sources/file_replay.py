@@ -82,12 +82,13 @@ class FileSource(ThreadedSource):
         for col in (cfg.timestamp_column, cfg.device_column):
             if col is not None:
                 self._needed.append(col)
-        # device_column: key -> device name (None: refused), and where each device's rows go.
-        self._devices: dict[str, str | None] = {}
+        # device_column: key -> device name, and where each device's rows go.
+        self._devices: dict[str, str] = {}
         self._devices_lock = threading.Lock()
         self._emit_for: Callable[[str], EmitRow] | None = None
         self._on_new_device: Callable[[str], None] = lambda _d: None
         self._targets: dict[str, EmitRow] = {}
+        self._routes: dict[str, EmitRow] = {}
 
     # -- device_column (SplitSource) ------------------------------------------------------
 
@@ -96,7 +97,7 @@ class FileSource(ThreadedSource):
         if self.cfg.device_column is None:
             return (self.device,)
         with self._devices_lock:
-            return tuple(d for d in self._devices.values() if d is not None)
+            return tuple(self._devices.values())
 
     def route(
         self, emit_for: Callable[[str], EmitRow], on_new_device: Callable[[str], None]
@@ -113,22 +114,22 @@ class FileSource(ThreadedSource):
 
     def _target(self, key: str) -> EmitRow | None:
         """The row emitter of the device named by ``key`` (None: dropped, counted)."""
-        with self._devices_lock:
-            known = key in self._devices
-            device = self._devices.get(key)
-        if known:
-            return None if device is None else self._targets[device]
+        # Only the reader thread writes _routes: no lock on this per-row path.
+        target = self._routes.get(key)
+        if target is None:
+            target = self._new_target(key)
+            if target is not None:  # refused ids are not kept: they may be countless
+                self._routes[key] = target
+        return target
+
+    def _new_target(self, key: str) -> EmitRow | None:
         name = f"{self.device}-{key}"
         if not _DEVICE_NAME.match(name):
             raise MalformedLine(
                 f"device id {key[:32]!r} does not make a topic level ([A-Za-z0-9_-], "
                 "128 characters at most)"
             )
-        with self._devices_lock:
-            if sum(1 for d in self._devices.values() if d is not None) >= self.cfg.max_devices:
-                self._devices[key] = None
-                name = ""
-        if not name:
+        if len(self._targets) >= self.cfg.max_devices:
             # Rate limited: a wrongly chosen column (a timestamp) has a new value per row.
             self._ratelog(
                 logging.WARNING,
