@@ -43,9 +43,9 @@ class HistorySettings(BaseModel):
     # Samples are committed in one transaction at most this often (a kill -9 loses what
     # was not committed yet: at most this long of samples).
     flush_interval_s: float = Field(default=1.0, gt=0, le=60)
-    # Samples waiting for the writer; beyond this they are dropped and counted, so a slow
-    # disk never slows the sources or the outbox down.
-    max_pending: int = Field(default=200_000, ge=1000)
+    # Samples waiting for the writer (about 0.5 KB each in memory); beyond this they are
+    # dropped and counted, so a slow disk never slows the sources or the outbox down.
+    max_pending: int = Field(default=50_000, ge=1000)
     # How often samples older than max_age_days are looked for.
     prune_interval_s: float = Field(default=60.0, gt=0)
     # FULL survives power loss, NORMAL only process crashes (kill -9); WAL either way.

@@ -154,7 +154,8 @@ class History:
         self.add_row(device, (sample,))
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Commit everything added so far; True once committed (False on timeout)."""
+        """Commit everything added so far; True once handled: committed, or dropped and
+        counted on a storage error (False on timeout)."""
         with self._lock:
             self._requested += 1
             ticket = self._requested
