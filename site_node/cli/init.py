@@ -189,7 +189,7 @@ publish = "raw"                       ## raw: every sample | summary: min/mean/m
 # max_age_days = 30                   ## by when the site stored them (replays kept)
 # max_bytes = 1073741824              ## 1 GiB; the oldest are pruned past it
 # flush_interval_s = 1                ## a kill -9 loses at most this long of samples
-# max_pending = 200000                ## beyond: dropped and counted, never slowing sources
+# max_pending = 50000                 ## beyond: dropped and counted, never slowing sources
 # prune_interval_s = 60
 # synchronous = "NORMAL"              ## or "FULL" (survives power loss)
 """
