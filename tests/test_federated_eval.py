@@ -8,6 +8,8 @@ samples with its coverage, the missing AUC with its reason, and the final evalua
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import subprocess
 import uuid
@@ -16,13 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from coordinator.admin.signing import generate_keypair
+from coordinator.training.aggregate import dump_npz
+from schemas import JobResult, JobStatus, make_blob
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import Coordinator, fedmq, sites_json, wait_until
 from tests.helpers.data import AI4I_CSV
 from tests.helpers.db import query
+from tests.helpers.fake_trainer import FakeTrainer
 from tests.helpers.site_proc import SiteProc, site_settings
 
 TASK = "ai4i-failure"
@@ -212,3 +218,97 @@ def _fedmq_cmd() -> list[str]:
     from tests.helpers.coord_proc import FEDMQ
 
     return list(FEDMQ)
+
+
+# --- the coordinator's side with protocol-level sites: vetting through the real daemon ---
+
+
+class _EvalSite(FakeTrainer):
+    """A fake site that also reports an evaluation of the global model it was sent:
+    ``scores(evaluated sha256) -> JobResult global_* fields`` (None: reports none, as a
+    site that predates federated evaluation)."""
+
+    def __init__(self, *args: Any, scores: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.scores = scores
+        self.evaluate_only: list[bool] = []
+
+    def _train(self, cmd: Any) -> None:
+        self.jobs.append(cmd.job_id)
+        self.evaluate_only.append(bool(cmd.evaluate_only))
+        glob, sha = None, None
+        if cmd.weights is not None:
+            raw = cmd.weights.inline_bytes()
+            sha = hashlib.sha256(raw).hexdigest()
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+                glob = {k: z[k] for k in z.files}
+        weights, n = self.answer(cmd.round, glob)
+        job = {"job_id": cmd.job_id, "run_id": cmd.run_id, "round": cmd.round}
+        topic = self.t.job_result(self.site, cmd.job_id)
+        extra = self.scores(sha) if sha is not None and self.scores is not None else {}
+        blob = None if cmd.evaluate_only else make_blob(weights, self.chunk_bytes)[0]
+        self._publish(topic, JobResult(**self._next(), **job, n_samples=0 if blob is None else n,
+                                       metrics={"rmse": 1.0}, weights=blob, **extra))  # fmt: skip
+        self._publish(self.t.job_status(self.site, cmd.job_id),
+                      JobStatus(**self._next(), **job, state="done"))  # fmt: skip
+
+
+def _toy(rnd: int, glob: dict[str, np.ndarray] | None) -> tuple[bytes, int]:
+    base = glob if glob is not None else {"w": np.zeros(4, np.float32)}
+    return dump_npz({k: v + np.float32(1.0) for k, v in base.items()}), 100
+
+
+def test_one_bad_site_cannot_poison_the_federated_numbers(broker: Broker, tmp_path: Path) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:10]}/fedmq/v1"
+    generate_keypair(tmp_path / "coord.key", tmp_path / "coord.pub")
+    db = tmp_path / "coord.db"
+    serve = Coordinator(db, broker.port, prefix, ("--signing-key", str(tmp_path / "coord.key")))
+
+    def honest(auc: float, n: int) -> Any:
+        return lambda sha: {"global_sha256": sha, "global_n_samples": n,
+                            "global_metrics": {"auc": auc, "loss": 0.5}}  # fmt: skip
+
+    def liar(sha: str) -> dict[str, Any]:  # claims more samples than it has rows
+        return {"global_sha256": sha, "global_n_samples": 10**6, "global_metrics": {"auc": 1.0}}
+
+    def wrong_model(sha: str) -> dict[str, Any]:
+        return {"global_sha256": "0" * 64, "global_n_samples": 50, "global_metrics": {"auc": 0.0}}
+
+    plan = {"h1": honest(0.8, 100), "h2": honest(0.6, 300), "liar": liar,
+            "other": wrong_model, "old": None}  # fmt: skip
+    sites = {
+        name: _EvalSite(broker.port, prefix, name, "toy", "c" * 64, _toy, 1000, scores=scores)
+        for name, scores in plan.items()
+    }
+    try:
+        serve.start().wait_ready(60)
+        for site in sites.values():
+            site.start()
+        wait_until(lambda: all(sites_json(db).get(s, {}).get("state") == "online"
+                               for s in sites), 30, "fake sites online", step=0.3)  # fmt: skip
+        proc = fedmq(
+            "train", "--task", "toy", "--sites", ",".join(sites), "--rounds", "2",
+            "--min-sites", "5", "--round-timeout", "30", "--strategy", "fedyogi",
+            "--final-eval", "--db", str(db), "--json", timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_id = _events(proc.stdout)[0]["run_id"]
+        run = json.loads(fedmq("run", run_id, "--db", str(db), "--json").stdout)
+    finally:
+        for site in sites.values():
+            site.stop()
+        serve.kill()
+    assert all(s.evaluate_only == [False, False, True] for s in sites.values())
+    for ev in (run["rounds"][0]["evaluation"], run["final_evaluation"]):
+        auc = ev["metrics"]["auc"]
+        assert auc["value"] == pytest.approx((0.8 * 100 + 0.6 * 300) / 400)
+        assert (auc["sites"], auc["of_sites"], auc["n_samples"]) == (2, 5, 400)
+        errors = {s: info["error"] for s, info in ev["sites"].items()}
+        assert errors["h1"] is None and errors["h2"] is None
+        assert "exceeds the 1000 rows the site registered for toy" in errors["liar"]
+        assert "evaluated another model" in errors["other"]
+        assert "reported no evaluation" in errors["old"]
+        assert set(auc["missing"]) == {"liar", "other", "old"}
+    assert run["final_evaluation"]["final"] and run["rounds"][1]["evaluation"]["final"]
+    states = query(db, "SELECT round, strategy FROM strategy_state WHERE run_id = ?", run_id)
+    assert states == [(2, "fedyogi")]

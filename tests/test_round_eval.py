@@ -344,3 +344,33 @@ def test_reporter_sends_the_evaluation_as_result_fields(tmp_path: Path) -> None:
     sent.clear()
     rep.result(JobRef("j2"), b"w" * 10, 10, {"loss": 0.1}, 0.5)
     assert sent[0].weights is not None and sent[0].global_sha256 is None
+
+
+# -- the demo's learning curve --------------------------------------------------------------
+
+
+def test_demo_rows_take_the_global_models_federated_rmse_not_the_sites_own() -> None:
+    from coordinator.demo.training import RoundProgress
+    from coordinator.training.events import EvaluationClosed, RoundClosed
+
+    lines: list[str] = []
+
+    class Console:
+        def line(self, text: str) -> None:
+            lines.append(text)
+
+        def status(self, text: str, key: str = "") -> None:
+            pass
+
+    def ev(model: str, rmse: float) -> dict[str, Any]:
+        return {"model_id": model, "metrics": {"rmse": {"value": rmse, "sites": 2, "of_sites": 3}}}
+
+    progress = RoundProgress(Console(), 2)  # type: ignore[arg-type]
+    own = {"rmse": 99.0}  # what the sites measured after training locally: never shown
+    progress(RoundClosed("run-x", 1, "aggregated", 3, own, model_id="run-x-r1"))
+    assert progress.rows[0].val_rmse is None  # not measured yet
+    progress(RoundClosed("run-x", 2, "aggregated", 3, own, model_id="run-x-r2",
+                         evaluation=ev("run-x-r1", 20.5)))  # fmt: skip
+    progress(EvaluationClosed("run-x", 3, "run-x-r2", 3, ev("run-x-r2", 17.25)))
+    assert [(r.round, r.val_rmse) for r in progress.rows] == [(1, 20.5), (2, 17.25)]
+    assert "  round 2's global model: federated val RMSE 17.25 (2 of 3 sites)" in lines
