@@ -13,7 +13,7 @@ line) has one line per reading, oldest first:
 ``device``
     the device name
 one column per sensor
-    named as the device publishes it (first seen first); empty where the reading has no
+    named as the device's source names it (first seen first); empty where the reading has no
     value for it, or its value was ``bad`` (quality ``uncertain`` values are kept).
 """
 
@@ -57,7 +57,7 @@ class ExportResult:
 
 def iso_utc(ts_ms: int) -> str:
     """``2026-11-29T16:55:01.123Z`` for epoch milliseconds."""
-    dt = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts_ms // 1000, tz=timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
 
 
