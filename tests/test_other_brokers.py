@@ -20,6 +20,8 @@ from tests.helpers.other_brokers import (
 from tests.helpers.secure_broker import subscribe_rc
 from tests.helpers.wait import wait_for
 
+pytestmark = pytest.mark.slow  # real brokers (RabbitMQ boots in ~10 s)
+
 
 @pytest.fixture(scope="module")
 def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:

@@ -116,6 +116,7 @@ REFUSAL = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mosquitto", "nats", "rabbit"])
 def test_site_and_serve_stream_through_each_broker_with_no_protocol_setting(
     kind: str,
@@ -164,6 +165,7 @@ def test_site_and_serve_stream_through_each_broker_with_no_protocol_setting(
         assert coord.stop() == 0
 
 
+@pytest.mark.slow
 def test_explicit_mqtt5_against_rabbitmq_logs_why(
     rabbit: RabbitBroker, tmp_path: Path, make_site: Callable[..., SiteProc]
 ) -> None:
@@ -177,6 +179,7 @@ def test_explicit_mqtt5_against_rabbitmq_logs_why(
     assert "connected to" not in text
 
 
+@pytest.mark.slow
 def test_serve_forced_to_mqtt5_against_rabbitmq_logs_why(
     rabbit: RabbitBroker, tmp_path: Path
 ) -> None:
@@ -208,6 +211,7 @@ def _answer(delta: float, n: int) -> Callable[[int, Any], tuple[bytes, int]]:
     return answer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nats", "rabbit"])
 def test_fedmq_train_through_3_1_1_brokers_with_flags_only(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path

@@ -34,6 +34,7 @@ from tests.helpers.wait import wait_for
 
 SITE_BIN = Path(sys.executable).parent / "fedmq-site"
 NOT_AUTHORIZED = 135
+pytestmark = pytest.mark.slow  # a real deployment: broker, serve, doctor subprocesses
 BROKER_CHECKS = ["dns", "tcp", "tls", "connack", "acl", "coordinator", "signing-key", "clock"]
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 # What every site process does at start, then what syft does when a datasite starts and
@@ -43,6 +45,7 @@ def _run(tmp_path: Path, emit: str, verbose: bool = False) -> tuple[str, str]:
     return log.read_text(), out.stderr
 
 
+@pytest.mark.slow  # imports syft in a subprocess
 def test_syft_signing_key_hash_line_is_gone_and_the_log_is_plain_text(tmp_path: Path) -> None:
     text, stderr = _run(tmp_path, SYFT)  # syft's real logger object
     for where in (text, stderr):

@@ -100,6 +100,7 @@ def test_an_offline_site_not_deregistered_is_refused_and_kept(db: Path) -> None:
     assert "mosquitto_pub -r -n -t P/site/SITE/status" in help_text
 
 
+@pytest.mark.slow
 def test_a_real_deregistered_site_is_forgotten_and_stays_forgotten_across_a_serve_restart(
     broker: Broker, prefix: str, tmp_path: Path, make_site: Callable[..., SiteProc]
 ) -> None:
