@@ -289,7 +289,12 @@ class SiteDaemon:
             src.stop()
         if self.tap.history is not None:
             self.tap.history.stop()
+            log.info("history: %s", self.tap.history.stats())
         self.tap.summaries.flush_all()
+        summaries = self.tap.summaries
+        if summaries.windows or summaries.late:
+            log.info("summaries: %d window(s) sent, %d late sample(s) left out",
+                     summaries.windows, summaries.late)  # fmt: skip
         self.batcher.flush_all()
         self.outbox.stop(flush_s=2.0)
         if self.bus.connected:
