@@ -763,3 +763,51 @@ def test_fd001_declaration_builds_the_builtins_windows_model_and_init() -> None:
         for row in np.loadtxt(TRAIN_FD001)[:30]
     ]
     assert set(task.predict(w_mine, window)) == {"rul"}
+
+
+def test_a_toml_in_a_tasks_dir_is_a_task_whose_hash_covers_the_file(tmp_path: Path) -> None:
+    from site_node.training.tasks.registry import get_task, scan
+
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    path = write_task(folder, BASE, "pump.toml")
+    task = scan(folder).tasks["pump-failure"]
+    assert (task.kind, task.source) == ("declared", f"dir:{folder.resolve()}")
+    assert task.window == 3 and task.outputs == {"p_fail": ""}
+    paths = write_pump_data(tmp_path)
+    data = get_task("pump-failure", tasks_dir=folder).load_dataset(paths)
+    assert len(data.x_train) > 0
+    before = task.code_hash
+    path.write_text(path.read_text() + "# one more byte\n")
+    assert scan(folder).tasks["pump-failure"].code_hash != before
+    (folder / "broken.toml").write_text('[task]\nname = "x"\n')
+    problems = scan(folder).problems
+    assert any("broken.toml" in p and "input: required key is missing" in p for p in problems)
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_a_declared_task_trains_as_a_datasite_job(tmp_path: Path) -> None:
+    """The hosted table (only the declared columns) and its mock go through PySyft, and
+    the job body loads, trains and scores the declared task inside the datasite."""
+    import pandas as pd
+
+    from site_node.training.datasite import Datasite
+    from site_node.training.tasks.registry import get_task
+
+    ids = pd.read_csv(AI4I_CSV, encoding="utf-8-sig")["Product ID"][:800].tolist()
+    site = Datasite.open(tmp_path, "t-site")
+    try:
+        hosted = site.host_dataset("ai4i", "ai4i-declared", [AI4I_CSV], {"entities": ids})
+        assert hosted.rows == 800
+        mock = site.ds.datasets["ai4i"].assets[0].mock
+        assert "TWF" not in mock.columns and "Machine failure" in mock.columns
+        task = get_task("ai4i-declared")
+        start = task.initial_weights()
+        site.submit_job("job-1", "ai4i-declared", start, {"epochs": 1})
+        site.approve("job-1")
+        weights, n, metrics = site.run("job-1")
+        assert n == len(task.load_dataset([str(AI4I_CSV)], {"entities": ids}).x_train)
+        assert weights != start and metrics["train_loss"] > 0
+    finally:
+        site.close()

@@ -223,10 +223,8 @@ def _derive_target(spec: TaskSpec, table: Any, events: Any) -> np.ndarray:
         assert tgt.events is not None
         ev_keys = entity_keys(events[tgt.events.entity_column])
         ev_times = events[tgt.events.time_column].to_numpy(np.float64)
-        for key in np.unique(ev_keys):
-            by_entity[str(key)] = np.sort(ev_times[ev_keys == key])
-    for key in np.unique(keys):
-        rows = np.flatnonzero(keys == key)
+        by_entity = {k: np.sort(ev_times[idx]) for k, idx in _groups(ev_keys).items()}
+    for key, rows in _groups(keys).items():
         t = times[rows]
         last = np.nanmax(t)
         ev = np.array([last]) if tgt.end_of_run else by_entity.get(str(key), np.zeros(0))
@@ -292,6 +290,14 @@ def row_features(spec: TaskSpec, table: Any, where: str = "data") -> np.ndarray:
     return out
 
 
+def _groups(keys: np.ndarray) -> dict[str, np.ndarray]:
+    """Row indices of each entity, in table order."""
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
+    return dict(zip((str(u) for u in uniq), np.split(order, bounds), strict=True))
+
+
 def _natural(key: str) -> tuple[int, float, str]:
     """Numeric ids in numeric order, then the others by text."""
     try:
@@ -343,20 +349,26 @@ def targets(spec: TaskSpec, table: Any) -> np.ndarray:
 
 
 def _windows(
-    spec: TaskSpec, feats: np.ndarray, y: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(samples, targets, index of each sample's last row) of one entity's ordered rows."""
+    spec: TaskSpec, starts: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each window's last row, segment of each window) over ordered segments.
+
+    A segment is a run of consecutive rows of one entity; its windows end at its last row
+    and every ``stride`` rows before it, oldest first.
+    """
     length, stride = spec.window.length, spec.window.stride
-    n = len(feats)
-    if n < length:
-        return _empty_x(spec), np.zeros(0), np.zeros(0, np.int64)
-    ends = np.arange(n - 1, length - 2, -stride)[::-1]
-    ends = ends[np.isfinite(y[ends])]
+    k = np.where(lengths >= length, (lengths - length) // stride + 1, 0)
+    seg = np.repeat(np.arange(len(k)), k)
+    j = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)  # 0 = oldest window
+    ends = starts[seg] + lengths[seg] - 1 - (k[seg] - 1 - j) * stride
+    return ends.astype(np.int64), seg
+
+
+def _gather(spec: TaskSpec, feats: np.ndarray, ends: np.ndarray) -> np.ndarray:
     if len(ends) == 0:
-        return _empty_x(spec), np.zeros(0), np.zeros(0, np.int64)
-    view = np.lib.stride_tricks.sliding_window_view(feats, length, axis=0)  # (n-L+1, f, L)
-    x = view[ends - length + 1].transpose(0, 2, 1)
-    return _shape_samples(spec, x), y[ends], ends
+        return _empty_x(spec)
+    length = spec.window.length
+    return _shape_samples(spec, feats[ends[:, None] - length + 1 + np.arange(length)])
 
 
 def _shape_samples(spec: TaskSpec, x: np.ndarray) -> np.ndarray:
@@ -411,53 +423,56 @@ def load_dataset(spec: TaskSpec, table: Any, params: Mapping[str, Any]) -> Decla
             '(set input.missing = "drop" to skip them)'
         )
     keys = entity_keys(table[inp.entity_column])
-    times = table[inp.time_column].to_numpy(np.float64) if inp.time_column else None
-    uniq = sorted(set(keys.tolist()), key=_natural)
-    val_set = (
-        validation_entities(uniq, fraction, spec.split.salt) if spec.split.by == "entity" else set()
-    )
+    times = table[inp.time_column].to_numpy(np.float64) if inp.time_column else np.zeros(len(keys))
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    natural = sorted(range(len(uniq)), key=lambda i: _natural(str(uniq[i])))
+    rank = np.empty(len(uniq), np.int64)
+    rank[natural] = np.arange(len(uniq))
+    names = [str(uniq[i]) for i in natural]  # entities in natural order
+    row_rank = rank[inverse]
+    good = np.flatnonzero(~bad)
+    # Rows by entity, then time (ties keep the table's order).
+    perm = good[np.lexsort((times[good], row_rank[good]))]
+    f, t, tm = feats[perm], y[perm], times[perm]
+    counts = np.bincount(row_rank[perm], minlength=len(uniq))
+    first = np.cumsum(counts) - counts
     horizon = spec.target.horizon_seconds
-    parts: dict[str, list[np.ndarray]] = {"xt": [], "yt": [], "xv": [], "yv": []}
-    train_ents: list[str] = []
-    val_ents: list[str] = []
-    for key in uniq:
-        rows = np.flatnonzero((keys == key) & ~bad)
-        if times is not None:
-            rows = rows[np.argsort(times[rows], kind="mergesort")]
-        f, t = feats[rows], y[rows]
-        if spec.split.by == "entity":
-            x, yy, _ = _windows(spec, f, t)
-            side = "v" if key in val_set else "t"
-            parts["x" + side].append(x)
-            parts["y" + side].append(yy)
-            (val_ents if side == "v" else train_ents).append(key)
-            continue
-        n_val = round(len(rows) * fraction)
-        cut = len(rows) - n_val
-        x, yy, ends = _windows(spec, f[:cut], t[:cut])
-        if horizon is not None and n_val and times is not None:
-            # Purge: a training label that looks past the cut would leak validation events.
-            row_t = times[rows]
-            keep = row_t[ends] + horizon < row_t[cut]
-            x, yy = x[keep], yy[keep]
-        parts["xt"].append(x)
-        parts["yt"].append(yy)
-        train_ents.append(key)
-        if n_val:
-            xv, yv, _ = _windows(spec, f[cut:], t[cut:])
-            parts["xv"].append(xv)
-            parts["yv"].append(yv)
-            val_ents.append(key)
+    if spec.split.by == "entity":
+        val_set = validation_entities(names, fraction, spec.split.salt)
+        sides = np.array([n in val_set for n in names], bool)
+        starts, lengths = first, counts
+        limits = np.full(len(names), np.inf)
+        train_ents = [n for n, v in zip(names, sides, strict=True) if not v]
+        val_ents = [n for n, v in zip(names, sides, strict=True) if v]
+    else:
+        n_val = np.array([round(c * fraction) for c in counts], np.int64)
+        cut = counts - n_val
+        starts = np.concatenate([first, first + cut])
+        lengths = np.concatenate([cut, n_val])
+        sides = np.concatenate([np.zeros(len(names), bool), np.ones(len(names), bool)])
+        # Purge: a training label that looks past the cut would leak validation events.
+        cut_time = np.full(len(names), np.inf)
+        has_val = n_val > 0
+        if horizon is not None:
+            cut_time[has_val] = tm[(first + cut)[has_val]]
+        limits = np.concatenate([cut_time, np.full(len(names), np.inf)])
+        train_ents = list(names)
+        val_ents = [n for n, v in zip(names, has_val, strict=True) if v]
+    ends, seg = _windows(spec, starts, lengths)
+    keep = np.isfinite(t[ends])
+    if horizon is not None:
+        keep &= tm[ends] + horizon < limits[seg]
+    ends, seg = ends[keep], seg[keep]
     ydt = np.int64 if spec.target.objective == "multiclass" else np.float32
-
-    def cat(xs: list[np.ndarray], ys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        if not xs:
-            return _empty_x(spec), np.zeros(0, ydt)
-        return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(ydt)
-
-    x_tr, y_tr = cat(parts["xt"], parts["yt"])
-    x_va, y_va = cat(parts["xv"], parts["yv"])
-    return DeclaredData(x_tr, y_tr, x_va, y_va, tuple(train_ents), tuple(val_ents))
+    tr, va = ends[~sides[seg]], ends[sides[seg]]
+    return DeclaredData(
+        _gather(spec, f, tr),
+        t[tr].astype(ydt),
+        _gather(spec, f, va),
+        t[va].astype(ydt),
+        tuple(train_ents),
+        tuple(val_ents),
+    )
 
 
 # -- live windows -------------------------------------------------------------------------
