@@ -42,8 +42,10 @@ def test_wiped_site_restarts_its_stream_and_nothing_is_lost_or_merged(
 
         second = make_site(own_broker.port, prefix, site_id="wiped", rate_hz=400.0, rows=ROWS)
         wait_until(lambda: len(query(db, "SELECT DISTINCT epoch FROM messages")) == 2, 60, "2")
+        # The telemetry rows (writer child) and the site's current epoch (writer thread) are
+        # committed by different writers: wait for the latter rather than read it at once.
+        wait_until(lambda: query(db, "SELECT epoch FROM sites")[0][0] != old_epoch, 60, "epoch")
         [(new_epoch,)] = query(db, "SELECT epoch FROM sites")
-        assert new_epoch != old_epoch
         # The new stream's seq 1.. are new data, not "duplicates" of the old stream's.
         wait_until(lambda: len(_values(db, str(new_epoch))) >= ROWS, 120, "new stream stored")
         assert _values(db, str(new_epoch)) == [float(i) for i in range(ROWS)]  # once each
