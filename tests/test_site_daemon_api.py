@@ -54,6 +54,15 @@ def daemon(
     thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
     thread.start()
     wait_for(lambda: d.bus.connected, 30, "daemon connected")
+    # The daemon subscribes to its commands, then publishes its retained online status on the
+    # same connection: once the status is on the broker, the subscription is in place and a
+    # command published now reaches the daemon (connected alone left a window).
+    watcher = TestClient(broker.port).connect()
+    try:
+        watcher.subscribe(Topics(prefix).status("api-site"))
+        watcher.expect(lambda m: b'"online"' in m.payload, timeout=30)
+    finally:
+        watcher.close()
     yield d
     d.request_stop()
     thread.join(20)
