@@ -3,6 +3,7 @@
 ::
 
     GET  /api/health                          {"ok": true}
+    (and the web dashboard's pages, read-only JSON, SSE and /metrics: coordinator/web)
     POST /api/runs              {"spec": {..}} 202 {"run_id"}    (token)
     POST /api/runs/{id}/resume                 202 {"run_id"}    (token)
     GET  /api/runs/{id}/events?after=N&wait=S  {"events", "next", "outcome", "session"}
@@ -25,7 +26,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from coordinator.training.events import TrainSpec
 from coordinator.training.service import TrainService
@@ -33,8 +34,19 @@ from coordinator.training.service import TrainService
 __all__ = ["make_app"]
 
 
-def make_app(service: TrainService, token: str, loopback: bool) -> Starlette:
-    """The app; ``loopback`` False makes every route need the token, reads included."""
+def make_app(
+    service: TrainService, token: str, loopback: bool, dashboard: bool = True
+) -> Starlette:
+    """The app; ``loopback`` False makes every route need the token, reads included.
+
+    ``dashboard``: also serve the web dashboard (coordinator/web, docs/dashboard.md) on the
+    service's database; ``app.state.stop()`` ends its poller and open streams.
+    """
+    if not loopback and not token:
+        raise ValueError(
+            "refusing to serve the control API on an address other than loopback without a "
+            "token: anyone on the network could read the fleet and start or cancel runs"
+        )
 
     def authorized(request: Request, write: bool) -> bool:
         if not write and loopback:
@@ -102,12 +114,21 @@ def make_app(service: TrainService, token: str, loopback: bool) -> Starlette:
             return JSONResponse({"error": "no such run in this daemon"}, status_code=404)
         return JSONResponse({"cancelled": service.cancel(run_id)})
 
-    return Starlette(
-        routes=[
-            Route("/api/health", health),
-            Route("/api/runs", submit, methods=["POST"]),
-            Route("/api/runs/{run_id}/resume", resume, methods=["POST"]),
-            Route("/api/runs/{run_id}/events", events),
-            Route("/api/runs/{run_id}/cancel", cancel, methods=["POST"]),
-        ]
-    )
+    routes: list[BaseRoute] = [
+        Route("/api/health", health),
+        Route("/api/runs", submit, methods=["POST"]),
+        Route("/api/runs/{run_id}/resume", resume, methods=["POST"]),
+        Route("/api/runs/{run_id}/events", events),
+        Route("/api/runs/{run_id}/cancel", cancel, methods=["POST"]),
+    ]
+    db = getattr(getattr(service, "settings", None), "db", None)
+    web = None
+    if dashboard and db is not None:
+        from coordinator.web.app import Dashboard
+
+        web = Dashboard(db, token, loopback)
+        routes += web.routes()
+    app = Starlette(routes=routes)
+    app.state.stop = web.stop if web is not None else (lambda: None)
+    app.state.dashboard = web
+    return app

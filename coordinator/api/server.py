@@ -52,7 +52,12 @@ class ApiServer:
         bound = self.sock.getsockname()
         name = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
         self.url = f"http://{name}:{bound[1]}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self.app = app
+        # Open dashboard streams end when the app's state.stop() is called (see stop).
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off",
+            timeout_graceful_shutdown=3,
+        )  # fmt: skip
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="control-api", daemon=True)
 
@@ -67,6 +72,9 @@ class ApiServer:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        stop = getattr(getattr(self.app, "state", None), "stop", None)
+        if callable(stop):
+            stop()  # the dashboard's poller and its open event streams
         self.server.should_exit = True
         self._thread.join(timeout)
         self.sock.close()

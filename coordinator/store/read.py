@@ -28,18 +28,31 @@ __all__ = [
     "SqliteReader",
     "StoreReader",
     "coordinator_info",
+    "dead_letter_counts",
     "dead_letters",
+    "dead_letters_page",
+    "event_counts",
     "events",
+    "events_after",
+    "fleet",
+    "heartbeat_series",
+    "high_water",
     "is_ready",
     "open_db",
     "open_fedmq_db",
     "registration",
     "registrations",
+    "round_timings",
+    "rounds_high_water",
+    "samples_after",
     "site_detail",
+    "site_sensors",
+    "site_states",
     "sites",
     "streams",
     "telemetry",
     "telemetry_counts",
+    "telemetry_window",
 ]
 
 # The writer stamps ``alive_at`` every liveness tick (0.5 s); older means not running.
@@ -407,3 +420,222 @@ class SqliteReader:
 
     def close(self) -> None:
         self._conn.close()
+
+
+# The dashboard's queries (coordinator/web): cheap enough to run every second while the
+# daemon ingests (each reads an index or the newest rows only).
+
+
+def fleet(conn: sqlite3.Connection, now: int | None = None) -> Any:
+    """Every site as the fleet page shows it: :func:`sites`'s summary plus the
+    registered location (``lat``/``lon``, None when not registered), hierarchy, the last
+    heartbeat's health, and the coordinator's acked seq against the site's reported one."""
+    now = now_ms() if now is None else now
+    info = coordinator_info(conn, now)
+    out = []
+    for row in conn.execute("SELECT * FROM sites ORDER BY site").fetchall():
+        s = _summary(row, info["patience"], now)
+        reg: dict[str, Any] = json.loads(row["registration"]) if row["registration"] else {}
+        loc = reg.get("location") or {}
+        s.update(
+            lat=loc.get("lat"), lon=loc.get("lon"),
+            hierarchy={k: v for k, v in (reg.get("hierarchy") or {}).items() if v},
+            cpu_percent=row["cpu_percent"], mem_percent=row["mem_percent"],
+            disk_percent=row["disk_percent"], jobs_running=row["jobs_running"],
+            last_acked_reported=row["last_acked_reported"],
+            ack_lag=max((row["acked"] or 0) - (row["last_acked_reported"] or 0), 0),
+            interval_s=row["interval_s"],
+        )  # fmt: skip
+        out.append(s)
+    return out, info
+
+
+def heartbeat_series(
+    conn: sqlite3.Connection, sites: list[str], since: int
+) -> dict[str, list[list[Any]]]:
+    """Per site, its heartbeats received since ``since`` (ms), oldest first, as rows
+    ``[received_at, cpu, mem, disk, outbox_depth, last_acked]`` (the sparklines)."""
+    out: dict[str, list[list[Any]]] = {s: [] for s in sites}
+    for i in range(0, len(sites), 500):  # SQLite's bound on host parameters
+        chunk = sites[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT site, received_at, cpu_percent, mem_percent, disk_percent, outbox_depth, "
+            f"last_acked FROM heartbeats WHERE site IN ({marks}) AND received_at >= ? "
+            "ORDER BY site, received_at",
+            (*chunk, since),
+        ).fetchall()
+        for r in rows:
+            out[r[0]].append(list(r[1:]))
+    return out
+
+
+def site_sensors(conn: sqlite3.Connection, site: str) -> list[dict[str, Any]]:
+    """The (device, sensor) pairs of a site: registered ones, and any seen among its newest
+    2,000 samples (a site may publish a sensor it did not register)."""
+    found: dict[tuple[str, str], str] = {}
+    row = conn.execute("SELECT registration FROM sites WHERE site = ?", (site,)).fetchone()
+    if row is not None and row[0]:
+        for dev in json.loads(row[0]).get("telemetry") or ():
+            for sensor in dev.get("sensors") or ():
+                found[(dev["device"], sensor["name"])] = sensor.get("unit") or ""
+    for r in conn.execute(
+        "SELECT DISTINCT device, name, unit FROM (SELECT device, name, unit FROM telemetry "
+        "WHERE site = ? ORDER BY ts DESC LIMIT 2000)",
+        (site,),
+    ).fetchall():
+        found.setdefault((r[0], r[1]), r[2] or "")
+    return [{"device": d, "sensor": n, "unit": u} for (d, n), u in sorted(found.items())]
+
+
+def telemetry_window(
+    conn: sqlite3.Connection,
+    site: str,
+    device: str,
+    sensor: str,
+    since: int,
+    until: int | None = None,
+    limit: int = 20_000,
+) -> list[list[Any]]:
+    """``[ts, value]`` of one sensor between ``since`` and ``until`` (ms), oldest first;
+    the newest ``limit`` when there are more."""
+    until = now_ms() + 86_400_000 if until is None else until
+    rows = conn.execute(
+        "SELECT ts, value FROM telemetry WHERE site = ? AND ts >= ? AND ts <= ? "
+        "AND device = ? AND name = ? ORDER BY ts DESC LIMIT ?",
+        (site, since, until, device, sensor, limit),
+    ).fetchall()
+    return [[r[0], r[1]] for r in reversed(rows)]
+
+
+def high_water(conn: sqlite3.Connection) -> dict[str, int]:
+    """The newest rowid of the growing tables (each an O(log n) lookup): rates and what
+    is new since the last look, without counting rows."""
+    out = {}
+    for table in ("messages", "telemetry", "site_events", "dead_letters", "heartbeats"):
+        out[table] = int(conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0)
+    return out
+
+
+def samples_after(
+    conn: sqlite3.Connection, rowid: int, sites: list[str], limit: int = 5_000
+) -> tuple[list[dict[str, Any]], int]:
+    """Telemetry rows stored after ``rowid`` for ``sites`` (the charts on screen), and the
+    rowid to continue from. Reads the rowid range only (the newest rows)."""
+    rows = conn.execute(
+        "SELECT rowid, site, device, name, ts, value FROM telemetry WHERE rowid > ? "
+        "ORDER BY rowid LIMIT ?",
+        (rowid, limit),
+    ).fetchall()
+    wanted = set(sites)
+    out = [
+        {"site": r[1], "device": r[2], "sensor": r[3], "ts": r[4], "value": r[5]}
+        for r in rows
+        if r[1] in wanted
+    ]
+    return out, (int(rows[-1][0]) if rows else rowid)
+
+
+def events_after(conn: sqlite3.Connection, rowid: int, limit: int = 500) -> list[dict[str, Any]]:
+    """Site events stored after ``rowid`` (its ``id``), oldest first."""
+    rows = conn.execute(
+        "SELECT id, site, at, event, state_from, state_to, reason, session FROM site_events "
+        "WHERE id > ? ORDER BY id LIMIT ?",
+        (rowid, limit),
+    ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def dead_letter_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Dead letters stored per reason."""
+    rows = conn.execute("SELECT reason, count(*) FROM dead_letters GROUP BY reason").fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def event_counts(conn: sqlite3.Connection, site: str | None = None) -> dict[str, int]:
+    """Site events stored per kind (of one site, or all)."""
+    sql, args = "SELECT event, count(*) FROM site_events", ()
+    if site is not None:
+        sql, args = sql + " WHERE site = ?", (site,)  # type: ignore[assignment]
+    rows = conn.execute(sql + " GROUP BY event", args).fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def dead_letters_page(
+    conn: sqlite3.Connection, reason: str | None = None, site: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The newest dead letters (newest first) with a payload preview (first 300
+    characters) and the site parsed from the topic (``.../site/{id}/...``) when any."""
+    sql = (
+        "SELECT id, received_at, topic, reason, detail, size, substr(payload, 1, 300) AS "
+        "preview FROM dead_letters"
+    )
+    where, args = [], []
+    if reason is not None:
+        where.append("reason = ?")
+        args.append(reason)
+    if site is not None:
+        where.append("topic LIKE ?")
+        args.append(f"%/site/{site}/%")
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+    out = []
+    for r in rows:
+        d = dict(r)
+        parts = (d["topic"] or "").split("/")
+        d["site"] = parts[parts.index("site") + 1] if "site" in parts[:-1] else None
+        out.append(d)
+    return out
+
+
+def round_timings(conn: sqlite3.Connection, limit: int = 500) -> list[dict[str, Any]]:
+    """The newest closed rounds' ``run_id``, ``round``, ``state`` and ``wall_s`` (seconds
+    from start to close); empty when no run ever ran on this database."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'rounds'").fetchone() is None:
+        return []
+    rows = conn.execute(
+        "SELECT run_id, round, state, started_at, closed_at, wall_s FROM rounds "
+        "WHERE closed_at IS NOT NULL ORDER BY closed_at DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    out = []
+    for r in rows:
+        wall = r["wall_s"]
+        if wall is None and r["started_at"] and r["closed_at"]:
+            wall = (r["closed_at"] - r["started_at"]) / 1000
+        out.append(
+            {"run_id": r["run_id"], "round": r["round"], "state": r["state"], "wall_s": wall}
+        )
+    return out
+
+
+def rounds_high_water(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(rows, newest change) of the rounds table: changes when a round opens or closes."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'rounds'").fetchone() is None:
+        return (0, 0)
+    row = conn.execute(
+        "SELECT count(*), max(max(coalesce(started_at, 0)), max(coalesce(closed_at, 0))) "
+        "FROM rounds"
+    ).fetchone()
+    return (int(row[0] or 0), int(row[1] or 0))
+
+
+def site_states(conn: sqlite3.Connection, now: int | None = None) -> list[dict[str, Any]]:
+    """Every site's state computed now, as :func:`sites` does, without reading the
+    registrations (the dashboard's poll runs this every half second)."""
+    now = now_ms() if now is None else now
+    patience = coordinator_info(conn, now)["patience"]
+    out = []
+    for r in conn.execute(
+        "SELECT site, status, last_alive, interval_s, last_seen, outbox_depth, conflict_at, "
+        "conflict_reason FROM sites"
+    ).fetchall():
+        state, reason = evaluate(r[1], r[2] or 0, r[3] or 10.0, patience, now)
+        if r[6] and now - r[6] <= CONFLICT_WINDOW_MS:
+            state, reason = "conflict", r[7] or "two streams interleave"
+        out.append(
+            {"site": r[0], "state": state, "reason": reason, "last_seen": r[4],
+             "outbox_depth": r[5]}
+        )  # fmt: skip
+    return out
