@@ -118,13 +118,14 @@ class DeclaredTask:
         tgt = self.spec.target
         if tgt.objective == "regression":
             scale = tgt.output_scale
-            fns: dict[str, Callable[..., Any]] = {
-                "mse": nn.functional.mse_loss,
-                "mae": nn.functional.l1_loss,
-                "huber": nn.functional.smooth_l1_loss,
-            }
-            fn = fns[tgt.loss]
-            return lambda pred, y: fn(pred / scale, y / scale)
+            # On the error scaled to O(1), as cmapss-rul computes it.
+            if tgt.loss == "mse":
+                return lambda pred, y: torch.mean(((pred - y) / scale) ** 2)
+            if tgt.loss == "mae":
+                return lambda pred, y: torch.mean(torch.abs(pred - y) / scale)
+            return lambda pred, y: nn.functional.smooth_l1_loss(
+                (pred - y) / scale, torch.zeros_like(y)
+            )
         cw = tgt.class_weight
         if tgt.objective == "binary":
             pos = float(y_train.sum())
