@@ -371,6 +371,8 @@ def test_data_errors_name_files_and_columns(tmp_path: Path) -> None:
         task.read_table([str(tmp_path / "other.csv"), paths[1]])
     with pytest.raises(DataError, match="unknown dataset params"):
         task.read_table(paths, {"units": [1]})
+    with pytest.raises(DataError, match=r"params\.entities must be a non-empty list"):
+        task.read_table(paths, {"entities": "m1"})
     (tmp_path / "nan.csv").write_text("machine,t,a,b\nm1,0,1,\nm1,1,2,0.5\nm1,2,x,1\n")
     with pytest.raises(DataError, match=r"column 'a' is not numeric \(e.g. \['x'\]\)"):
         task.load_dataset([str(tmp_path / "nan.csv"), paths[1]])
@@ -738,6 +740,9 @@ def test_fd001_declaration_builds_the_builtins_windows_model_and_init() -> None:
     task = DeclaredTask.from_toml(EXAMPLES_DIR / "cmapss_fd001.toml")
     units = [1, 2, 3, 10]
     data = task.load_dataset([str(TRAIN_FD001)], {"entities": units, "val_fraction": 0})
+    # Ids as the site's TOML may write them: 1, 1.0 and "1" are the same engine.
+    same = task.load_dataset([str(TRAIN_FD001)], {"entities": [1.0, "2", 3, 10.0]})
+    assert sorted(same.train_entities + same.val_entities, key=int) == ["1", "2", "3", "10"]
     b_table = cmapss_rul.read_table(str(TRAIN_FD001), {"units": units})
     bx, by, _ = cmapss_rul.windows(b_table)
     np.testing.assert_array_equal(data.x_train, bx)

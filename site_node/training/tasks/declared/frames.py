@@ -153,7 +153,10 @@ def _read_file(path: str | Path, fmt: _FileFormat, what: str) -> Any:
 def _select_entities(table: Any, column: str, params: Mapping[str, Any]) -> Any:
     if "entities" not in params:
         return table
-    wanted = {str(e) for e in params["entities"]}
+    given = params["entities"]
+    if not isinstance(given, list | tuple) or not given:
+        raise DataError(f"params.entities must be a non-empty list of ids, not {given!r}")
+    wanted = set(entity_keys(np.asarray(list(given), dtype=object)).tolist())
     return table[np.isin(entity_keys(table[column]), list(wanted))]
 
 
@@ -167,7 +170,13 @@ def entity_keys(values: Any) -> np.ndarray:
         out = arr.astype(str)
         out[whole] = arr[whole].astype(np.int64).astype(str)
         return out
-    return np.array([str(v) for v in arr], dtype=object).astype(str)
+    return np.array([_key(v) for v in arr], dtype=object).astype(str)
+
+
+def _key(value: Any) -> str:
+    if isinstance(value, float | np.floating) and np.isfinite(value) and value == int(value):
+        return str(int(value))
+    return str(value)
 
 
 def _times(series: Any, kind: str, what: str) -> tuple[Any, str]:
