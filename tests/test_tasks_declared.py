@@ -21,6 +21,7 @@ from site_node.training.tasks.declared import (
     SpecError,
 )
 from tests.helpers.data import AI4I_CSV, TRAIN_FD001
+from tests.helpers.site_proc import SITE_BIN
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -816,3 +817,25 @@ def test_a_declared_task_trains_as_a_datasite_job(tmp_path: Path) -> None:
         assert weights != start and metrics["train_loss"] > 0
     finally:
         site.close()
+
+
+def test_fedmq_site_tasks_lists_a_declared_task_of_a_tasks_dir(tmp_path: Path) -> None:
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    write_task(folder, BASE, "pump.toml")
+    out = subprocess.run(
+        [str(SITE_BIN), "tasks", "--tasks-dir", str(folder), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    listed = {t["name"]: t for t in json.loads(out.stdout)["tasks"]}
+    pump = listed["pump-failure"]
+    assert (pump["kind"], pump["source"], pump["version"]) == (
+        "declared",
+        f"dir:{folder.resolve()}",
+        "0.1",
+    )
+    assert pump["files"][0] == "pump.toml"
+    assert {"ai4i-declared", "cmapss-fd001-declared"} <= set(listed)
