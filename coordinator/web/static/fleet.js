@@ -9,6 +9,7 @@
   const map = L.map("map", { worldCopyJump: true, minZoom: 1, maxZoom: 12, zoomSnap: 0.5 })
     .setView([30, 10], 2);
   map.attributionControl.setPrefix(false).addAttribution("Natural Earth (public domain)");
+  map.createPane("basemap").style.zIndex = 250; // under the markers (overlayPane: 400)
   let layer = null;
   let basemap = false;
   let sitesDone = false;
@@ -21,10 +22,24 @@
     }
   }
 
+  /* Rings that cross the antimeridian are unwrapped (longitudes beyond 180) so Leaflet
+     does not draw them across the whole map; Antarctica is left out (no plants). */
+  function unwrap(ring) {
+    for (let i = 1; i < ring.length; i++) {
+      while (ring[i][0] - ring[i - 1][0] > 180) ring[i][0] -= 360;
+      while (ring[i][0] - ring[i - 1][0] < -180) ring[i][0] += 360;
+    }
+  }
   fetch("/static/vendor/world-atlas-2.0.2/countries-110m.json").then((r) => r.json()).then((topo) => {
-    L.geoJSON(topojson.feature(topo, topo.objects.countries), {
+    const land = topojson.feature(topo, topo.objects.countries);
+    land.features = land.features.filter((f) => f.properties.name !== "Antarctica");
+    for (const f of land.features) {
+      const polys = f.geometry.type === "Polygon" ? [f.geometry.coordinates] : f.geometry.coordinates;
+      for (const p of polys) p.forEach(unwrap);
+    }
+    L.geoJSON(land, {
       style: { color: "#8aa0b6", weight: 0.7, fillColor: "#fbfbf8", fillOpacity: 1 },
-      interactive: false,
+      interactive: false, pane: "basemap",
     }).addTo(map);
     basemap = true;
     ready();
@@ -63,6 +78,10 @@
     }
     if (state.clustered) layer.addLayers(ms); else ms.forEach((m) => layer.addLayer(m));
     layer.addTo(map);
+    if (ms.length && !state.fitted) { // the first time: show where the sites are
+      state.fitted = true;
+      map.fitBounds(L.latLngBounds(ms.map((m) => m.getLatLng())).pad(0.3), { maxZoom: 6, animate: false });
+    }
   }
 
   function recolor(site) {

@@ -1,5 +1,5 @@
 /* Site: registration, health, live sensor charts (choose sensors and time range; drag to
-   zoom, wheel to zoom, shift+drag... double-click resets), events. */
+   zoom, wheel zooms, shift+drag pans, double-click resets), events. */
 "use strict";
 (function () {
   const site = fedmq.data.site;
@@ -25,7 +25,7 @@
       ["location", loc], ["host", fedmq.esc((reg.device || {}).hostname)],
       ["software", fedmq.esc(reg.software_version)], ["approval", fedmq.esc(reg.approval_mode)],
       ["tasks", tasks], ["datasets", fedmq.esc((reg.datasets || []).map((x) => x.name + " (" + x.rows + " rows)").join(", "))],
-      ["heartbeat", fedmq.esc(reg.heartbeat_interval_s + " s")],
+      ["heartbeat", reg.heartbeat_interval_s ? fedmq.esc(reg.heartbeat_interval_s + " s") : ""],
       ["epoch", '<span class="hash">' + fedmq.esc(d.epoch) + "</span>"],
       ["deployed model", fedmq.esc(d.model || "none")],
     ]) : '<p class="muted">not registered</p>');
@@ -74,7 +74,7 @@
   }
 
   async function chart(key, unit) {
-    const [device, sensor] = key.split("\u0000");
+    const [device, sensor] = JSON.parse(key);
     const since = Date.now() - Number(range.value);
     const r = await fedmq.get("/api/sites/" + encodeURIComponent(site) + "/telemetry?device=" +
       encodeURIComponent(device) + "&sensor=" + encodeURIComponent(sensor) + "&since=" + since);
@@ -105,7 +105,7 @@
     if (d.site !== site || !live.checked) return;
     const touched = new Set();
     for (const s of d.samples) {
-      const c = charts[s.device + "\u0000" + s.sensor];
+      const c = charts[JSON.stringify([s.device, s.sensor])];
       if (!c) continue;
       c.xs.push(s.ts / 1000); c.ys.push(s.value); touched.add(c);
     }
@@ -123,7 +123,7 @@
     details(d);
     events(d.events);
     if (first) {
-      pick.innerHTML = d.sensors.map((s, i) => '<option value="' + fedmq.esc(s.device + "\u0000" + s.sensor) +
+      pick.innerHTML = d.sensors.map((s, i) => '<option value="' + fedmq.esc(JSON.stringify([s.device, s.sensor])) +
         '" data-unit="' + fedmq.esc(s.unit) + '"' + (i < 3 ? " selected" : "") + ">" + fedmq.esc(s.device + " / " + s.sensor) +
         "</option>").join("");
       await drawCharts();

@@ -108,7 +108,7 @@
       .concat(siteNames.map((s, i) => ({ label: s, stroke: PALETTE[i % PALETTE.length], width: 1, dash: [4, 3] })));
     const data = [xs, xs.map((x) => c.global[x] ?? null)].concat(siteNames.map((s) => xs.map((x) => c.sites[s][x] ?? null)));
     plot = new uPlot({ width: Math.max(500, box.clientWidth - 10), height: 260, series,
-      scales: { x: { time: false } }, axes: [{ label: "round" }, { label: metric }] }, data, box);
+      scales: { x: { time: false } }, axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] }, { label: metric }] }, data, box);
     view.curve = { metric, rounds: xs, global: data[1], sites: siteNames };
   }
 
