@@ -269,3 +269,13 @@ def test_declared_tasks_hash_the_toml_and_the_engine(
     before = task.code_hash
     engine.write_text(ENGINE + "# engine changed\n")
     assert scan(tasks_dir).tasks["press-fail"].code_hash != before
+
+
+def test_declared_hash_covers_the_engine_modules_not_the_shipped_examples() -> None:
+    from site_node.training.tasks.declared import ENGINE_FILES
+
+    task = scan(None).tasks["ai4i-declared"]
+    engine = sorted(path.resolve() for rel, path in task.files if rel.startswith("engine/"))
+    assert engine == sorted(p.resolve() for p in ENGINE_FILES)
+    # Another shipped declaration is not part of it: editing that example leaves this hash.
+    assert not any(path.name == "cmapss_fd001.toml" for _rel, path in task.files)

@@ -386,7 +386,9 @@ def _engine_files() -> list[tuple[str, Path]]:
         )
     origin = Path(spec.origin)
     if spec.submodule_search_locations:
-        files = _tree_files(origin.parent, "engine/declared")
+        # The engine's modules only: the example declarations shipped beside them are tasks
+        # of their own, and editing one must not change every declared task's hash.
+        files = [(f"engine/declared/{f.name}", f) for f in sorted(origin.parent.glob("*.py"))]
     else:
         files = [(f"engine/{origin.name}", origin)]
     return files + [(f"engine/{f}", _HERE / f) for f in _SHARED]
@@ -408,7 +410,8 @@ def _declared(path: Path, source: str) -> Task:
         try:
             obj = from_toml(path)
         except Exception as exc:  # the engine's own validation says what is wrong
-            raise TaskLoadError(f"{path}: {exc}") from None
+            why = str(exc)  # the engine's errors usually name the file already
+            raise TaskLoadError(why if str(path) in why else f"{path}: {why}") from None
         _DECLARED[key] = obj
     name, version = str(getattr(obj, "NAME", "")), str(getattr(obj, "VERSION", "0"))
     if not NAME_PATTERN.match(name):
