@@ -368,3 +368,23 @@ def test_serve_stops_promptly_with_a_stream_open(serve: Coordinator) -> None:
     assert time.monotonic() - t < 15
     reader.join(10)
     resp.close()
+
+
+def test_demo_prints_the_dashboard_url(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from coordinator.demo.session import DemoSession
+
+    db = tmp_path / "fedmq.db"
+    synthetic_fleet(db, 1)
+    session = DemoSession.__new__(DemoSession)
+    session.layout = SimpleNamespace(db=db)  # type: ignore[assignment]
+    assert session.dashboard_url() is None  # serve announced nothing yet
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO meta VALUES ('api_url', 'http://127.0.0.1:4711')")
+    conn.commit()
+    conn.close()
+    lines: list[str] = []
+    session.console = SimpleNamespace(line=lines.append)  # type: ignore[assignment]
+    session._print_dashboard()
+    assert lines and lines[0].startswith("dashboard       http://127.0.0.1:4711/fleet")

@@ -65,6 +65,7 @@ class DemoSession:
         """Every step; returns the exit code (0, or 5 when the run failed)."""
         self.federation = start_federation(self.opts, self.layout, self.supervisor, self.console)
         self.startup_s = time.monotonic() - self.started
+        self._print_dashboard()
         self._print_sites()
         code, result = self._train()
         self._telemetry()
@@ -72,6 +73,29 @@ class DemoSession:
         if self.opts.keep:
             self._keep()
         return code
+
+    def dashboard_url(self) -> str | None:
+        """The web dashboard of the demo's ``fedmq serve`` (announced in its database)."""
+        from coordinator.store.read import DatabaseMissing, NotAFedmqDatabase, SqliteReader
+
+        try:
+            reader = SqliteReader.open(self.layout.db)
+        except (DatabaseMissing, NotAFedmqDatabase):
+            return None
+        try:
+            url = reader.api_url()
+        except sqlite3.Error:
+            return None
+        finally:
+            reader.close()
+        return None if url is None else f"{url}/fleet"
+
+    def _print_dashboard(self) -> None:
+        url = self.dashboard_url()
+        if url is not None:
+            self.console.line(
+                f"dashboard       {url}  (live while the demo runs; --keep leaves it up)"
+            )
 
     def _print_sites(self) -> None:
         from coordinator.cli.sites import sites
@@ -151,6 +175,9 @@ class DemoSession:
         assert self.federation is not None
         db = self.layout.db
         self.console.line("--keep: broker, coordinator and sites keep running; Ctrl-C stops them.")
+        url = self.dashboard_url()
+        if url is not None:
+            self.console.line(f"dashboard: {url}")
         self.console.line("In another shell, e.g.:")
         self.console.line(f"  fedmq sites --db {db} --watch")
         self.console.line(
