@@ -18,7 +18,7 @@ def broker() -> None:
     """Generate what a secured broker needs: accounts, permissions, keys, certificates.
 
     For Mosquitto (passwords + ACL; pair with broker_config/mosquitto.conf or mtls.conf),
-    RabbitMQ (a script of rabbitmqctl commands; broker_config/rabbitmq.conf) or NATS (an
+    RabbitMQ (definitions and a rabbitmqctl script; broker_config/rabbitmq.conf) or NATS (an
     accounts file to include; broker_config/nats.conf): the same grants on each. Secrets
     go only into files (mode 0600/0700); the command prints file paths, never a password.
 
@@ -35,7 +35,7 @@ _APPLY = {
     "mosquitto": "reload Mosquitto to apply {broker}/passwd and {broker}/acl "
     "(kill -HUP <mosquitto pid>)",
     "rabbitmq": "apply with: sh {broker}/rabbitmq-users.sh (where rabbitmqctl reaches the "
-    "node; it creates or updates every account)",
+    "node; it imports rabbitmq-definitions.json: creates or updates every account)",
     "nats": "include {broker}/nats-accounts.conf from nats-server.conf and reload it "
     "(nats-server --signal reload)",
 }
@@ -117,7 +117,8 @@ def init_command(
     """Generate accounts, permissions, signing keys (and with --tls certificates) into OUT.
 
     Writes the broker's files into OUT/broker/: Mosquitto passwd + acl; RabbitMQ
-    rabbitmq-users.sh (rabbitmqctl users, vhost and topic permissions); NATS
+    rabbitmq-definitions.json (users with password hashes, queue and topic permissions)
+    and rabbitmq-users.sh (imports it with rabbitmqctl); NATS
     nats-accounts.conf (an account with MQTT-only users and subject permissions); tls/.
     Then OUT/coordinator/ (credentials.toml for `fedmq serve`, signing key pair),
     OUT/sites/<id>/ (credentials.toml, coordinator.pub, tls/) per site and
