@@ -388,3 +388,24 @@ def test_demo_prints_the_dashboard_url(tmp_path: Path) -> None:
     session.console = SimpleNamespace(line=lines.append)  # type: ignore[assignment]
     session._print_dashboard()
     assert lines and lines[0].startswith("dashboard       http://127.0.0.1:4711/fleet")
+
+
+def test_package_data_ships_every_static_file() -> None:
+    """pyproject's package-data globs for coordinator.web cover every page asset and
+    vendored file (a wheel built from this tree holds them all)."""
+    import fnmatch
+
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["coordinator.web"]
+    web = STATIC.parent
+    files = [p.relative_to(web).as_posix() for p in STATIC.rglob("*") if p.is_file()]
+    assert len(files) > 20
+    missed = [
+        f for f in files
+        if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)
+    ]  # fmt: skip
+    assert not missed, missed

@@ -198,6 +198,7 @@ def test_killed_site_turns_offline_without_reload(env: Env) -> None:
     fill = page.get_attribute("path.site-marker[data-site=osaka]", "fill")
     assert fill == "#c62828"
     _shot(env, "fleet-site-offline")
+    (artifacts() / "kill-to-offline.txt").write_text(f"{elapsed:.2f} s (limit {limit} s)\n")
     assert elapsed <= limit, f"marker offline after {elapsed:.1f} s (limit {limit} s)"
 
 

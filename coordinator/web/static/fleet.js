@@ -54,7 +54,7 @@
   function marker(s) {
     const m = L.circleMarker([s.lat, s.lon], {
       radius: 7, weight: 1.5, color: "#fff", fillColor: color(s.state), fillOpacity: 0.95,
-      className: "site-marker",
+      className: "site-marker", site: s.site,
     });
     m.bindTooltip(() => fedmq.esc(s.site) + " (" + fedmq.esc(state.sites[s.site].state) + ")");
     m.on("click", () => { location.href = "/sites/" + encodeURIComponent(s.site); });
@@ -62,13 +62,20 @@
     return m;
   }
 
+  /* A cluster takes the colour of its worst site: conflict, offline, stale, online. */
+  const WORST = ["conflict", "offline", "stale", "online"];
+  function clusterIcon(c) {
+    const states = new Set(c.getAllChildMarkers().map((m) => (state.sites[m.options.site] || {}).state));
+    const worst = WORST.find((s) => states.has(s)) || "unknown";
+    return L.divIcon({ html: String(c.getChildCount()), className: "site-cluster " + worst, iconSize: [30, 30] });
+  }
+
   function drawMarkers(sites) {
     if (layer) map.removeLayer(layer);
     state.markers = {};
     state.clustered = sites.length > CLUSTER_ABOVE;
     layer = state.clustered ? L.markerClusterGroup({ chunkedLoading: true, disableClusteringAtZoom: 9,
-      iconCreateFunction: (c) => L.divIcon({ html: String(c.getChildCount()), className: "site-cluster",
-        iconSize: [30, 30] }) }) : L.layerGroup();
+      iconCreateFunction: clusterIcon }) : L.layerGroup();
     const ms = [];
     for (const s of sites) {
       if (s.lat == null || s.lon == null) continue;
@@ -179,7 +186,9 @@
   });
   fedmq.on("reset", load);
   load().then(loadSparks);
-  setInterval(() => load().catch(() => {}), 10000);
-  setInterval(() => loadSparks().catch(() => {}), 30000);
+  // State changes arrive on the stream at once; "last seen", outbox depths and the
+  // sparklines are refreshed slowly, and not at all while the tab is hidden.
+  setInterval(() => { if (!document.hidden) load().catch(() => {}); }, 30000);
+  setInterval(() => { if (!document.hidden) loadSparks().catch(() => {}); }, 60000);
   fedmq.connect([]);
 })();
