@@ -53,12 +53,16 @@ def _serve(port: int, db: Path) -> Coordinator:
     return coord
 
 
+def _url(db: Path) -> str:
+    return str(_api_url(db))
+
+
 def page_and_api(browser: Any, port: int, work: Path) -> tuple[list[float], list[float]]:
     db = work / "fleet.db"
     synthetic_fleet(db, N_SITES, heartbeats=30)
     coord = _serve(port, db)
     try:
-        url = _api_url(db)
+        url = _url(db)
         api = []
         for _ in range(15):
             t = time.perf_counter()
@@ -107,7 +111,7 @@ def ingest(browser: Any, port: int, work: Path, publishers: int, n: int, tab: bo
     try:
         if tab:
             page = browser.new_page(viewport={"width": 1400, "height": 950})
-            page.goto(_api_url(db) + "/fleet")
+            page.goto(_url(db) + "/fleet")
             page.wait_for_selector("body[data-ready='1']", timeout=30_000)
             page.wait_for_function("window.fedmq.received >= 1")  # the stream is open
         _run_stream(port, prefix, publishers, n, lambda: done.wait(600))
