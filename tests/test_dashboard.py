@@ -171,6 +171,9 @@ def test_hub_sees_state_changes_and_replays_after_reconnect(fleet_db: Any) -> No
     db, _ = fleet_db
     hub = Hub(db, interval=0.05).start()
     try:
+        time.sleep(0.3)
+        assert hub.polls == 0  # no tab: no poll
+        hub.attach()
         wait_until(lambda: hub.polls >= 2, 10, "hub polled")
         first = hub.last_id
         conn = sqlite3.connect(db)
@@ -204,6 +207,7 @@ def test_stream_resumes_after_last_event_id(fleet_db: Any) -> None:
         app.state.stop = dash.stop
         server = ApiServer(app, "127.0.0.1", 0).start()
         try:
+            dash.hub.attach()  # as an open tab does: the hub polls
             wait_until(lambda: dash.hub.polls >= 2, 10, "hub polled")
             start = dash.hub.last_id
             conn = sqlite3.connect(db)

@@ -274,6 +274,7 @@ class Dashboard:
     async def _events(self, sites: list[str], last: int | None) -> AsyncIterator[str]:
         hub = self.hub
         wanted = set(sites)
+        hub.attach()
         hub.watch(sites)
         try:
             replay, reset = hub.since(last)
@@ -302,6 +303,7 @@ class Dashboard:
                     cursor = hub.last_id
         finally:
             hub.unwatch(sites)
+            hub.detach()
 
     # -- the routes -----------------------------------------------------------------
 

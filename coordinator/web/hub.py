@@ -9,9 +9,12 @@ nothing the ring still holds, and is told ``reset`` (reload everything) otherwis
 start at the hub's start time in ms, so ids of a restarted daemon are larger and an id
 from before the restart is older than the ring: ``reset``.
 
-The hub also keeps the ingest rates (``messages``/``telemetry`` rowid deltas) for
-``/metrics``. All tabs together cost one poll: the bench (tests/bench/bench_dashboard.py)
-measures the daemon's ingest with and without a tab open.
+The hub polls only while at least one tab's stream is open (:meth:`attach`); when the
+first tab comes back after none was open it starts again from what is stored then (and
+a tab resuming an id from before is told ``reset``). ``/metrics`` takes its ingest rates
+from the rowid deltas between scrapes (:meth:`rate_point`). All tabs together cost one
+poll: the bench (tests/bench/bench_dashboard.py) measures the daemon's ingest with one
+tab open against none.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class Hub:
         self._rate_points: deque[tuple[float, int, int]] = deque(maxlen=64)
         self.polls = 0
         self.poll_s = 0.0  # CPU time spent polling, in all
+        self.tabs = 0
+        self._primed = False
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -75,6 +80,15 @@ class Hub:
         return self._halt.is_set()
 
     # -- tabs -----------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """A tab's stream opened: poll (while any is open)."""
+        with self._lock:
+            self.tabs += 1
+
+    def detach(self) -> None:
+        with self._lock:
+            self.tabs -= 1
 
     def watch(self, sites: list[str]) -> None:
         """A tab shows charts of ``sites``: read their new samples (until :meth:`unwatch`)."""
@@ -109,8 +123,14 @@ class Hub:
             self._next += 1
             self.changed.notify_all()
 
+    def rate_point(self, marks: dict[str, int]) -> None:
+        """Record the store's high-water marks now (each poll, and each /metrics scrape)."""
+        with self._lock:
+            self._rate_points.append((time.monotonic(), marks["messages"], marks["telemetry"]))
+
     def rates(self) -> tuple[float, float]:
-        """Messages and samples stored per second over the last ~10 s."""
+        """Messages and samples stored per second over the last ~10 s (or between the
+        last two scrapes when no tab is open)."""
         with self._lock:
             points = list(self._rate_points)
         if len(points) < 2:
@@ -129,6 +149,12 @@ class Hub:
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         while not self._halt.is_set():
+            if self.tabs <= 0:  # nobody watches: cost the daemon nothing
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                self._halt.wait(self.interval)
+                continue
             started = time.thread_time()
             try:
                 if conn is None:
@@ -149,7 +175,13 @@ class Hub:
             conn.close()
 
     def _prime(self, conn: sqlite3.Connection) -> None:
-        """Start from what is stored now: only later changes are events."""
+        """Start from what is stored now: only later changes are events. After an idle
+        spell the ring is emptied and an id skipped, so a tab resuming an older id resets."""
+        if self._primed:
+            with self._lock:
+                self._ring.clear()
+                self._next += 1
+        self._primed = True
         self._marks = dict(read.high_water(conn))
         self._samples_at = self._marks["telemetry"]
         self._states = {s["site"]: s["state"] for s in read.site_states(conn)}
@@ -164,8 +196,7 @@ class Hub:
 
     def poll(self, conn: sqlite3.Connection) -> None:
         marks = read.high_water(conn)
-        with self._lock:
-            self._rate_points.append((time.monotonic(), marks["messages"], marks["telemetry"]))
+        self.rate_point(marks)
         # Site states: computed now (a site goes stale without any write).
         changed = []
         for s in read.site_states(conn):

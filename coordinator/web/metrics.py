@@ -33,6 +33,7 @@ class _Fleet(Collector):
             conn.close()
 
     def _collect(self, conn: Any) -> Iterator[Any]:
+        self.hub.rate_point(read.high_water(conn))
         sites, info = read.fleet(conn)
         up = GaugeMetricFamily("fedmq_coordinator_running", "1 while fedmq serve stamps the store")
         up.add_metric([], 1.0 if info["running"] else 0.0)
@@ -46,12 +47,14 @@ class _Fleet(Collector):
         yield by_state
         msgs, samples = self.hub.rates()
         m = GaugeMetricFamily(
-            "fedmq_ingest_messages_per_second", "Durable messages stored per second (last ~10 s)"
+            "fedmq_ingest_messages_per_second",
+            "Durable messages stored per second (last ~10 s, or since the previous scrape)",
         )
         m.add_metric([], msgs)
         yield m
         t = GaugeMetricFamily(
-            "fedmq_ingest_samples_per_second", "Telemetry samples stored per second (last ~10 s)"
+            "fedmq_ingest_samples_per_second",
+            "Telemetry samples stored per second (last ~10 s, or since the previous scrape)",
         )
         t.add_metric([], samples)
         yield t
