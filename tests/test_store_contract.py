@@ -185,3 +185,22 @@ def test_named_migrations_run_once_and_others_can_add_tables(make: Any) -> None:
     store = make(extra_migrations=[Migration("train_0001_runs", runs)])
     assert calls == ["runs"]
     assert store.migrations() == ["core_0001", "core_0002_streams", "train_0001_runs"]
+
+
+def test_historical_samples_are_kept_for_the_retention_after_they_arrived(make: Any) -> None:
+    store = make()
+    store.save_sites([SiteRecord("a")])
+    # A file replayed with its recorded (old) times: sample ts 10_001.., arrived at 50_000.
+    imported = tel("a", 1, at=50_000)._replace(historical=True)
+    store.add_messages([imported, tel("a", 2, at=9_000)])  # and a live one, ts 10_002
+    store.commit()
+    # Retention cut at 20_000: the live sample is old by its own time, the imported one
+    # arrived after the cut and stays (by their timestamps both would go).
+    assert store.purge(heartbeats_before=0, telemetry_before=20_000) == (0, 3, 1)
+    store.commit()
+    assert store.counts()["telemetry"] == 3
+    assert [r.seq for r in store.messages()] == [1]
+    # Once it arrived longer ago than the retention, it goes with its message row.
+    assert store.purge(heartbeats_before=0, telemetry_before=60_000) == (0, 3, 1)
+    store.commit()
+    assert store.counts()["telemetry"] == 0 and store.messages() == []

@@ -399,8 +399,12 @@ class SqliteStore:
             )
 
     def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int, int]:
-        """Delete heartbeats received and samples taken before the given times (ms), and
+        """Delete heartbeats received and samples older than the given times (ms), and
         the telemetry messages' (site, seq) rows up to the last purged sample's seq.
+
+        A live sample is as old as its own timestamp; a historical one (a file replayed with
+        its recorded times, or a backlog) as old as the message that brought it: imported
+        2015 data is kept for the retention after it arrived, not deleted at once.
 
         Returns the numbers of heartbeats, samples and message rows deleted. Job messages
         (statuses, results) are training history and are kept.
@@ -414,22 +418,44 @@ class SqliteStore:
         tel = msgs = 0
         for site in sites:
             cuts = self.conn.execute(
-                "SELECT epoch, max(seq) FROM telemetry WHERE site = ? AND ts < ? GROUP BY epoch",
+                "SELECT epoch, max(seq) FROM telemetry WHERE site = ? AND ts < ? "
+                "AND historical = 0 GROUP BY epoch",
                 (site, telemetry_before),
             ).fetchall()
-            if not cuts:
+            # Historical samples go with their message's arrival (the messages rows are
+            # per batch, far fewer than samples); their timestamps are older still, so the
+            # (site, ts) range below still bounds the scan.
+            old_cuts = self.conn.execute(
+                "SELECT epoch, max(seq) FROM messages WHERE site = ? AND kind = 'telemetry' "
+                "AND historical = 1 AND received_at < ? GROUP BY epoch",
+                (site, telemetry_before),
+            ).fetchall()
+            if not cuts and not old_cuts:
                 continue
             tel += self.conn.execute(
-                "DELETE FROM telemetry WHERE site = ? AND ts < ?", (site, telemetry_before)
+                "DELETE FROM telemetry WHERE site = ? AND ts < ? AND historical = 0",
+                (site, telemetry_before),
             ).rowcount
-            # The primary key (site, epoch, seq) serves this range. A stream's seq grows
+            for epoch, cut in old_cuts:
+                tel += self.conn.execute(
+                    "DELETE FROM telemetry WHERE site = ? AND ts < ? AND historical = 1 "
+                    "AND epoch = ? AND seq <= ?",
+                    (site, telemetry_before, epoch, cut),
+                ).rowcount
+            # The primary key (site, epoch, seq) serves these ranges. A stream's seq grows
             # with time, so a replay of a purged message could only come from beyond the
             # retention.
             for epoch, cut in cuts:
                 msgs += self.conn.execute(
                     "DELETE FROM messages WHERE site = ? AND epoch = ? AND seq <= ? "
-                    "AND kind = 'telemetry'",
+                    "AND kind = 'telemetry' AND historical = 0",
                     (site, epoch, cut),
+                ).rowcount
+            for epoch, cut in old_cuts:
+                msgs += self.conn.execute(
+                    "DELETE FROM messages WHERE site = ? AND epoch = ? AND seq <= ? "
+                    "AND kind = 'telemetry' AND historical = 1 AND received_at < ?",
+                    (site, epoch, cut, telemetry_before),
                 ).rowcount
         return hb, tel, msgs
 

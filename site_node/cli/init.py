@@ -94,9 +94,9 @@ publish = "raw"                       ## raw: every sample | summary: min/mean/m
 ##   2015-01-01 06:00:00,1,176.2,418.5,113.1,45.1
 ## becomes devices "pdm-1", "pdm-2", ... (one per machineID) whose samples keep the
 ## recorded 2015 times and are flagged historical. Replay pace is still rate_hz rows/s
-## (for the whole file: 100 rows/s over 4 machines is 25 rows/s each). The coordinator's
-## retention counts from the samples' own times: to keep 2015 data, start it with
-## `fedmq serve --telemetry-retention-days 5000` (default 90; 2015 is ~4350 days ago).
+## (for the whole file: 100 rows/s over 4 machines is 25 rows/s each). The coordinator
+## keeps historical samples for its retention (default 90 days) counted from when they
+## arrived, not from their recorded times.
 # [[devices]]
 # name = "pdm"
 # source = "file"
