@@ -39,7 +39,10 @@ def test_csv_with_2015_times_becomes_per_machine_devices_with_those_times(
 ) -> None:
     oracle = pdm_csv(tmp_path / "PdM_telemetry.csv")
     db = tmp_path / "c.db"
-    coord = Coordinator(db, own_broker.port, prefix).start()
+    # Retention runs every second; heartbeats older than ~1 s go, so each purge logs a line
+    # (the telemetry retention stays the default 90 days, counted from arrival).
+    purge_env = {"FEDMQ_PURGE_INTERVAL_S": "1", "FEDMQ_HEARTBEAT_RETENTION_DAYS": "0.00001"}
+    coord = Coordinator(db, own_broker.port, prefix, env=purge_env).start()
     try:
         coord.wait_ready()
         device = {
@@ -90,6 +93,10 @@ def test_csv_with_2015_times_becomes_per_machine_devices_with_those_times(
         want = [f"pdm-{m}" for m in MACHINES]
         wait_until(lambda: registered() == want, 30, "registration lists the machines")
         assert "new device pdm-4" in site.log_text()
-        assert stored() == expected
+        # Purges ran after everything was stored: the 2015 samples are still there (their
+        # own times are ~4,000 days past the retention; they arrived just now).
+        purges = coord.log_text().count("retention: purged")
+        wait_until(lambda: coord.log_text().count("retention: purged") >= purges + 2, 60, "purges")
+        assert "telemetry samples" in coord.log_text() and stored() == expected
     finally:
         coord.stop()
