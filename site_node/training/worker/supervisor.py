@@ -320,6 +320,9 @@ class WorkerSupervisor:
                 w.rss_mb = rss
                 w.peak_rss_mb = max(w.peak_rss_mb, rss)
                 now = time.monotonic()
+                for job_id, t in list(self._cancelled.items()):
+                    if now - t > 3600 and job_id not in self._started:
+                        del self._cancelled[job_id]  # cancelled before the worker saw it
                 if rss > self.memory_limit_mb and w.kill_reason is None:
                     w.kill_reason = f"memory limit {self.memory_limit_mb} MB reached"
                     log.warning("training worker %d at %.0f MB: %s", w.proc.pid, rss,
