@@ -131,7 +131,8 @@ def test_metrics_prometheus_text(client: Any) -> None:
     assert 'fedmq_site_outbox_depth{site="s0003"} 3.0' in text
     assert 'fedmq_site_ack_lag_messages{site="s0003"} 2.0' in text
     for name in ("fedmq_ingest_messages_per_second", "fedmq_ingest_samples_per_second",
-                 "fedmq_dead_letters", "fedmq_round_duration_seconds_bucket"):  # fmt: skip
+                 "fedmq_dead_letters", "fedmq_round_duration_seconds_bucket",
+                 "fedmq_dashboard_polls_total", "fedmq_dashboard_streams"):  # fmt: skip
         assert name in text
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from coordinator.store import read
@@ -79,6 +79,19 @@ class _Fleet(Collector):
             dead.add_metric([reason], n)
         yield dead
         yield self._rounds(conn)
+        polls = CounterMetricFamily(
+            "fedmq_dashboard_polls", "Store polls of the dashboard hub (only while a tab is open)"
+        )
+        polls.add_metric([], self.hub.polls)
+        yield polls
+        poll_cpu = CounterMetricFamily(
+            "fedmq_dashboard_poll_cpu_seconds", "CPU time the dashboard hub's polls took"
+        )
+        poll_cpu.add_metric([], self.hub.poll_s)
+        yield poll_cpu
+        tabs = GaugeMetricFamily("fedmq_dashboard_streams", "Open dashboard event streams")
+        tabs.add_metric([], self.hub.tabs)
+        yield tabs
 
     @staticmethod
     def _rounds(conn: Any) -> HistogramMetricFamily:

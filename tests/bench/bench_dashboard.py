@@ -85,7 +85,8 @@ def page_and_api(browser: Any, port: int, work: Path) -> tuple[list[float], list
 
 
 def ingest(browser: Any, port: int, work: Path, publishers: int, n: int, tab: bool) -> Any:
-    """Seconds from the first to the last ack of the stream, serve's CPU, hub CPU."""
+    """Seconds from the first to the last ack of the stream, serve's CPU, and the hub's
+    (polls, poll CPU seconds) meanwhile."""
     db = work / f"ingest-{uuid.uuid4().hex[:6]}.db"
     synthetic_fleet(db, N_SITES)
     coord = _serve(port, db)
@@ -114,7 +115,10 @@ def ingest(browser: Any, port: int, work: Path, publishers: int, n: int, tab: bo
             page.goto(_url(db) + "/fleet")
             page.wait_for_selector("body[data-ready='1']", timeout=30_000)
             page.wait_for_function("window.fedmq.received >= 1")  # the stream is open
+        before = _hub(db)
         _run_stream(port, prefix, publishers, n, lambda: done.wait(600))
+        after = _hub(db)
+        hub = (after[0] - before[0], after[1] - before[1])
         if page is not None:  # the tab stayed live throughout
             assert page.evaluate("window.fedmq.stream.readyState") == 1
     finally:
@@ -125,7 +129,19 @@ def ingest(browser: Any, port: int, work: Path, publishers: int, n: int, tab: bo
         c.loop_stop()
     if not done.is_set():
         raise SystemExit(f"serve did not ack everything: {acked}")
-    return stamps[-1] - stamps[0], cpu[-1] - cpu[0]
+    return stamps[-1] - stamps[0], cpu[-1] - cpu[0], hub
+
+
+def _hub(db: Path) -> tuple[float, float]:
+    """(polls, poll CPU seconds) of serve's dashboard hub, from its /metrics."""
+    with urllib.request.urlopen(_url(db) + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("fedmq_dashboard_poll")
+    }
+    return values["fedmq_dashboard_polls_total"], values["fedmq_dashboard_poll_cpu_seconds_total"]
 
 
 def main() -> None:
@@ -145,7 +161,7 @@ def main() -> None:
         broker.start()
         try:
             api, ready = page_and_api(browser, broker.port, work)
-            runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+            runs: dict[bool, list[Any]] = {False: [], True: []}
             for _ in range(a.repeat):
                 for tab in (False, True):
                     runs[tab].append(ingest(browser, broker.port, work, a.publishers,
@@ -174,6 +190,11 @@ def main() -> None:
         print(f"  {label:20}: {rate[tab]:6.0f} msg/s (median of {len(secs)}: "
               f"{', '.join(f'{total / s:.0f}' for s in secs)})  serve CPU "
               f"{statistics.median(cpus) * 1e6 / total:.0f} us/msg")  # fmt: skip
+        polls = sum(r[2][0] for r in runs[tab])
+        poll_cpu = sum(r[2][1] for r in runs[tab])
+        print(f"  {'':20}  hub: {polls:.0f} polls, {poll_cpu:.3f} s CPU in all"
+              + (f" ({poll_cpu / polls * 1e3:.1f} ms/poll, {poll_cpu / sum(secs) * 100:.1f}%"
+                 " of one core over the ingest windows)" if polls else ""))  # fmt: skip
     print(f"  ratio tab/none: {rate[True] / rate[False]:.2f}  (target >= 0.9)")
 
 
