@@ -73,7 +73,7 @@ def _int(request: Request, name: str, default: int | None, lo: int = 0, hi: int 
 class Dashboard:
     """The routes over one database; ``stop`` ends the hub and every open stream."""
 
-    def __init__(self, db: Path, token: str, loopback: bool, interval: float = 0.5) -> None:
+    def __init__(self, db: Path, token: str, loopback: bool, interval: float = 1.0) -> None:
         self.db, self.token, self.loopback = Path(db), token, loopback
         self.hub = Hub(self.db, interval).start()
         from coordinator.web.metrics import make_registry

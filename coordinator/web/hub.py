@@ -1,6 +1,6 @@
 """One thread that watches the store for every open dashboard tab.
 
-Each ``interval`` it reads, read-only and cheaply (an indexed lookup or the newest rows
+Each ``interval`` (1 s) it reads, read-only and cheaply (an indexed lookup or the newest rows
 only), what changed: site states (computed now, so a site going stale needs no write),
 new site events, dead letters, rounds and runs, and new samples of the sites whose charts
 are on screen. Each change becomes a numbered event in a ring; every tab's SSE stream
@@ -43,7 +43,7 @@ SAMPLES_BEHIND = 50_000  # further behind than this: skip ahead (charts show wha
 class Hub:
     """The shared poller; :meth:`start` it, :meth:`stop` it with the server."""
 
-    def __init__(self, db: Path, interval: float = 0.5) -> None:
+    def __init__(self, db: Path, interval: float = 1.0) -> None:
         self.db, self.interval = Path(db), interval
         self.first_id = now_ms()
         self._next = self.first_id
