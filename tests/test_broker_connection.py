@@ -35,7 +35,7 @@ def _context(client: Any) -> ssl.SSLContext:
 def _site_client(settings: MqttSettings) -> Any:
     from site_node.bus import _make_client
 
-    return _make_client(settings, "s1")
+    return _make_client(settings, "s1", "5")
 
 
 @pytest.fixture

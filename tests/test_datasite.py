@@ -40,7 +40,10 @@ def test_job_runs_as_an_approved_code_request_and_state_persists(tmp_path: Path)
     seen: list[float] = []
     weights, n, metrics = site.run("job-1", seen.append)
     assert n > 0 and metrics["rmse"] > 0 and seen[-1] == 1.0
+    # The job first scored the global model it was given (federated evaluation), then trained.
+    scored = metrics.pop("__global_eval__")
     assert weights != start and set(metrics) == {"train_loss", "loss", "rmse"}
+    assert isinstance(scored, dict) and scored["metrics"]["rmse"] > 0
 
     # The same code for another job is a distinct request; a rejected one never runs.
     site.submit_job("job-2", "cmapss-rul", start, {"epochs": 1})
