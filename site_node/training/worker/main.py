@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     from fedmq_runtime.logs import setup_logging
 
     setup_logging(hello.log_file, hello.log_format, hello.verbose)
+    from site_node.logfilters import install_site_log_filters
+
+    install_site_log_filters()  # the worker runs syft: demote its start-up noise
     from site_node.training.jobs.config import TrainingSettings
     from site_node.training.jobs.runner import Runner
     from site_node.training.worker.protocol import Cancel, Deny, Prepare, Stop
