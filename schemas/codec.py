@@ -20,7 +20,14 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from schemas.errors import DecodeError, Reason, TopicError
-from schemas.messages import CHANNEL_KINDS, COMMAND_KINDS, KINDS, MESSAGE_ADAPTER, Message
+from schemas.messages import (
+    CHANNEL_KINDS,
+    COMMAND_KINDS,
+    KINDS,
+    MESSAGE_ADAPTER,
+    Message,
+    adapter_for,
+)
 from schemas.topics import RETAINED, Channel, ParsedTopic, Topics
 from schemas.version import MAJOR, major_of
 
@@ -62,12 +69,22 @@ class Codec:
             if parsed.channel in RETAINED:
                 return Cleared(parsed)
             raise DecodeError(Reason.EMPTY, "empty payload on a non-retained topic")
+        msg: Any = None
         try:
-            msg: Any = MESSAGE_ADAPTER.validate_json(payload)
-        except ValidationError as exc:
-            raise _diagnose(payload, exc) from None
+            msg = adapter_for(_allowed(parsed)).validate_json(payload)
+        except ValidationError:
+            pass
         except Exception as exc:  # pydantic-core may raise on pathological input
             raise DecodeError(Reason.INVALID, type(exc).__name__) from None
+        if msg is None or "kind" not in msg.model_fields_set:
+            # Not a message of a kind this topic carries (or one without its ``kind``): the
+            # whole union says what it is (another kind, so a wrong topic; or which field).
+            try:
+                msg = MESSAGE_ADAPTER.validate_json(payload)
+            except ValidationError as exc:
+                raise _diagnose(payload, exc) from None
+            except Exception as exc:  # pydantic-core may raise on pathological input
+                raise DecodeError(Reason.INVALID, type(exc).__name__) from None
         if major_of(msg.v) != MAJOR:
             raise DecodeError(Reason.UNSUPPORTED_VERSION, f"version {msg.v}, expected {MAJOR}.x")
         _check_topic(parsed, msg)
@@ -104,11 +121,14 @@ def refuse_duplicate_keys(payload: bytes) -> None:
         raise DecodeError(Reason.INVALID, type(exc).__name__) from None
 
 
-def _check_topic(parsed: ParsedTopic, msg: Any) -> None:
+def _allowed(parsed: ParsedTopic) -> frozenset[str]:
     if parsed.channel is Channel.CMD:
-        allowed = COMMAND_KINDS[parsed.command or ""]
-    else:
-        allowed = CHANNEL_KINDS[parsed.channel]
+        return COMMAND_KINDS[parsed.command or ""]
+    return CHANNEL_KINDS[parsed.channel]
+
+
+def _check_topic(parsed: ParsedTopic, msg: Any) -> None:
+    allowed = _allowed(parsed)
     if msg.kind not in allowed:
         raise DecodeError(
             Reason.WRONG_TOPIC, f"kind {msg.kind!r} does not belong on {parsed.channel.value}"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union, get_args
+from typing import Annotated, Any, Union, get_args
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.commands import (
     Ack,
@@ -28,6 +28,7 @@ __all__ = [
     "KINDS",
     "MESSAGE_ADAPTER",
     "Message",
+    "adapter_for",
 ]
 
 Message = Annotated[
@@ -50,7 +51,10 @@ Message = Annotated[
     Field(discriminator="kind"),
 ]
 
-MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+# Built on first use: a decoder validates against the kinds its topic carries
+# (:func:`adapter_for`) and needs the whole union only to say what a refused payload is; a
+# site then never compiles it (~3 MB of its resident memory).
+MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message, config=ConfigDict(defer_build=True))
 
 ALL_MODELS: tuple[type[BaseModel], ...] = get_args(get_args(Message)[0])
 
@@ -76,3 +80,27 @@ COMMAND_KINDS: dict[str, frozenset[str]] = {
 
 # Kept in the site outbox until acked; each consumes a seq.
 DURABLE_KINDS = frozenset({"telemetry", "job_status", "job_result", "result_chunk"})
+
+
+class _ModelAdapter:
+    """``validate_json`` of one model class (its own validator, nothing compiled twice)."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.validate_json = model.model_validate_json
+
+
+_ADAPTERS: dict[frozenset[str], Any] = {}
+
+
+def adapter_for(kinds: frozenset[str]) -> Any:
+    """A validator (``validate_json``) of exactly ``kinds``, built once per set."""
+    adapter = _ADAPTERS.get(kinds)
+    if adapter is None:
+        models = [KINDS[k] for k in sorted(kinds)]
+        if len(models) == 1:
+            adapter = _ModelAdapter(models[0])
+        else:
+            union = Annotated[Union[tuple(models)], Field(discriminator="kind")]  # type: ignore[valid-type]
+            adapter = TypeAdapter(union)
+        _ADAPTERS[kinds] = adapter
+    return adapter

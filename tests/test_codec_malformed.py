@@ -145,3 +145,18 @@ def test_codec_bound_to_another_prefix_rejects_default_topics() -> None:
 def test_every_reason_is_covered_by_the_table() -> None:
     covered = {c[3] for c in CASES} | {Reason.TOO_LARGE}
     assert covered == set(Reason)
+
+
+def test_a_topic_validates_only_its_own_kinds_and_a_kindless_payload_is_refused() -> None:
+    # The decoder validates against the kinds the topic carries; a payload without ``kind``
+    # is not taken for that kind (its model has a default) but refused as before.
+    ack = b'{"v":"1.1","site":"a","session":1,"seq":0,"ts":1,"acked":3}'
+    with pytest.raises(DecodeError) as info:
+        decode("fedmq/v1/site/a/ack", ack)
+    assert info.value.reason == Reason.UNKNOWN_KIND
+    msg = decode("fedmq/v1/site/a/ack", ack.replace(b'{"v"', b'{"kind":"ack","v"'))
+    assert type(msg).__name__ == "Ack"
+    # A valid message of another kind is still named for what it is: the wrong topic.
+    with pytest.raises(DecodeError) as info:
+        decode("fedmq/v1/site/a/heartbeat", encode(msg))
+    assert info.value.reason == Reason.WRONG_TOPIC
