@@ -18,6 +18,7 @@ from schemas.envelope import DurableEnvelope, Envelope, SeqRange, now_ms
 from schemas.errors import DecodeError, Reason, SchemaError, TopicError
 from schemas.jobs import JOB_STATES, JobResult, JobStatus, ResultChunk
 from schemas.messages import ALL_MODELS, DURABLE_KINDS, KINDS, MESSAGE_ADAPTER, Message
+from schemas.predictions import Alarm, Prediction, PredictionOutput
 from schemas.site_messages import (
     DatasetSummary,
     DeviceInfo,
@@ -57,6 +58,7 @@ __all__ = [
     "RETAINED",
     "SCHEMA_VERSION",
     "Ack",
+    "Alarm",
     "CancelCommand",
     "Channel",
     "ChunkFields",
@@ -77,6 +79,8 @@ __all__ = [
     "ParsedTopic",
     "PingCommand",
     "PlantHierarchy",
+    "Prediction",
+    "PredictionOutput",
     "Reason",
     "RebirthCommand",
     "Registration",

@@ -16,6 +16,7 @@ from schemas.commands import (
     TrainCommand,
 )
 from schemas.jobs import JobResult, JobStatus, ResultChunk
+from schemas.predictions import Alarm, Prediction
 from schemas.site_messages import Heartbeat, Registration, SiteStatus
 from schemas.telemetry import TelemetryBatch
 from schemas.topics import Channel
@@ -37,6 +38,8 @@ Message = Annotated[
         Registration,
         Heartbeat,
         TelemetryBatch,
+        Prediction,
+        Alarm,
         JobStatus,
         JobResult,
         ResultChunk,
@@ -66,6 +69,8 @@ CHANNEL_KINDS: dict[Channel, frozenset[str]] = {
     Channel.REGISTRATION: frozenset({"registration"}),
     Channel.HEARTBEAT: frozenset({"heartbeat"}),
     Channel.TELEMETRY: frozenset({"telemetry"}),
+    Channel.PREDICTION: frozenset({"prediction"}),
+    Channel.ALARM: frozenset({"alarm"}),
     Channel.JOB_STATUS: frozenset({"job_status"}),
     Channel.JOB_RESULT: frozenset({"job_result", "result_chunk"}),
     Channel.ACK: frozenset({"ack"}),
@@ -79,7 +84,7 @@ COMMAND_KINDS: dict[str, frozenset[str]] = {
 }
 
 # Kept in the site outbox until acked; each consumes a seq.
-DURABLE_KINDS = frozenset({"telemetry", "job_status", "job_result", "result_chunk"})
+DURABLE_KINDS = frozenset({"telemetry", "prediction", "job_status", "job_result", "result_chunk"})
 
 
 class _ModelAdapter:

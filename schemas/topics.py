@@ -3,7 +3,7 @@
 Layout under a configurable prefix ``P`` (default ``fedmq/v1``)::
 
     P/site/{site}/status | registration | heartbeat | ack
-    P/site/{site}/telemetry/{device}
+    P/site/{site}/telemetry | prediction | alarm/{device}
     P/site/{site}/job/{job}/status | result
     P/site/{site}/cmd/{train|cancel|rebirth|ping}
     P/coordinator/status
@@ -47,6 +47,8 @@ class Channel(str, Enum):
     REGISTRATION = "registration"
     HEARTBEAT = "heartbeat"
     TELEMETRY = "telemetry"
+    PREDICTION = "prediction"
+    ALARM = "alarm"
     JOB_STATUS = "job_status"
     JOB_RESULT = "job_result"
     ACK = "ack"
@@ -57,7 +59,9 @@ class Channel(str, Enum):
 # Delivery per channel (DESIGN.md topic table): the MQTT QoS, and which topics are
 # retained (status and coordinator status are also the Last Will).
 QOS: dict[Channel, int] = {c: 0 if c is Channel.HEARTBEAT else 1 for c in Channel}
-RETAINED = frozenset({Channel.STATUS, Channel.REGISTRATION, Channel.COORDINATOR_STATUS})
+RETAINED = frozenset(
+    {Channel.STATUS, Channel.REGISTRATION, Channel.ALARM, Channel.COORDINATOR_STATUS}
+)
 
 
 def validate_site_id(site: str) -> str:
@@ -101,6 +105,13 @@ _SITE_LEAVES = {
     "ack": Channel.ACK,
 }
 
+# Per-device topics: P/site/{site}/<leaf>/{device}.
+_DEVICE_LEAVES = {
+    "telemetry": Channel.TELEMETRY,
+    "prediction": Channel.PREDICTION,
+    "alarm": Channel.ALARM,
+}
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -128,6 +139,12 @@ class Topics:
 
     def telemetry(self, site: str, device: str) -> str:
         return self._site(site, "telemetry", validate_level(device, "device"))
+
+    def prediction(self, site: str, device: str) -> str:
+        return self._site(site, "prediction", validate_level(device, "device"))
+
+    def alarm(self, site: str, device: str) -> str:
+        return self._site(site, "alarm", validate_level(device, "device"))
 
     def job_status(self, site: str, job: str) -> str:
         return self._site(site, "job", validate_level(job, "job id"), "status")
@@ -170,9 +187,9 @@ class Topics:
         rest = levels[2:]
         if len(rest) == 1 and rest[0] in _SITE_LEAVES:
             return ParsedTopic(_SITE_LEAVES[rest[0]], site=site)
-        if len(rest) == 2 and rest[0] == "telemetry":
+        if len(rest) == 2 and rest[0] in _DEVICE_LEAVES:
             return ParsedTopic(
-                Channel.TELEMETRY, site=site, device=validate_level(rest[1], "device")
+                _DEVICE_LEAVES[rest[0]], site=site, device=validate_level(rest[1], "device")
             )
         if len(rest) == 3 and rest[0] == "job" and rest[2] in ("status", "result"):
             channel = Channel.JOB_STATUS if rest[2] == "status" else Channel.JOB_RESULT
@@ -186,8 +203,8 @@ class Topics:
         c, site = parsed.channel, parsed.site or ""
         if c is Channel.COORDINATOR_STATUS:
             return self.coordinator_status()
-        if c is Channel.TELEMETRY:
-            return self.telemetry(site, parsed.device or "")
+        if c in (Channel.TELEMETRY, Channel.PREDICTION, Channel.ALARM):
+            return self._site(site, c.value, validate_level(parsed.device or "", "device"))
         if c is Channel.JOB_STATUS:
             return self.job_status(site, parsed.job or "")
         if c is Channel.JOB_RESULT:

@@ -33,11 +33,11 @@ def test_each_kind_travels_through_the_broker(
     assert received == sent
 
     # A late subscriber sees exactly the retained topics (status, registration,
-    # coordinator status), each with the retain flag; then deregister clears them.
+    # alarm, coordinator status), each with the retain flag; then deregister clears them.
     late = mqtt_client().subscribe(f"{prefix}/#", qos=1)
     retained = {m.topic: m for m in late.collect(timeout=1.0)}
     expected = {t for (t, _k) in sent if topics.parse(t).channel in RETAINED}
-    assert set(retained) == expected and len(expected) == 3
+    assert set(retained) == expected and len(expected) == 4
     assert all(m.retain for m in retained.values())
     for topic, m in retained.items():
         assert codec.decode(topic, m.payload) in sent.values()

@@ -18,6 +18,7 @@ from schemas import (
     ALL_MODELS,
     JOB_STATES,
     Ack,
+    Alarm,
     CancelCommand,
     Channel,
     Cleared,
@@ -32,6 +33,8 @@ from schemas import (
     ParsedTopic,
     PingCommand,
     PlantHierarchy,
+    Prediction,
+    PredictionOutput,
     RebirthCommand,
     Registration,
     ResultChunk,
@@ -49,7 +52,9 @@ from schemas import (
     decode,
     encode,
 )
-from schemas.messages import CHANNEL_KINDS, COMMAND_KINDS
+from schemas.errors import DecodeError, Reason
+from schemas.messages import CHANNEL_KINDS, COMMAND_KINDS, DURABLE_KINDS
+from schemas.topics import RETAINED
 
 # -- field strategies --------------------------------------------------------------------
 
@@ -190,6 +195,35 @@ STRATEGIES: dict[type[BaseModel], st.SearchStrategy[Any]] = {
             jobs_running=counters,
         ),
     ),
+    Prediction: st.builds(
+        Prediction,
+        **_envelope(
+            durable=True,
+            device=levels,
+            model_version=st.text(min_size=1, max_size=128),
+            task=levels,
+            window_end=epoch_ms,
+            outputs=st.dictionaries(
+                st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True),
+                st.builds(PredictionOutput, value=finite, unit=st.text(max_size=32)),
+                min_size=1,
+                max_size=5,
+            ),
+        ),
+    ),
+    Alarm: st.builds(
+        Alarm,
+        **_envelope(
+            device=levels,
+            alarm_id=levels,
+            state=st.sampled_from(["active", "cleared"]),
+            severity=st.sampled_from(["info", "warning", "critical"]),
+            rule=st.text(max_size=200),
+            value=st.none() | finite,
+            model_version=st.text(max_size=128),
+            since=epoch_ms,
+        ),
+    ),
     TelemetryBatch: st.builds(
         TelemetryBatch,
         **_envelope(
@@ -263,7 +297,9 @@ def topic_for(msg: Any, topics: Topics | None = None) -> str:
         ParsedTopic(
             channel,
             site=msg.site,
-            device=msg.device if channel is Channel.TELEMETRY else None,
+            device=msg.device
+            if channel in (Channel.TELEMETRY, Channel.PREDICTION, Channel.ALARM)
+            else None,
             job=getattr(msg, "job_id", None),
         )
     )
@@ -299,6 +335,29 @@ SAMPLES: dict[str, Any] = {
             device="press-1",
             samples=(Sample(ts=1_700_000_000_000, name="temp", value=21.5, unit="C"),),
             gaps=(SeqRange(first=2, last=5),),
+        ),
+        Prediction(
+            site="plant-1",
+            session=3,
+            seq=12,
+            device="engine-7",
+            model_version="r-1:5",
+            task="cmapss_rul",
+            window_end=1_700_000_000_000,
+            outputs={"rul": PredictionOutput(value=87.5, unit="cycles")},
+        ),
+        Alarm(
+            site="plant-1",
+            session=3,
+            seq=12,
+            device="engine-7",
+            alarm_id="rul_low",
+            state="active",
+            severity="critical",
+            rule="rul < 30",
+            value=24.0,
+            model_version="r-1:5",
+            since=1_700_000_000_000,
         ),
         JobStatus(site="plant-1", session=3, seq=9, job_id="j-1", state="running", progress=0.5),
         JobResult(
@@ -379,7 +438,7 @@ def test_unknown_fields_in_a_later_minor_version_are_ignored(kind: str) -> None:
     assert got == msg.model_copy(update={"v": "1.7"})
 
 
-@pytest.mark.parametrize("kind", ["site_status", "registration", "coordinator_status"])
+@pytest.mark.parametrize("kind", ["site_status", "registration", "alarm", "coordinator_status"])
 def test_empty_retained_payload_is_cleared(kind: str) -> None:
     topic = topic_for(SAMPLES[kind])
     got = decode(topic, b"")
@@ -396,3 +455,37 @@ def test_non_finite_floats_are_refused_when_building(bad: float) -> None:
         JobResult(site="s", session=1, seq=1, job_id="j", n_samples=1, metrics={"loss": bad})
     with pytest.raises(ValidationError):
         Sample(ts=0, name="t", value=bad)
+    with pytest.raises(ValidationError):
+        PredictionOutput(value=bad)
+    with pytest.raises(ValidationError):
+        Alarm(site="s", session=1, device="d", alarm_id="a", state="active", value=bad, since=0)
+
+
+def test_prediction_bounds() -> None:
+    base = SAMPLES["prediction"]
+    topic = topic_for(base)
+    body = json.loads(encode(base))
+    for bad, why in (
+        ({"outputs": {}}, "outputs"),
+        ({"outputs": {f"o{i}": {"value": 1.0} for i in range(65)}}, "outputs"),
+        ({"outputs": {"bad name!": {"value": 1.0}}}, "outputs"),
+        ({"seq": 0}, "seq"),
+        ({"seq": 2**63}, "seq"),
+        ({"model_version": ""}, "model_version"),
+        ({"window_end": -1}, "window_end"),
+    ):
+        with pytest.raises(DecodeError) as err:
+            decode(topic, json.dumps({**body, **bad}).encode())
+        assert why in err.value.detail
+    nan = encode(base).replace(b"87.5", b"NaN")
+    with pytest.raises(DecodeError):
+        decode(topic, nan)
+    # A prediction is durable (kept in the outbox, acked), an alarm retained, not durable.
+    assert "prediction" in DURABLE_KINDS and "alarm" not in DURABLE_KINDS
+    assert Channel.ALARM in RETAINED and Channel.PREDICTION not in RETAINED
+
+
+def test_empty_payload_on_the_prediction_topic_is_refused() -> None:
+    with pytest.raises(DecodeError) as err:
+        decode(topic_for(SAMPLES["prediction"]), b"")
+    assert err.value.reason is Reason.EMPTY

@@ -21,7 +21,9 @@ def parsed_topics(draw: st.DrawFn) -> ParsedTopic:
     return ParsedTopic(
         channel,
         site=draw(site_ids),
-        device=draw(levels) if channel is Channel.TELEMETRY else None,
+        device=draw(levels)
+        if channel in (Channel.TELEMETRY, Channel.PREDICTION, Channel.ALARM)
+        else None,
         job=draw(levels) if channel in (Channel.JOB_STATUS, Channel.JOB_RESULT) else None,
         command=draw(st.sampled_from(COMMANDS)) if channel is Channel.CMD else None,
     )
@@ -45,6 +47,8 @@ def test_every_builder_matches_the_design_table() -> None:
     assert t.registration("s1") == f"{p}/site/s1/registration"
     assert t.heartbeat("s1") == f"{p}/site/s1/heartbeat"
     assert t.telemetry("s1", "press-1") == f"{p}/site/s1/telemetry/press-1"
+    assert t.prediction("s1", "press-1") == f"{p}/site/s1/prediction/press-1"
+    assert t.alarm("s1", "press-1") == f"{p}/site/s1/alarm/press-1"
     assert t.job_status("s1", "j1") == f"{p}/site/s1/job/j1/status"
     assert t.job_result("s1", "j1") == f"{p}/site/s1/job/j1/result"
     assert t.ack("s1") == f"{p}/site/s1/ack"
@@ -120,6 +124,10 @@ def _is_site_id(text: str) -> bool:
         "fedmq/v1/site/s1/status/extra",
         "fedmq/v1/site/s1/telemetry",
         "fedmq/v1/site/s1/telemetry/a/b",
+        "fedmq/v1/site/s1/prediction",
+        "fedmq/v1/site/s1/prediction/a/b",
+        "fedmq/v1/site/s1/alarm",
+        "fedmq/v1/site/s1/alarm/a.b",
         "fedmq/v1/site/s1/job/j1",
         "fedmq/v1/site/s1/job/j1/other",
         "fedmq/v1/site/s1/cmd/shutdown",
