@@ -225,10 +225,13 @@ def test_the_read_commands_reach_the_database_only_through_the_reader() -> None:
     # commands see a StoreReader, never a connection. train.py opens a reader itself for
     # the control API's URL (StoreReader.api_url), where a missing database is no error;
     # serve is the daemon that owns the writer side.
-    # `fedmq sites forget` is the one write command besides serve: it reaches the
-    # database through coordinator.store.forget only.
+    # `fedmq sites forget` and `fedmq alarms ack` are the write commands besides serve:
+    # they reach the database through coordinator.store.forget and .alarm_ack only.
     allowed = {"coordinator.cli.output", "coordinator.cli.train", "coordinator.cli.serve"}
-    writes = {("coordinator.cli.sites", "coordinator.store.forget")}
+    writes = {
+        ("coordinator.cli.sites", "coordinator.store.forget"),
+        ("coordinator.cli.alarms", "coordinator.store.alarm_ack"),
+    }
     bad = [
         f"{m} imports {i}"
         for m, imports in GRAPH.items()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from coordinator.store import (
+    AlarmRow,
     DeadLetterRow,
     DurableRow,
     EventRow,
@@ -184,7 +185,12 @@ def test_named_migrations_run_once_and_others_can_add_tables(make: Any) -> None:
     store.close()
     store = make(extra_migrations=[Migration("train_0001_runs", runs)])
     assert calls == ["runs"]
-    assert store.migrations() == ["core_0001", "core_0002_streams", "train_0001_runs"]
+    assert store.migrations() == [
+        "core_0001",
+        "core_0002_streams",
+        "core_0003_alarms",
+        "train_0001_runs",
+    ]
 
 
 def test_historical_samples_are_kept_for_the_retention_after_they_arrived(make: Any) -> None:
@@ -204,3 +210,23 @@ def test_historical_samples_are_kept_for_the_retention_after_they_arrived(make: 
     assert store.purge(heartbeats_before=0, telemetry_before=60_000) == (0, 3, 1)
     store.commit()
     assert store.counts()["telemetry"] == 0 and store.messages() == []
+
+
+def test_alarms_keep_one_current_state_per_rule_and_device(make: Any) -> None:
+    store = make()
+    active = AlarmRow(
+        "a", "e1", "rul_low", "active", "critical", "rul < 30", 24.0, "r:5", 10, 11, 12
+    )
+    other = active._replace(device="e2")
+    store.save_alarms([active, other])
+    store.commit()
+    cleared = active._replace(state="cleared", value=41.0, since=20, ts=21, updated_at=22)
+    store.save_alarms([cleared])
+    store.commit()
+    again = make()  # a restart reads the same state
+    assert sorted(again.load_alarms()) == sorted([cleared, other])
+    # A prediction is a durable message with its payload and device.
+    row = DurableRow("a", 8, "prediction", 1, 5, 6, False, "e1", None, (), '{"outputs":{}}')
+    assert again.add_messages([row, row]) == [row]
+    again.commit()
+    assert again.messages() == [row]

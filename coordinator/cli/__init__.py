@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "site": "coordinator.cli.site:site",
     "telemetry": "coordinator.cli.telemetry:telemetry",
     "events": "coordinator.cli.events:events",
+    "predictions": "coordinator.cli.predictions:predictions",
+    "alarms": "coordinator.cli.alarms:alarms",
     "dead-letters": "coordinator.cli.dead_letters:dead_letters",
     "train": "coordinator.cli.train:train",
     "runs": "coordinator.cli.runs:runs",

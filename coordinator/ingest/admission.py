@@ -27,7 +27,9 @@ from schemas.topics import Channel, ParsedTopic
 
 __all__ = ["Admission", "Limits", "Verdict"]
 
-DURABLE_CHANNELS = frozenset({Channel.TELEMETRY, Channel.JOB_STATUS, Channel.JOB_RESULT})
+DURABLE_CHANNELS = frozenset(
+    {Channel.TELEMETRY, Channel.PREDICTION, Channel.JOB_STATUS, Channel.JOB_RESULT}
+)
 _REPORT_INTERVAL_S = 60.0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from coordinator.store import DurableRow, EventRow, HeartbeatRow, SiteRecord
+from coordinator.store import AlarmRow, DurableRow, EventRow, HeartbeatRow, SiteRecord
 
 __all__ = ["Batch", "durable_row"]
 
@@ -12,6 +12,7 @@ __all__ = ["Batch", "durable_row"]
 class Batch:
     __slots__ = (
         "ack_streams",
+        "alarms",
         "clear_retained",
         "committed",
         "dead",
@@ -39,6 +40,7 @@ class Batch:
         self.clear_retained: set[str] = set()
         self.needs_registration: set[str] = set()
         self.new_sites: set[str] = set()  # sites first seen in this batch, admitted
+        self.alarms: dict[tuple[str, str, str], AlarmRow] = {}  # (site, device, alarm id)
 
 
 def durable_row(

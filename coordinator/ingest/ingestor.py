@@ -34,14 +34,16 @@ from coordinator.ingest.writer_process import (
     telemetry_row,
 )
 from coordinator.settings import CoordinatorSettings
-from coordinator.store import DurableRow, EventRow, HeartbeatRow, SiteRecord, Store
+from coordinator.store import AlarmRow, DurableRow, EventRow, HeartbeatRow, SiteRecord, Store
 from fedmq_runtime.logs import RateLimiter
 from schemas import (
     Ack,
+    Alarm,
     Cleared,
     Codec,
     DecodeError,
     Heartbeat,
+    Prediction,
     RebirthCommand,
     Registration,
     SiteStatus,
@@ -67,6 +69,8 @@ _FROM_SITES = frozenset(
         Channel.REGISTRATION,
         Channel.HEARTBEAT,
         Channel.TELEMETRY,
+        Channel.PREDICTION,
+        Channel.ALARM,
         Channel.JOB_STATUS,
         Channel.JOB_RESULT,
     }
@@ -138,6 +142,8 @@ class Ingestor:
         self.tracker = AckTracker()
         self.streams = Streams()
         self.sites: dict[str, SiteRecord] = {}
+        # The current state of every alarm (site, device, alarm id), as stored.
+        self.alarms: dict[tuple[str, str, str], AlarmRow] = {}
         self._unregistered = 0
         self._rebirth = RateLimiter(settings.rebirth_interval_s, clock=time.monotonic)
         self._rebirth_budget = _Budget(settings.rebirth_per_s)
@@ -174,6 +180,7 @@ class Ingestor:
                 self.store.seqs_above(row.site, row.acked, row.epoch),
                 self.store.gaps_above(row.site, row.acked, row.epoch),
             )
+        self.alarms = {(a.site, a.device, a.alarm_id): a for a in self.store.load_alarms()}
         self.admission.devices = self.store.load_devices()
         self.admission.new_devices = []
         self.store.commit()
@@ -424,14 +431,19 @@ class Ingestor:
         rec = self._site(msg.site, at)
         rec.last_seen = max(rec.last_seen, at)
         b.touched[rec.site] = rec
-        if msg.kind in ("job_status", "job_result", "result_chunk"):
+        if msg.kind in ("job_status", "job_result", "result_chunk", "prediction"):
             self._observe(rec, msg.epoch, at, not msg.historical, b)
             payload = item.payload.decode()
-            b.durable.append(durable_row(msg, at, None, msg.job_id, (), payload))  # type: ignore[union-attr]
+            if isinstance(msg, Prediction):
+                b.durable.append(durable_row(msg, at, msg.device, None, (), payload))
+            else:
+                b.durable.append(durable_row(msg, at, None, msg.job_id, (), payload))  # type: ignore[union-attr]
             b.committed.append((msg.site, msg.epoch, msg.seq))
             gaps = tuple((g.first, g.last) for g in msg.gaps)  # type: ignore[union-attr]
             if gaps:
                 b.gaps.append((msg.site, msg.epoch, msg.seq, gaps, at))
+        elif isinstance(msg, Alarm):
+            self._alarm(msg, at, b)
         elif isinstance(msg, Heartbeat):
             role = self._observe(rec, msg.epoch, at, True, b)
             self._heartbeat(rec, msg, at, b, role)
@@ -498,9 +510,41 @@ class Ingestor:
         rec.acked = self.tracker.acked(key)
         b.events += self.liveness.on_heartbeat(rec, msg.session, msg.interval_s, at)
 
+    def _alarm(self, msg: Alarm, at: int, b: Batch) -> None:
+        """Keep the alarm's current state; an event for each transition (a repeat of the
+        same state, e.g. the retained message again after a restart, is none)."""
+        key = (msg.site, msg.device, msg.alarm_id)
+        prev = self.alarms.get(key)
+        if prev is not None and msg.ts < prev.ts:
+            return  # older than the state we hold (a late or replayed message)
+        row = AlarmRow(
+            msg.site, msg.device, msg.alarm_id, msg.state, msg.severity, msg.rule, msg.value,
+            msg.model_version, msg.since, msg.ts, at,
+        )  # fmt: skip
+        self.alarms[key] = b.alarms[key] = row
+        was = "cleared" if prev is None else prev.state
+        if msg.state != was:
+            value = "" if msg.value is None else f", value {msg.value:g}"
+            model = f", model {msg.model_version}" if msg.model_version else ""
+            why = f"{msg.device}/{msg.alarm_id} {msg.severity}: {msg.rule or '-'}{value}{model}"
+            b.events.append(
+                EventRow(msg.site, at, f"alarm_{msg.state}", was, msg.state, why, msg.session)
+            )
+
+    def _alarm_cleared(self, site: str, device: str, at: int, b: Batch) -> None:
+        """The site cleared a device's retained alarm topic: its active alarms end."""
+        for key, row in list(self.alarms.items()):
+            if key[0] == site and key[1] == device and row.state == "active":
+                self.alarms[key] = b.alarms[key] = row._replace(state="cleared", updated_at=at)
+                why = f"{device}/{row.alarm_id}: retained alarm cleared by the site"
+                b.events.append(EventRow(site, at, "alarm_cleared", "active", "cleared", why))
+
     def _cleared(self, msg: Cleared, at: int, b: Batch) -> None:
         site = msg.topic.site
         if site is None or site not in self.sites:
+            return
+        if msg.topic.channel is Channel.ALARM:
+            self._alarm_cleared(site, msg.topic.device or "", at, b)
             return
         rec = self.sites[site]
         what = msg.topic.channel.value
@@ -568,6 +612,8 @@ class Ingestor:
         store.add_heartbeats(b.heartbeats)
         store.add_events(b.events)
         store.add_dead_letters(b.dead)
+        if b.alarms:
+            store.save_alarms(b.alarms.values())
         store.save_sites(b.touched.values())
         store.save_streams(self.streams.take_dirty())
         store.commit()

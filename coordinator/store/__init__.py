@@ -28,6 +28,7 @@ from coordinator.store.migrations import MIGRATIONS, Migration, apply_migrations
 __all__ = [
     "COUNTED",
     "MIGRATIONS",
+    "AlarmRow",
     "DeadLetterRow",
     "DurableRow",
     "EventRow",
@@ -160,6 +161,22 @@ class EventRow(NamedTuple):
     session: int | None = None
 
 
+class AlarmRow(NamedTuple):
+    """The current state of one alarm rule on one device (``alarms``; see schemas.Alarm)."""
+
+    site: str
+    device: str
+    alarm_id: str
+    state: str
+    severity: str
+    rule: str
+    value: float | None
+    model_version: str
+    since: int
+    ts: int
+    updated_at: int
+
+
 class DeadLetterRow(NamedTuple):
     topic: str
     payload: str
@@ -191,6 +208,8 @@ class Store(Protocol):
     def add_heartbeats(self, rows: Sequence[HeartbeatRow]) -> None: ...
     def add_events(self, rows: Sequence[EventRow]) -> None: ...
     def add_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None: ...
+    def load_alarms(self) -> list[AlarmRow]: ...
+    def save_alarms(self, rows: Iterable[AlarmRow]) -> None: ...
     def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int, int]: ...
     # Reads for checks and audits (the contract suite talks only through these).
     def messages(self, site: str | None = None, epoch: str | None = None) -> list[DurableRow]: ...
@@ -241,6 +260,17 @@ _MSG_INSERT = (
 _TEL_INSERT = (
     "INSERT INTO telemetry (site, device, name, ts, value, unit, quality, historical, seq, "
     "epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ALARM_COLUMNS = ", ".join(AlarmRow._fields)
+# A row per (site, device, alarm id): its acknowledgement stays until the alarm becomes
+# active again (SET expressions read the row as it was).
+_ALARM_UPSERT = (
+    f"INSERT INTO alarms ({_ALARM_COLUMNS}) VALUES ({', '.join('?' * len(AlarmRow._fields))}) "
+    "ON CONFLICT (site, device, alarm_id) DO UPDATE SET "
+    "acked_by = CASE WHEN excluded.state = 'active' AND alarms.state != 'active' THEN NULL "
+    "ELSE alarms.acked_by END, "
+    "acked_at = CASE WHEN excluded.state = 'active' AND alarms.state != 'active' THEN NULL "
+    "ELSE alarms.acked_at END, " + ", ".join(f"{c} = excluded.{c}" for c in AlarmRow._fields[3:])
 )
 _HEARTBEAT_COLUMNS = ", ".join(HeartbeatRow._fields)
 _HEARTBEAT_INSERT = (
@@ -397,6 +427,13 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
+
+    def load_alarms(self) -> list[AlarmRow]:
+        cur = self.conn.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms")
+        return [AlarmRow(*row) for row in cur.fetchall()]
+
+    def save_alarms(self, rows: Iterable[AlarmRow]) -> None:
+        self.conn.executemany(_ALARM_UPSERT, rows)
 
     def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int, int]:
         """Delete heartbeats received and samples older than the given times (ms), and

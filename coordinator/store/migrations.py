@@ -215,9 +215,33 @@ def _m0002_streams(db: Any) -> None:
         db.execute(f"ALTER TABLE heartbeats ADD COLUMN {column} {kind}")
 
 
+# The current state of each alarm rule per site and device (schemas.Alarm), and who
+# acknowledged it when (``fedmq alarms ack``); every transition is also a site event.
+# Predictions are durable messages: rows of ``messages`` with kind 'prediction'.
+_CORE_0003_ALARMS = """
+CREATE TABLE alarms (
+   id INTEGER PRIMARY KEY,
+   site TEXT NOT NULL,
+   device TEXT NOT NULL,
+   alarm_id TEXT NOT NULL,
+   state TEXT NOT NULL,
+   severity TEXT,
+   rule TEXT,
+   value REAL,
+   model_version TEXT,
+   since INTEGER,
+   ts INTEGER,
+   updated_at INTEGER,
+   acked_by TEXT,
+   acked_at INTEGER,
+   UNIQUE (site, device, alarm_id)
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("core_0001", _CORE_0001),
     Migration("core_0002_streams", _m0002_streams, sqlite_utils=False),
+    Migration("core_0003_alarms", _CORE_0003_ALARMS),
 )
 
 

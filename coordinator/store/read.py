@@ -27,6 +27,7 @@ __all__ = [
     "NotAFedmqDatabase",
     "SqliteReader",
     "StoreReader",
+    "alarms",
     "coordinator_info",
     "dead_letter_counts",
     "dead_letters",
@@ -40,6 +41,7 @@ __all__ = [
     "is_ready",
     "open_db",
     "open_fedmq_db",
+    "predictions",
     "registration",
     "registrations",
     "round_timings",
@@ -254,6 +256,55 @@ def events(
     return [dict(r) for r in rows]
 
 
+def predictions(
+    conn: sqlite3.Connection,
+    site: str,
+    device: str | None = None,
+    since: int | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` predictions of a site (of ``device``, whose window ended at or
+    after ``since``), oldest first; ``outputs`` as ``{name: {value, unit}}``."""
+    where, args = ["site = ?", "kind = 'prediction'"], [site]
+    if device is not None:
+        where.append("device = ?")
+        args.append(device)
+    if since is not None:
+        where.append("json_extract(payload, '$.window_end') >= ?")
+        args.append(since)  # type: ignore[arg-type]
+    sql = (
+        "SELECT device, json_extract(payload, '$.window_end') AS window_end, "
+        "json_extract(payload, '$.model_version') AS model_version, "
+        "json_extract(payload, '$.task') AS task, json_extract(payload, '$.outputs') AS outputs, "
+        "ts, received_at, historical, seq, epoch FROM messages "
+        f"WHERE {' AND '.join(where)} ORDER BY window_end DESC, ts DESC LIMIT ?"
+    )
+    rows = conn.execute(sql, (*args, limit)).fetchall()
+    out = []
+    for r in reversed(rows):
+        row = dict(r)
+        row["outputs"] = json.loads(row["outputs"] or "{}")
+        row["historical"] = bool(row["historical"])
+        out.append(row)
+    return out
+
+
+def alarms(conn: sqlite3.Connection, active: bool = False) -> list[dict[str, Any]]:
+    """Every alarm's current state (only the active ones with ``active``), the most
+    recently changed first; empty on a database serve has not migrated yet."""
+    sql = (
+        "SELECT id, site, device, alarm_id, state, severity, rule, value, model_version, "
+        "since, ts, updated_at, acked_by, acked_at FROM alarms"
+    )
+    if active:
+        sql += " WHERE state = 'active'"
+    try:
+        rows = conn.execute(sql + " ORDER BY updated_at DESC, id DESC").fetchall()
+    except sqlite3.OperationalError:  # no alarms table: nothing to show
+        return []
+    return [dict(r) for r in rows]
+
+
 def dead_letters(
     conn: sqlite3.Connection, reason: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
@@ -328,6 +379,14 @@ class StoreReader(Protocol):
     ) -> list[dict[str, Any]]: ...
     def events(self, site: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
     def dead_letters(self, reason: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def predictions(
+        self,
+        site: str,
+        device: str | None = None,
+        since: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]: ...
+    def alarms(self, active: bool = False) -> list[dict[str, Any]]: ...
     def telemetry_counts(self) -> dict[str, int]: ...
     def registrations(self) -> dict[str, Registration]: ...
     # The training tables (runs, rounds, jobs, models).
@@ -379,6 +438,18 @@ class SqliteReader:
 
     def dead_letters(self, reason: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return dead_letters(self._conn, reason, limit)
+
+    def predictions(
+        self,
+        site: str,
+        device: str | None = None,
+        since: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        return predictions(self._conn, site, device, since, limit)
+
+    def alarms(self, active: bool = False) -> list[dict[str, Any]]:
+        return alarms(self._conn, active)
 
     def telemetry_counts(self) -> dict[str, int]:
         return telemetry_counts(self._conn)
