@@ -191,6 +191,20 @@ def test_telegraf_config_reads_only_schema_fields(
     assert all(c["client_id"] == c["username"] for c in consumers)
 
 
+def test_alarm_readers_match_the_alarm_schema(schemas: dict[str, dict[str, Any]]) -> None:
+    # The Node-RED function and the Telegraf consumer read only fields the exported alarm
+    # schema has (and the Node-RED one reads every field a row shows).
+    props = _props(schemas["alarm"])
+    code = _function_for("/alarm/")["func"]
+    assert _reads(code, "alarm") <= props, _reads(code, "alarm") - props
+    assert {"state", "severity", "rule", "value", "model_version", "since"} <= _reads(code, "alarm")
+    consumers = tomllib.loads(TELEGRAF.read_text())["inputs"]["mqtt_consumer"]
+    alarm = next(c for c in consumers if any("/alarm/" in t for t in c["topics"]))
+    (obj,) = alarm["json_v2"][0]["object"]
+    read = {obj["timestamp_key"], *obj["tags"], *obj["fields"], *obj["included_keys"]}
+    assert read <= props, read - props
+
+
 def _watch_line() -> str:
     text = (DOCS / "integrations.md").read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("mosquitto_sub ")]
