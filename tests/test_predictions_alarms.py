@@ -136,6 +136,9 @@ def test_predictions_are_stored_once_and_alarms_keep_their_state(
         assert "acknowledged by alice" in out
         [acked] = _json("alarms", "--db", str(db))
         assert acked["acked_by"] == "alice" and acked["acked_at"] > 0
+        # The group's --db counts for ack too.
+        fedmq("alarms", "--db", str(db), "ack", str(active["id"]), "--by", "bob")
+        assert _json("alarms", "--db", str(db))[0]["acked_by"] == "bob"
         missing = fedmq("alarms", "ack", "999", "--db", str(db), check=False)
         assert missing.returncode == 3 and "no alarm 999" in missing.stderr
 
@@ -145,7 +148,13 @@ def test_predictions_are_stored_once_and_alarms_keep_their_state(
         )
         wait_until(lambda: not _json("alarms", "--db", str(db), "--active"), 30, "alarm cleared")
         [cleared] = _json("alarms", "--db", str(db))
-        assert cleared["state"] == "cleared" and cleared["acked_by"] == "alice"
+        assert cleared["state"] == "cleared" and cleared["acked_by"] == "bob"
+        # A late message older than the state held changes nothing (seen once the
+        # prediction published after it is acked: the writer keeps their order).
+        site.publish(t.alarm(SITE, "engine-7"), encode(_alarm("active", T0 + 15, 25.0)))
+        site.publish(t.prediction(SITE, "engine-7"), encode(_prediction(4, 40.0)))
+        _acked(acks, 4)
+        assert _json("alarms", "--db", str(db), "--active") == []
         # Active again: a new transition, a fresh acknowledgement is needed (default: OS user).
         site.publish(
             t.alarm(SITE, "engine-7"), encode(_alarm("active", T0 + 30, 22.0)), retain=True
@@ -160,6 +169,7 @@ def test_predictions_are_stored_once_and_alarms_keep_their_state(
         # One event per transition (and per acknowledgement), in order.
         assert _events(db) == [
             ("alarm_active", "cleared", "active"),
+            ("alarm_acked", "active", "active"),
             ("alarm_acked", "active", "active"),
             ("alarm_cleared", "active", "cleared"),
             ("alarm_active", "cleared", "active"),
@@ -237,3 +247,13 @@ def test_hostile_predictions_and_alarms_are_dead_letters(
         coord.stop()
         site.close()
         acks.close()
+
+
+def test_help_teaches_with_examples() -> None:
+    for args in (("predictions",), ("alarms",), ("alarms", "ack")):
+        out = fedmq(*args, "--help").stdout
+        assert "Example:" in out and "fedmq " + args[0] in out, args
+    assert "--active" in fedmq("alarms", "--help").stdout
+    assert "--by" in fedmq("alarms", "ack", "--help").stdout
+    bad = fedmq("predictions", "plant-a", "--json", "--csv", check=False)
+    assert bad.returncode == 2 and "one of --csv and --json" in bad.stderr

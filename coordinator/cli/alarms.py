@@ -32,6 +32,7 @@ def alarms(ctx: click.Context, db: Path, active: bool, as_json: bool) -> None:
         fedmq alarms --json
         fedmq alarms ack 3 --by alice
     """
+    ctx.obj = db  # `fedmq alarms --db X ack ID` acks in X
     if ctx.invoked_subcommand is not None:
         return
     reader = connect(db)
@@ -55,7 +56,8 @@ def alarms(ctx: click.Context, db: Path, active: bool, as_json: bool) -> None:
 @click.argument("alarm_id", type=int)
 @db_option
 @click.option("--by", help="Who acknowledges it (default: the OS user).")
-def ack(alarm_id: int, db: Path, by: str | None) -> None:
+@click.pass_context
+def ack(ctx: click.Context, alarm_id: int, db: Path, by: str | None) -> None:
     """Acknowledge alarm ALARM_ID (the ID column of `fedmq alarms`): records who and when,
     and an `alarm_acked` event. Safe while `fedmq serve` runs (one short transaction).
 
@@ -66,6 +68,8 @@ def ack(alarm_id: int, db: Path, by: str | None) -> None:
     """
     from coordinator.store.alarm_ack import AlarmUnknown, ack_alarm
 
+    if ctx.get_parameter_source("db") is click.core.ParameterSource.DEFAULT and ctx.obj:
+        db = ctx.obj  # the group's --db (or FEDMQ_DB)
     connect(db).close()  # a missing or foreign database: the read commands' one-line error
     who = by or getpass.getuser()
     try:

@@ -22,7 +22,16 @@ from fedmq_runtime.clock import now_ms
 __all__ = ["PURGED_TABLES", "SiteLive", "SiteRegistered", "SiteUnknown", "forget_site"]
 
 # Core tables with a ``site`` column, purged with --purge (the sites row always goes).
-PURGED_TABLES = ("telemetry", "messages", "heartbeats", "site_events", "gaps", "streams", "devices")
+PURGED_TABLES = (
+    "telemetry",
+    "messages",
+    "heartbeats",
+    "site_events",
+    "gaps",
+    "streams",
+    "devices",
+    "alarms",
+)
 LIVE = ("online", "stale", "conflict")
 
 
