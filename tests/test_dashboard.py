@@ -22,7 +22,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from coordinator.store import HeartbeatRow, SiteRecord, SqliteStore
+from coordinator.store import AlarmRow, DurableRow, HeartbeatRow, SiteRecord, SqliteStore
 from coordinator.web.app import STATIC, Dashboard
 from coordinator.web.hub import Hub
 from tests.helpers.broker import Broker
@@ -96,7 +96,7 @@ def test_sites_api_has_every_site_at_its_location(client: Any, fleet_db: Any) ->
         assert (got[site]["lat"], got[site]["lon"]) == (want["lat"], want["lon"])
         assert got[site]["state"] == want["state"]
         assert got[site]["hierarchy"]["enterprise"] == "acme"
-        assert got[site]["model"] is None and got[site]["alarms"] == 0
+        assert got[site]["model"] is None and got[site]["alarms"] == 0  # none stored
     assert got["s0003"]["ack_lag"] == 2 and got["s0003"]["outbox_depth"] == 3
     assert {s["site"] for s in c.get("/api/sites?state=offline").json()["sites"]} == {
         s for s, v in fleet_db[1].items() if v["state"] == "offline"
@@ -117,8 +117,93 @@ def test_site_detail_sparklines_and_errors(client: Any) -> None:
     assert c.get("/api/sites/s0001/telemetry").status_code == 400  # device, sensor needed
     assert c.get("/api/sites/s0001/telemetry?device=pump&sensor=t&since=x").status_code == 400
     assert c.get("/api/sites/s0001/telemetry?device=pump&sensor=t").json()["points"] == []
-    assert c.get("/api/alarms").json() == {"source": None, "alarms": [],
-                                           "note": "no alarm source yet"}  # fmt: skip
+    assert c.get("/api/alarms").json()["alarms"] == []
+    assert c.get("/api/sites/s0001/predictions").json()["predictions"] == []
+
+
+def _store_alarm(db: Path, site: str, state: str, at: int, alarm_id: str = "rul_low") -> None:
+    store = SqliteStore(db)
+    store.save_alarms(
+        [AlarmRow(site, "engine-7", alarm_id, state, "critical", "rul < 30", 12.5, "r-1:5",
+                  at, at, at)]
+    )  # fmt: skip
+    store.commit()
+    store.close()
+
+
+def test_alarms_and_predictions_api(client: Any, fleet_db: Any) -> None:
+    c, _ = client
+    db = fleet_db[0]
+    now = time.time_ns() // 1_000_000
+    _store_alarm(db, "s0002", "active", now - 5_000)
+    _store_alarm(db, "s0002", "active", now - 4_000, "temp_high")
+    _store_alarm(db, "s0004", "cleared", now - 3_000)
+    store = SqliteStore(db)
+    for seq, rul in ((1, 80.0), (2, 25.0)):
+        payload = {"kind": "prediction", "device": "engine-7", "model_version": "r-1:5",
+                   "task": "cmapss_rul", "window_end": now - 60_000 + seq,
+                   "outputs": {"rul": {"value": rul, "unit": "cycles"}}}  # fmt: skip
+        store.add_messages(
+            [DurableRow("s0002", seq, "prediction", 1, now, now, False, "engine-7", None, (),
+                        json.dumps(payload))]
+        )  # fmt: skip
+    store.commit()
+    store.close()
+    every = c.get("/api/alarms").json()
+    assert [(a["site"], a["alarm_id"], a["state"]) for a in every["alarms"]] == [
+        ("s0004", "rul_low", "cleared"), ("s0002", "temp_high", "active"),
+        ("s0002", "rul_low", "active")]  # fmt: skip
+    assert every["active"] == 2
+    active = c.get("/api/alarms?active=1").json()["alarms"]
+    assert {a["alarm_id"] for a in active} == {"rul_low", "temp_high"}
+    assert all(a["site"] == "s0002" and a["acked_by"] is None for a in active)
+    assert c.get("/api/alarms?site=s0004").json()["alarms"][0]["state"] == "cleared"
+    fleet = {s["site"]: s for s in c.get("/api/sites").json()["sites"]}
+    assert fleet["s0002"]["alarms"] == 2 and fleet["s0004"]["alarms"] == 0
+    site = c.get("/api/sites/s0002").json()
+    assert {a["alarm_id"] for a in site["alarms"]} == {"rul_low", "temp_high"}
+    assert [p["outputs"]["rul"] for p in site["predictions"]] == [{"value": 25.0, "unit": "cycles"}]
+    assert site["predictions"][0]["model_version"] == "r-1:5"
+    preds = c.get("/api/sites/s0002/predictions?device=engine-7&limit=5").json()["predictions"]
+    assert [p["outputs"]["rul"]["value"] for p in preds] == [80.0, 25.0]  # oldest first
+    assert len(c.get("/api/sites/s0002/predictions?limit=1").json()["predictions"]) == 1
+    assert c.get("/api/sites/s0002/predictions?device=other").json()["predictions"] == []
+    assert c.get("/api/sites/s0002/predictions?limit=x").status_code == 400
+
+
+def test_hub_announces_alarm_changes(fleet_db: Any) -> None:
+    db = fleet_db[0]
+    hub = Hub(db, interval=0.05).start()
+    hub.attach()
+    try:
+        wait_until(lambda: hub.polls >= 2, 30, "hub polling")
+        start = hub.last_id
+
+        def alarm_events() -> list[Any]:
+            return [json.loads(d) for _, k, d in hub.since(start)[0] if k == "alarms"]
+
+        now = time.time_ns() // 1_000_000
+        _store_alarm(db, "s0006", "active", now)
+        got = wait_until(lambda: alarm_events() or None, 30, "alarm raised event")
+        assert [(a["site"], a["state"], a["change"]) for a in got[0]["alarms"]] == [
+            ("s0006", "active", "new")
+        ]
+        assert got[0]["active"] == 1
+        alarm = got[0]["alarms"][0]["id"]
+        from coordinator.store.alarm_ack import ack_alarm
+
+        ack_alarm(db, alarm, "ops")
+        got = wait_until(lambda: alarm_events()[1:] or None, 30, "acked event")
+        assert [(a["id"], a["change"], a["acked_by"]) for a in got[0]["alarms"]] == [
+            (alarm, "acked", "ops")
+        ]
+        _store_alarm(db, "s0006", "cleared", now + 1)
+        got = wait_until(lambda: alarm_events()[2:] or None, 30, "cleared event")
+        assert [(a["id"], a["change"]) for a in got[0]["alarms"]] == [(alarm, "cleared")]
+        assert got[0]["active"] == 0
+    finally:
+        hub.detach()
+        hub.stop()
 
 
 def test_metrics_prometheus_text(client: Any) -> None:
@@ -316,6 +401,7 @@ STATE_CHANGING = (
     ("POST", "/api/runs", {"spec": {"task": "toy", "rounds": 1}}),
     ("POST", "/api/runs/r-nope/resume", None),
     ("POST", "/api/runs/r-nope/cancel", None),
+    ("POST", "/api/alarms/1/ack", {"by": "mallory"}),
 )
 
 
@@ -323,7 +409,7 @@ def _snapshot(db: Path) -> Any:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         out: dict[str, Any] = {}
-        for table in ("runs", "rounds", "train_jobs", "models", "sites", "site_events"):
+        for table in ("runs", "rounds", "train_jobs", "models", "sites", "site_events", "alarms"):
             try:
                 out[table] = conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
             except sqlite3.OperationalError:
@@ -335,6 +421,15 @@ def _snapshot(db: Path) -> Any:
 
 def test_state_changing_endpoints_need_the_token_and_change_nothing(serve: Coordinator) -> None:
     url = _url(serve.db)
+    conn = sqlite3.connect(serve.db, timeout=30)
+    with conn:  # alarm 1, so an acknowledgement would have something to change
+        conn.execute(
+            "INSERT INTO alarms (id, site, device, alarm_id, state, severity, rule, value, "
+            "model_version, since, ts, updated_at) VALUES "
+            "(1, 'plant-a', 'engine-7', 'rul_low', 'active', 'critical', 'rul < 30', 12.0, "
+            "'r-1:5', 1, 1, 1)"
+        )
+    conn.close()
     before = _snapshot(serve.db)
     # Every route the app has that accepts a method other than GET/HEAD changes state.
     for method, path, body in STATE_CHANGING:
@@ -344,8 +439,33 @@ def test_state_changing_endpoints_need_the_token_and_change_nothing(serve: Coord
     # Reads stay open on loopback; the dashboard answers.
     assert _call(url + "/api/sites", "GET") == 200
     assert _call(url + "/fleet", "GET") == 200
-    assert _snapshot(serve.db)["runs"] == before["runs"]
-    assert _snapshot(serve.db)["train_jobs"] == before["train_jobs"]
+    after = _snapshot(serve.db)
+    for table in ("runs", "train_jobs", "alarms", "site_events"):
+        assert after[table] == before[table], table
+    # The dashboard's cookie (set by a page visit with ?token=) counts only with the right
+    # token and a JSON body (a cross-site form cannot send one).
+    from coordinator.api.token import read_token, token_path
+
+    token = read_token(token_path(serve.db))
+    assert token
+    ack = url + "/api/alarms/1/ack"
+    for cookie, ctype in (
+        (f"fedmq_token={token}", "text/plain"),
+        ("fedmq_token=x", "application/json"),
+    ):
+        req = urllib.request.Request(ack, data=b'{"by": "eve"}', method="POST")
+        req.add_header("Content-Type", ctype)
+        req.add_header("Cookie", cookie)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        assert refused.value.code == 401
+    assert _snapshot(serve.db)["alarms"] == before["alarms"]
+    # With the token: recorded (who and when), and an unknown alarm is a 404.
+    assert _call(url + "/api/alarms/99/ack", "POST", {"by": "ops"}, token) == 404
+    assert _call(url + "/api/alarms/1/ack", "POST", {"by": "ops"}, token) == 200
+    row = sqlite3.connect(f"file:{serve.db}?mode=ro", uri=True).execute(
+        "SELECT acked_by, acked_at FROM alarms WHERE id = 1").fetchone()  # fmt: skip
+    assert row[0] == "ops" and row[1] > 1_700_000_000_000
     # The refusal list covers every state-changing route of the real app.
     from coordinator.api.app import make_app
 
@@ -357,7 +477,10 @@ def test_state_changing_endpoints_need_the_token_and_change_nothing(serve: Coord
         (m, getattr(r, "path", "")) for r in app.routes for m in (getattr(r, "methods", None) or ())
         if m not in ("GET", "HEAD")
     }  # fmt: skip
-    listed = {(m, p.replace("r-nope", "{run_id}")) for m, p, _ in STATE_CHANGING}
+    listed = {
+        (m, p.replace("r-nope", "{run_id}").replace("/alarms/1/", "/alarms/{alarm}/"))
+        for m, p, _ in STATE_CHANGING
+    }
     assert changing == listed, changing ^ listed
 
 

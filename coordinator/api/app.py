@@ -8,30 +8,42 @@
     POST /api/runs/{id}/resume                 202 {"run_id"}    (token)
     GET  /api/runs/{id}/events?after=N&wait=S  {"events", "next", "outcome", "session"}
     POST /api/runs/{id}/cancel                 {"cancelled"}     (token)
+    POST /api/alarms/{id}/ack   {"by": NAME}   {"alarm": row}    (token)
 
 ``events`` long-polls: it answers as soon as there is an event after ``N`` or the run
 ended, else after ``wait`` seconds (at most 30). ``outcome`` is null while the run goes
 on, then ``{"state", "reason", "model_id", "interrupted", "exit_code"}`` or
 ``{"error", "code"}`` when it could not start or go on. Events live in the daemon's
 memory: after a restart (``session`` changes) a resumed run's events start again at 0.
+
+``ack`` records who (``by``, default "dashboard") acknowledged the alarm with that ``id``
+(``fedmq alarms``) and when (coordinator/store/alarm_ack.py); 404 for an unknown id. The
+token comes as ``Authorization: Bearer``, or, for the dashboard's pages, as the cookie a
+visit with ``?token=`` sets (SameSite=Strict, and only with a JSON body, which a
+cross-site form cannot send).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from coordinator.store.alarm_ack import AlarmUnknown, ack_alarm
 from coordinator.training.events import TrainSpec
 from coordinator.training.service import TrainService
 
 __all__ = ["make_app"]
+
+TOKEN_COOKIE = "fedmq_token"  # the dashboard's cookie (coordinator/web/app.py COOKIE)
 
 
 def make_app(
@@ -53,6 +65,14 @@ def make_app(
             return True
         given = request.headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    def authorized_page(request: Request) -> bool:
+        """The bearer token, or the dashboard's token cookie on a JSON request."""
+        if authorized(request, True):
+            return True
+        cookie = request.cookies.get(TOKEN_COOKIE, "")
+        json_body = request.headers.get("content-type", "").startswith("application/json")
+        return bool(token) and json_body and hmac.compare_digest(cookie.encode(), token.encode())
 
     def refused() -> JSONResponse:
         return JSONResponse(
@@ -114,14 +134,33 @@ def make_app(
             return JSONResponse({"error": "no such run in this daemon"}, status_code=404)
         return JSONResponse({"cancelled": service.cancel(run_id)})
 
+    async def ack(request: Request) -> JSONResponse:
+        if not authorized_page(request):
+            return refused()
+        try:
+            alarm = int(request.path_params["alarm"])
+            raw = await request.body()
+            body = json.loads(raw) if raw.strip() else {}
+            by = str((body or {}).get("by") or "dashboard").strip()[:100] or "dashboard"
+        except (ValueError, AttributeError) as exc:
+            return JSONResponse({"error": f"bad request: {exc}"[:300]}, status_code=400)
+        if db is None:
+            return JSONResponse({"error": "no database"}, status_code=503)
+        try:
+            row = await run_in_threadpool(ack_alarm, db, alarm, by)
+        except AlarmUnknown:
+            return JSONResponse({"error": f"no alarm {alarm}"}, status_code=404)
+        return JSONResponse({"alarm": row})
+
+    db = getattr(getattr(service, "settings", None), "db", None)
     routes: list[BaseRoute] = [
         Route("/api/health", health),
         Route("/api/runs", submit, methods=["POST"]),
         Route("/api/runs/{run_id}/resume", resume, methods=["POST"]),
         Route("/api/runs/{run_id}/events", events),
         Route("/api/runs/{run_id}/cancel", cancel, methods=["POST"]),
+        Route("/api/alarms/{alarm}/ack", ack, methods=["POST"]),
     ]
-    db = getattr(getattr(service, "settings", None), "db", None)
     web = None
     if dashboard and db is not None:
         from coordinator.web.app import Dashboard

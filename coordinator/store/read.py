@@ -27,7 +27,10 @@ __all__ = [
     "NotAFedmqDatabase",
     "SqliteReader",
     "StoreReader",
+    "active_alarm_counts",
+    "alarm_mark",
     "alarms",
+    "alarms_by_id",
     "coordinator_info",
     "dead_letter_counts",
     "dead_letters",
@@ -303,6 +306,35 @@ def alarms(conn: sqlite3.Connection, active: bool = False) -> list[dict[str, Any
     except sqlite3.OperationalError:  # no alarms table: nothing to show
         return []
     return [dict(r) for r in rows]
+
+
+def active_alarm_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """The number of active alarms of each site that has any (the fleet's column)."""
+    try:
+        rows = conn.execute(
+            "SELECT site, count(*) FROM alarms WHERE state = 'active' GROUP BY site"
+        ).fetchall()
+    except sqlite3.OperationalError:  # no alarms table yet
+        return {}
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def alarm_mark(conn: sqlite3.Connection) -> tuple[Any, ...]:
+    """A cheap signature of the alarms table: it changes when an alarm is raised, changes
+    state or is acknowledged (the dashboard hub then reads :func:`alarms_by_id`)."""
+    try:
+        row = conn.execute(
+            "SELECT count(*), max(updated_at), max(acked_at), sum(state = 'active'), "
+            "sum(acked_at IS NOT NULL), total(acked_at) FROM alarms"
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return ()
+    return tuple(row)
+
+
+def alarms_by_id(conn: sqlite3.Connection) -> dict[int, dict[str, Any]]:
+    """Every alarm's current row by its ``id``."""
+    return {int(a["id"]): a for a in alarms(conn)}
 
 
 def dead_letters(

@@ -2,8 +2,8 @@
 
 Every route here only reads (the store, opened read-only per request): on loopback they
 need no token; elsewhere the bearer token, or the cookie a page visit with ``?token=``
-sets. What changes state (runs: coordinator/api/app.py; later deployments and alarm
-acknowledgements) lives with the control API and always needs the bearer token.
+sets. What changes state (runs and alarm acknowledgements: coordinator/api/app.py; later
+deployments) lives with the control API and always needs the token.
 Endpoints: docs/dashboard.md.
 """
 
@@ -136,14 +136,15 @@ class Dashboard:
         conn = self._conn()
         try:
             rows, info = read.fleet(conn)
+            counts = read.active_alarm_counts(conn)
         finally:
             conn.close()
         state = request.query_params.get("state")
         if state:
             rows = [r for r in rows if r["state"] == state]
-        for r in rows:  # what issue 14 adds (deployments, alarms) plugs in here
+        for r in rows:  # deployments plug in here when they exist
             r.setdefault("model", None)
-            r.setdefault("alarms", 0)
+            r["alarms"] = counts.get(r["site"], 0)
         return Json({"sites": rows, "coordinator": info, "now": now_ms()})
 
     def api_site(self, request: Request) -> Response:
@@ -154,10 +155,31 @@ class Dashboard:
             if detail is None:
                 return Json({"error": f"no site {site!r}"}, status_code=404)
             detail["sensors"] = read.site_sensors(conn, site)
+            detail["alarms"] = [a for a in read.alarms(conn, active=True) if a["site"] == site]
+            detail["predictions"] = self._latest_predictions(conn, site)
         finally:
             conn.close()
-        detail.update(model=None, alarms=[], predictions=[])
+        detail.setdefault("model", None)
         return Json(detail)
+
+    @staticmethod
+    def _latest_predictions(conn: sqlite3.Connection, site: str) -> list[dict[str, Any]]:
+        """The newest prediction of each device of ``site``."""
+        newest: dict[str, dict[str, Any]] = {}
+        for p in read.predictions(conn, site, limit=500):  # oldest first
+            newest[p["device"]] = p
+        return sorted(newest.values(), key=lambda p: p["device"])
+
+    def api_predictions(self, request: Request) -> Response:
+        site = request.path_params["site"]
+        device = request.query_params.get("device") or None
+        limit = _int(request, "limit", 100, 1, 10_000)
+        conn = self._conn()
+        try:
+            rows = read.predictions(conn, site, device, _int(request, "since", None), limit)
+        finally:
+            conn.close()
+        return Json({"site": site, "device": device, "predictions": rows})
 
     def api_telemetry(self, request: Request) -> Response:
         site = request.path_params["site"]
@@ -246,8 +268,20 @@ class Dashboard:
         return rows
 
     def api_alarms(self, request: Request) -> Response:
-        """No alarm source exists yet (predictions and alarms come with issue 14)."""
-        return Json({"source": None, "alarms": [], "note": "no alarm source yet"})
+        """Every alarm's current state, the most recently changed first (``active=1``: only
+        the active ones; ``site=``: one site's; ``limit``)."""
+        active = request.query_params.get("active", "") not in ("", "0", "false", "no")
+        site = request.query_params.get("site") or None
+        limit = _int(request, "limit", 500, 1, 10_000)
+        conn = self._conn()
+        try:
+            rows = read.alarms(conn, active=active)
+        finally:
+            conn.close()
+        if site is not None:
+            rows = [a for a in rows if a["site"] == site]
+        n_active = sum(a["state"] == "active" for a in rows)
+        return Json({"alarms": rows[:limit], "active": n_active, "now": now_ms()})
 
     def metrics(self, request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -319,6 +353,7 @@ class Dashboard:
             Route("/api/sites", g(self.api_sites)),
             Route("/api/sites/{site}", g(self.api_site)),
             Route("/api/sites/{site}/telemetry", g(self.api_telemetry)),
+            Route("/api/sites/{site}/predictions", g(self.api_predictions)),
             Route("/api/sparklines", g(self.api_sparklines)),
             Route("/api/events", g(self.api_events)),
             Route("/api/dead-letters", g(self.api_dead_letters)),

@@ -2,12 +2,13 @@
 
 Each ``interval`` (1 s) it reads, read-only and cheaply (an indexed lookup or the newest rows
 only), what changed: site states (computed now, so a site going stale needs no write),
-new site events, dead letters, rounds and runs, and new samples of the sites whose charts
-are on screen. Each change becomes a numbered event in a ring; every tab's SSE stream
-replays the ring after the id it last saw (``Last-Event-ID``) so a reconnect misses
-nothing the ring still holds, and is told ``reset`` (reload everything) otherwise. Ids
-start at the hub's start time in ms, so ids of a restarted daemon are larger and an id
-from before the restart is older than the ring: ``reset``.
+new site events, dead letters, rounds and runs, alarms (raised, cleared, acknowledged: one
+aggregate over the small ``alarms`` table, the rows only when it changed), and new samples
+of the sites whose charts are on screen. Each change becomes a numbered event in a ring;
+every tab's SSE stream replays the ring after the id it last saw (``Last-Event-ID``) so a
+reconnect misses nothing the ring still holds, and is told ``reset`` (reload everything)
+otherwise. Ids start at the hub's start time in ms, so ids of a restarted daemon are
+larger and an id from before the restart is older than the ring: ``reset``.
 
 The hub polls only while at least one tab's stream is open (:meth:`attach`); when the
 first tab comes back after none was open it starts again from what is stored then (and
@@ -54,6 +55,7 @@ class Hub:
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-hub", daemon=True)
         self._states: dict[str, str] = {}
+        self._alarms: dict[int, tuple[Any, ...]] = {}
         self._marks: dict[str, Any] = {}
         self._samples_at = 0
         self._rate_points: deque[tuple[float, int, int]] = deque(maxlen=64)
@@ -187,6 +189,8 @@ class Hub:
         self._states = {s["site"]: s["state"] for s in read.site_states(conn)}
         self._marks["rounds"] = read.rounds_high_water(conn)
         self._marks["runs"] = self._runs_mark(conn)
+        self._marks["alarms"] = read.alarm_mark(conn)
+        self._alarms = self._alarm_view(conn)
 
     @staticmethod
     def _runs_mark(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
@@ -224,8 +228,39 @@ class Hub:
             if runs != self._marks.get("runs"):
                 self._marks["runs"] = runs
                 self.publish("rounds", {"runs": [r[0] for r in runs]})
+        self._poll_alarms(conn)
         self._marks.update(marks)
         self._samples(conn, marks["telemetry"])
+
+    @staticmethod
+    def _alarm_view(conn: sqlite3.Connection) -> dict[int, tuple[Any, ...]]:
+        return {i: (a["state"], a["updated_at"], a["acked_at"], a) for i, a in
+                read.alarms_by_id(conn).items()}  # fmt: skip
+
+    def _poll_alarms(self, conn: sqlite3.Connection) -> None:
+        """Publish ``alarms``: each changed alarm's row with ``change`` new / active /
+        cleared / acked, and how many are active now."""
+        mark = read.alarm_mark(conn)
+        if mark == self._marks.get("alarms"):
+            return
+        self._marks["alarms"] = mark
+        view = self._alarm_view(conn)
+        changed = []
+        for i, (state, updated, acked, row) in view.items():
+            old = self._alarms.get(i)
+            if old is None:
+                change = "new" if state == "active" else state
+            elif old[:2] != (state, updated):
+                change = state
+            elif old[2] != acked and acked is not None:
+                change = "acked"
+            else:
+                continue
+            changed.append(row | {"change": change})
+        self._alarms = view
+        if changed:
+            active = sum(v[0] == "active" for v in view.values())
+            self.publish("alarms", {"alarms": changed, "active": active})
 
     def _samples(self, conn: sqlite3.Connection, newest: int) -> None:
         with self._lock:
