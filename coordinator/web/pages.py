@@ -32,6 +32,12 @@ _JS = {
     "events": ["/static/events.js"],
 }  # fmt: skip
 
+_ALARM_COLS = "".join(
+    f"<th>{c}</th>"
+    for c in ("site", "device", "rule", "value", "severity", "state", "since", "model",
+              "acknowledged by", "at")
+)  # fmt: skip
+
 _BODY = {
     "fleet": """
 <section class="split">
@@ -72,9 +78,8 @@ _BODY = {
   <div id="charts"></div>
 </section>
 <section class="cards">
-  <div class="card"><h2>Predictions</h2><p class="muted" id="predictions">no predictions yet
-    (no model deployed to this site)</p></div>
-  <div class="card"><h2>Active alarms</h2><p class="muted" id="alarms">no alarm source yet</p></div>
+  <div class="card"><h2>Predictions</h2><div id="predictions" class="muted">loading...</div></div>
+  <div class="card"><h2>Active alarms</h2><div id="alarms" class="muted">loading...</div></div>
 </section>
 <section><h2>Events</h2><table id="events" class="grid"><thead><tr><th>at</th><th>event</th>
   <th>from</th><th>to</th><th>reason</th></tr></thead><tbody></tbody></table></section>""",
@@ -95,9 +100,18 @@ _BODY = {
   <th>site</th><th>run</th><th>round</th><th>job</th><th>code sha256</th></tr></thead>
   <tbody></tbody></table></section>""",
     "alarms": """
-<section><h2>Alarms</h2><p id="alarm-note" class="muted">loading...</p>
-<table id="alarms" class="grid"><thead><tr><th>raised</th><th>site</th><th>severity</th>
-  <th>what</th><th>acknowledged</th></tr></thead><tbody></tbody></table></section>""",
+<section><div class="filters"><label>acknowledge as <input id="ack-by" value="dashboard"
+  size="14"></label><span id="alarm-note" class="muted">loading...</span></div>
+<h2>Active <span id="active-count"></span></h2>
+<table id="active-alarms" class="grid"><thead><tr>"""
+    + _ALARM_COLS
+    + """<th></th></tr></thead>
+  <tbody></tbody></table></section>
+<section><h2>Recent (cleared)</h2>
+<table id="recent-alarms" class="grid"><thead><tr>"""
+    + _ALARM_COLS
+    + """</tr></thead>
+  <tbody></tbody></table></section>""",
     "events": """
 <section class="cards">
   <div class="card"><h2>Dead letters by reason</h2><div id="dl-counts"></div></div>

@@ -184,6 +184,7 @@
     }
     if (unknown) load(); else drawTable();
   });
+  fedmq.on("alarms", load); // the "alarms" column: raised, cleared (rare: a reload is fine)
   fedmq.on("reset", load);
   load().then(loadSparks);
   // State changes arrive on the stream at once; "last seen", outbox depths and the

@@ -1,5 +1,6 @@
 /* Site: registration, health, live sensor charts (choose sensors and time range; drag to
-   zoom, wheel zooms, shift+drag pans, double-click resets), events. */
+   zoom, wheel zooms, shift+drag pans, double-click resets), the newest prediction of each
+   device, active alarms (live), events. */
 "use strict";
 (function () {
   const site = fedmq.data.site;
@@ -118,10 +119,35 @@
     }
   });
 
+  function predictions(rows) {
+    const el = document.getElementById("predictions");
+    el.className = rows.length ? "" : "muted";
+    el.innerHTML = rows.length ? '<table id="prediction-rows" class="grid"><thead><tr><th>device</th>' +
+      "<th>model</th><th>window end</th><th>outputs</th></tr></thead><tbody>" + rows.map((p) =>
+        "<tr><td>" + fedmq.esc(p.device) + "</td><td>" + fedmq.esc(p.model_version) + "</td><td>" +
+        fedmq.time(p.window_end) + "</td><td>" + Object.entries(p.outputs || {}).map(([k, o]) =>
+          fedmq.esc(k) + " = " + fedmq.esc(o.value == null ? "" : +Number(o.value).toFixed(4)) +
+          (o.unit ? " " + fedmq.esc(o.unit) : "")).join(", ") + "</td></tr>").join("") + "</tbody></table>" :
+      "no predictions yet (no model deployed to this site)";
+  }
+  function alarms(rows) {
+    const el = document.getElementById("alarms");
+    el.className = rows.length ? "" : "muted";
+    el.innerHTML = rows.length ? '<table id="alarm-rows" class="grid"><thead><tr><th>device</th><th>rule</th>' +
+      "<th>value</th><th>severity</th><th>since</th><th>model</th><th>acknowledged</th></tr></thead><tbody>" +
+      rows.map((a) => "<tr><td>" + fedmq.esc(a.device) + "</td><td>" + fedmq.esc(a.rule) + "</td><td>" +
+        fedmq.esc(a.value == null ? "" : +Number(a.value).toFixed(4)) + '</td><td class="sev ' +
+        fedmq.esc(a.severity) + '">' + fedmq.esc(a.severity) + "</td><td>" + fedmq.time(a.since) +
+        "</td><td>" + fedmq.esc(a.model_version) + "</td><td>" + (a.acked_by ? fedmq.esc(a.acked_by) + " " +
+        fedmq.time(a.acked_at) : "") + "</td></tr>").join("") + "</tbody></table>" : "no active alarm";
+  }
+
   async function load(first) {
     const d = await fedmq.get("/api/sites/" + encodeURIComponent(site));
     details(d);
     events(d.events);
+    predictions(d.predictions || []);
+    alarms(d.alarms || []);
     if (first) {
       pick.innerHTML = d.sensors.map((s, i) => '<option value="' + fedmq.esc(JSON.stringify([s.device, s.sensor])) +
         '" data-unit="' + fedmq.esc(s.unit) + '"' + (i < 3 ? " selected" : "") + ">" + fedmq.esc(s.device + " / " + s.sensor) +
@@ -135,6 +161,7 @@
   range.addEventListener("change", drawCharts);
   fedmq.on("sites", (changes) => { if (changes.some((c) => c.site === site)) load(false); });
   fedmq.on("events", (rows) => { if (rows.some((e) => e.site === site)) { view.events++; load(false); } });
+  fedmq.on("alarms", (d) => { if (d.alarms.some((a) => a.site === site)) load(false); });
   fedmq.on("reset", () => load(false));
   load(true).catch((e) => { document.getElementById("details").textContent = String(e); });
   fedmq.connect([site]);
