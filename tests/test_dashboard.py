@@ -169,6 +169,7 @@ def test_alarms_and_predictions_api(client: Any, fleet_db: Any) -> None:
     assert len(c.get("/api/sites/s0002/predictions?limit=1").json()["predictions"]) == 1
     assert c.get("/api/sites/s0002/predictions?device=other").json()["predictions"] == []
     assert c.get("/api/sites/s0002/predictions?limit=x").status_code == 400
+    assert 'fedmq_alarms_active{severity="critical"} 2.0' in c.get("/metrics").text
 
 
 def test_hub_announces_alarm_changes(fleet_db: Any) -> None:

@@ -78,6 +78,16 @@ class _Fleet(Collector):
         for reason, n in sorted(read.dead_letter_counts(conn).items()):
             dead.add_metric([reason], n)
         yield dead
+        alarms = GaugeMetricFamily(
+            "fedmq_alarms_active", "Active alarms, by severity", labels=["severity"]
+        )
+        severities: dict[str, int] = {}
+        for a in read.alarms(conn, active=True):
+            key = str(a["severity"] or "")
+            severities[key] = severities.get(key, 0) + 1
+        for severity, n in sorted(severities.items()):
+            alarms.add_metric([severity], n)
+        yield alarms
         yield self._rounds(conn)
         polls = CounterMetricFamily(
             "fedmq_dashboard_polls", "Store polls of the dashboard hub (only while a tab is open)"
