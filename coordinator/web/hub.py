@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 RING = 5_000  # events kept for reconnecting tabs
 SAMPLES_PER_POLL = 5_000  # telemetry rows read per poll for the charts on screen
+PRIME_MARGIN_MS = 5_000  # alarms changed this long before the first tab: announced again
 SAMPLES_BEHIND = 50_000  # further behind than this: skip ahead (charts show what is new)
 
 
@@ -56,6 +57,7 @@ class Hub:
         self._thread = threading.Thread(target=self._run, name="dashboard-hub", daemon=True)
         self._states: dict[str, str] = {}
         self._alarms: dict[int, tuple[Any, ...]] = {}
+        self._attached_at = 0
         self._marks: dict[str, Any] = {}
         self._samples_at = 0
         self._rate_points: deque[tuple[float, int, int]] = deque(maxlen=64)
@@ -86,6 +88,8 @@ class Hub:
     def attach(self) -> None:
         """A tab's stream opened: poll (while any is open)."""
         with self._lock:
+            if self.tabs <= 0:
+                self._attached_at = now_ms()
             self.tabs += 1
 
     def detach(self) -> None:
@@ -189,8 +193,13 @@ class Hub:
         self._states = {s["site"]: s["state"] for s in read.site_states(conn)}
         self._marks["rounds"] = read.rounds_high_water(conn)
         self._marks["runs"] = self._runs_mark(conn)
-        self._marks["alarms"] = read.alarm_mark(conn)
-        self._alarms = self._alarm_view(conn)
+        # Alarms changed shortly before the first tab attached may be newer than what that
+        # tab loaded (it loads, then opens its stream, and the first poll comes up to an
+        # interval later): announce them once more rather than miss one.
+        recent = self._attached_at - PRIME_MARGIN_MS
+        view = self._alarm_view(conn)
+        self._alarms = {i: v for i, v in view.items() if max(v[1] or 0, v[2] or 0) < recent}
+        self._marks["alarms"] = read.alarm_mark(conn) if len(self._alarms) == len(view) else ()
 
     @staticmethod
     def _runs_mark(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:

@@ -54,6 +54,9 @@
   });
   fedmq.on("alarms", load);
   fedmq.on("reset", load);
+  // The stream starts after the first load: load again once it is open, so a change in
+  // between is not missed (later ones come as "alarms" events).
+  fedmq.on("hello", (h) => { if (!h.resumed) load(); });
   load();
   fedmq.connect([]);
 })();
