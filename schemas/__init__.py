@@ -14,6 +14,7 @@ from schemas.commands import (
     TrainCommand,
     signing_bytes,
 )
+from schemas.deployments import DeployChunk, DeployCommand, DeploymentStatus
 from schemas.envelope import DurableEnvelope, Envelope, SeqRange, now_ms
 from schemas.errors import DecodeError, Reason, SchemaError, TopicError
 from schemas.jobs import JOB_STATES, JobResult, JobStatus, ResultChunk
@@ -68,6 +69,9 @@ __all__ = [
     "CoordinatorStatus",
     "DatasetSummary",
     "DecodeError",
+    "DeployChunk",
+    "DeployCommand",
+    "DeploymentStatus",
     "DeviceInfo",
     "DurableEnvelope",
     "Envelope",

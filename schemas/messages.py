@@ -15,6 +15,7 @@ from schemas.commands import (
     TrainChunk,
     TrainCommand,
 )
+from schemas.deployments import DeployChunk, DeployCommand, DeploymentStatus
 from schemas.jobs import JobResult, JobStatus, ResultChunk
 from schemas.predictions import Alarm, Prediction
 from schemas.site_messages import Heartbeat, Registration, SiteStatus
@@ -40,6 +41,7 @@ Message = Annotated[
         TelemetryBatch,
         Prediction,
         Alarm,
+        DeploymentStatus,
         JobStatus,
         JobResult,
         ResultChunk,
@@ -47,6 +49,8 @@ Message = Annotated[
         TrainCommand,
         TrainChunk,
         CancelCommand,
+        DeployCommand,
+        DeployChunk,
         RebirthCommand,
         PingCommand,
         CoordinatorStatus,
@@ -71,6 +75,7 @@ CHANNEL_KINDS: dict[Channel, frozenset[str]] = {
     Channel.TELEMETRY: frozenset({"telemetry"}),
     Channel.PREDICTION: frozenset({"prediction"}),
     Channel.ALARM: frozenset({"alarm"}),
+    Channel.DEPLOYMENT: frozenset({"deployment"}),
     Channel.JOB_STATUS: frozenset({"job_status"}),
     Channel.JOB_RESULT: frozenset({"job_result", "result_chunk"}),
     Channel.ACK: frozenset({"ack"}),
@@ -79,12 +84,15 @@ CHANNEL_KINDS: dict[Channel, frozenset[str]] = {
 COMMAND_KINDS: dict[str, frozenset[str]] = {
     "train": frozenset({"train", "train_chunk"}),
     "cancel": frozenset({"cancel"}),
+    "deploy": frozenset({"deploy", "deploy_chunk"}),
     "rebirth": frozenset({"rebirth"}),
     "ping": frozenset({"ping"}),
 }
 
 # Kept in the site outbox until acked; each consumes a seq.
-DURABLE_KINDS = frozenset({"telemetry", "prediction", "job_status", "job_result", "result_chunk"})
+DURABLE_KINDS = frozenset(
+    {"telemetry", "prediction", "deployment", "job_status", "job_result", "result_chunk"}
+)
 
 
 class _ModelAdapter:

@@ -2,10 +2,10 @@
 
 Layout under a configurable prefix ``P`` (default ``fedmq/v1``)::
 
-    P/site/{site}/status | registration | heartbeat | ack
+    P/site/{site}/status | registration | heartbeat | ack | deployment
     P/site/{site}/telemetry | prediction | alarm/{device}
     P/site/{site}/job/{job}/status | result
-    P/site/{site}/cmd/{train|cancel|rebirth|ping}
+    P/site/{site}/cmd/{train|cancel|deploy|rebirth|ping}
     P/coordinator/status
 
 Topic levels use only ``[A-Za-z0-9_-]`` so the same tree works on Mosquitto, NATS and
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 DEFAULT_PREFIX = "fedmq/v1"
-COMMANDS = ("train", "cancel", "rebirth", "ping")
+COMMANDS = ("train", "cancel", "deploy", "rebirth", "ping")
 
 _SITE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _LEVEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -49,6 +49,7 @@ class Channel(str, Enum):
     TELEMETRY = "telemetry"
     PREDICTION = "prediction"
     ALARM = "alarm"
+    DEPLOYMENT = "deployment"
     JOB_STATUS = "job_status"
     JOB_RESULT = "job_result"
     ACK = "ack"
@@ -103,6 +104,7 @@ _SITE_LEAVES = {
     "registration": Channel.REGISTRATION,
     "heartbeat": Channel.HEARTBEAT,
     "ack": Channel.ACK,
+    "deployment": Channel.DEPLOYMENT,
 }
 
 # Per-device topics: P/site/{site}/<leaf>/{device}.
@@ -145,6 +147,9 @@ class Topics:
 
     def alarm(self, site: str, device: str) -> str:
         return self._site(site, "alarm", validate_level(device, "device"))
+
+    def deployment(self, site: str) -> str:
+        return self._site(site, "deployment")
 
     def job_status(self, site: str, job: str) -> str:
         return self._site(site, "job", validate_level(job, "job id"), "status")

@@ -274,6 +274,7 @@ class Matrix:
                 T.telemetry("site-a", "d1"),
                 f"{PREFIX}/site/site-a/prediction/d1",
                 f"{PREFIX}/site/site-a/alarm/d1",
+                f"{PREFIX}/site/site-a/deployment",
             ]
             filters = [
                 f"{PREFIX}/site/+/status",
@@ -282,6 +283,7 @@ class Matrix:
                 f"{PREFIX}/site/+/telemetry/+",
                 f"{PREFIX}/site/+/prediction/+",
                 f"{PREFIX}/site/+/alarm/+",
+                f"{PREFIX}/site/+/deployment",
                 T.coordinator_status(),
             ]
             for f in filters:

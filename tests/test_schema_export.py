@@ -81,6 +81,7 @@ def test_asyncapi_lists_every_channel_with_its_delivery() -> None:
         f"{p}/site/{{siteId}}/telemetry/{{device}}",
         f"{p}/site/{{siteId}}/prediction/{{device}}",
         f"{p}/site/{{siteId}}/alarm/{{device}}",
+        f"{p}/site/{{siteId}}/deployment",
         f"{p}/site/{{siteId}}/job/{{jobId}}/status",
         f"{p}/site/{{siteId}}/job/{{jobId}}/result",
         f"{p}/site/{{siteId}}/ack",

@@ -25,6 +25,9 @@ from schemas import (
     Codec,
     CoordinatorStatus,
     DatasetSummary,
+    DeployChunk,
+    DeployCommand,
+    DeploymentStatus,
     DeviceInfo,
     Heartbeat,
     JobResult,
@@ -272,6 +275,39 @@ STRATEGIES: dict[type[BaseModel], st.SearchStrategy[Any]] = {
         ),
     ),
     TrainChunk: st.builds(TrainChunk, **_envelope(**_chunk)),
+    DeployCommand: st.builds(
+        DeployCommand,
+        **_envelope(
+            **_command,
+            deployment_id=levels,
+            model_version=st.from_regex(r"[A-Za-z0-9_.:-]{1,128}", fullmatch=True),
+            task=levels,
+            code_hash=hex64,
+            weights=weights_blobs,
+            cadence_s=st.floats(0.1, 86_400.0),
+            rules=st.lists(st.text(min_size=1, max_size=200), max_size=3).map(tuple),
+            devices=st.lists(levels, max_size=3).map(tuple),
+            rollback=st.booleans(),
+        ),
+    ),
+    DeployChunk: st.builds(DeployChunk, **_envelope(**_chunk)),
+    DeploymentStatus: st.builds(
+        DeploymentStatus,
+        **_envelope(
+            durable=True,
+            deployment_id=levels,
+            model_version=st.from_regex(r"[A-Za-z0-9_.:-]{1,128}", fullmatch=True),
+            task=levels,
+            code_hash=st.just("") | hex64,
+            state=st.sampled_from(
+                ["accepted", "pending_approval", "active", "rejected", "failed", "replaced"]
+            ),
+            reason=st.text(max_size=500),
+            since=epoch_ms,
+            previous_version=st.text(max_size=128),
+            devices=st.lists(levels, max_size=3).map(tuple),
+        ),
+    ),
     CancelCommand: st.builds(
         CancelCommand, **_envelope(**_command, job_id=levels, reason=st.text(max_size=500))
     ),
@@ -397,6 +433,37 @@ SAMPLES: dict[str, Any] = {
         ),
         CancelCommand(
             site="plant-1", session=1, cmd_id="c-2", expires_at=1_800_000_000_000, job_id="j-1"
+        ),
+        DeployCommand(
+            site="plant-1",
+            session=1,
+            cmd_id="c-5",
+            expires_at=1_800_000_000_000,
+            deployment_id="d-1",
+            model_version="r-1-r5",
+            task="cmapss-rul",
+            code_hash=_HASH,
+            weights=WeightsBlob(size=4, sha256=_HASH, chunks=1),
+            cadence_s=5.0,
+            rules=("rul < 30",),
+        ),
+        DeployChunk(
+            site="plant-1", session=1, job_id="d-1", index=0, total=1, sha256=_HASH, data="AA"
+        ),
+        DeploymentStatus(
+            site="plant-1",
+            session=3,
+            seq=13,
+            deployment_id="d-1",
+            model_version="r-1-r5",
+            task="cmapss-rul",
+            code_hash=_HASH,
+            state="active",
+            since=1_700_000_000_000,
+            previous_version="r-1-r4",
+            devices=("engine-7",),
+            cadence_s=5.0,
+            rules=("rul < 30",),
         ),
         RebirthCommand(site="plant-1", session=1, cmd_id="c-3", expires_at=1_800_000_000_000),
         PingCommand(site="plant-1", session=1, cmd_id="c-4", expires_at=1_800_000_000_000),

@@ -178,8 +178,17 @@ _SITE_WRITES = (
     "job/+/result",
     "prediction/+",
     "alarm/+",
+    "deployment",
 )
-READ_CHANNELS = ("status", "registration", "heartbeat", "telemetry/+", "prediction/+", "alarm/+")
+READ_CHANNELS = (
+    "status",
+    "registration",
+    "heartbeat",
+    "telemetry/+",
+    "prediction/+",
+    "alarm/+",
+    "deployment",
+)
 
 
 def grants(prefix: str, sites: Iterable[str], readers: Iterable[str] = ()) -> list[Grants]:
