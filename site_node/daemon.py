@@ -121,7 +121,8 @@ class SiteDaemon:
     # -- API for extensions (training) ---------------------------------------------------
 
     def register_command(self, name: str, handler: CommandHandler) -> None:
-        """Run ``handler`` for verified commands of kind ``name`` (or ``train_chunk``)."""
+        """Run ``handler`` for verified commands of kind ``name``, or for the unsigned
+        chunks ``train_chunk`` / ``deploy_chunk`` (their command carries their sha256)."""
         self._handlers[name] = handler
 
     def set_tasks_provider(self, tasks: Callable[[], tuple[TaskOffer, ...]]) -> None:
@@ -138,6 +139,11 @@ class SiteDaemon:
     def set_heartbeat_extra(self, extra: Callable[[], dict[str, Any]]) -> None:
         """Extra heartbeat fields (e.g. ``worker_state``, ``worker_rss_mb``) at each beat."""
         self._heartbeat_extra = extra
+
+    def watch_rows(self, watcher: Callable[[str, Sequence[Sample]], None]) -> None:
+        """Show every device's readings to ``watcher(device, row)``, whatever the device's
+        publish mode (on the source threads: copy and return, never block or raise)."""
+        self.tap.watch(watcher)
 
     def register_refusal(self, handler: RefusalHandler) -> None:
         """Call ``handler`` (on the loop) for every command the guard refuses."""
@@ -402,8 +408,8 @@ class SiteDaemon:
             self._on_coordinator(msg, event.retain)
         elif isinstance(msg, Command):
             self._on_command(msg, event.payload)
-        elif msg.kind == "train_chunk" and "train_chunk" in self._handlers:
-            self._handlers["train_chunk"](msg, event.payload)
+        elif msg.kind in ("train_chunk", "deploy_chunk") and msg.kind in self._handlers:
+            self._handlers[msg.kind](msg, event.payload)
 
     def _on_coordinator(self, msg: CoordinatorStatus, retained: bool) -> None:
         before, self._coordinator = self._coordinator, (msg.state, msg.session)

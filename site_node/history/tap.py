@@ -2,7 +2,9 @@
 
 ``raw``: history and the batcher (every sample is published, as before). ``summary``:
 history and the :class:`~site_node.history.summary.Summarizer`, whose window readings go
-to the batcher. ``none``: history only; nothing of the device reaches the broker.
+to the batcher. ``none``: history only; nothing of the device reaches the broker. Whatever the mode,
+every reading is also shown to the row watchers (a deployed model's scoring windows),
+which must only copy it and return.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from site_node.history.summary import Summarizer
 __all__ = ["Tap"]
 
 AddRow = Callable[[str, Sequence[Sample]], None]
+RowWatcher = Callable[[str, Sequence[Sample]], None]
 
 
 class Tap:
@@ -25,11 +28,31 @@ class Tap:
         self._batch = batcher_add_row
         self.history = history
         self.summaries = Summarizer(self._batch)
+        # Mutated in place (emitters hold this very list); empty costs one loop per row.
+        self._watchers: list[RowWatcher] = []
+
+    def watch(self, watcher: RowWatcher) -> None:
+        """Show every device's readings to ``watcher(device, row)`` from now on (on the
+        source's thread: it must be quick and must not raise)."""
+        self._watchers.append(watcher)
 
     def row_emitter(
         self, device: str, publish: str = "raw", window_s: float = 60.0
     ) -> Callable[[Sequence[Sample]], None]:
         """The callback receiving ``device``'s readings (each a sequence of samples)."""
+        emit = self._route(device, publish, window_s)
+        watchers = self._watchers
+
+        def watched(row: Sequence[Sample]) -> None:
+            emit(row)
+            for watcher in watchers:
+                watcher(device, row)
+
+        return watched
+
+    def _route(
+        self, device: str, publish: str, window_s: float
+    ) -> Callable[[Sequence[Sample]], None]:
         record = self.history.add_row if self.history is not None else None
         batch = self._batch
         if publish == "raw":
