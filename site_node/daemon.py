@@ -110,9 +110,11 @@ class SiteDaemon:
         }
         self._tasks: Callable[[], tuple[TaskOffer, ...]] = tuple
         self._jobs_running: Callable[[], int] = lambda: 0
-        self._registration_extra: Callable[[], dict[str, Any]] = dict
-        self._heartbeat_extra: Callable[[], dict[str, Any]] = dict
-        self._refusal: RefusalHandler | None = None
+        # Several extensions (training jobs, deployment, scoring) add fields: merged.
+        self._registration_extras: list[Callable[[], dict[str, Any]]] = []
+        self._heartbeat_extras: list[Callable[[], dict[str, Any]]] = []
+        # (kinds, handler): a handler with no kinds sees every refused command.
+        self._refusals: list[tuple[frozenset[str], RefusalHandler]] = []
         self._on_stop: list[Callable[[], None]] = []
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._coordinator: tuple[str, int] | None = None
@@ -133,21 +135,24 @@ class SiteDaemon:
         self._jobs_running = count
 
     def set_registration_extra(self, extra: Callable[[], dict[str, Any]]) -> None:
-        """Extra registration fields (e.g. ``datasets``, ``approval_mode``) at announce."""
-        self._registration_extra = extra
+        """Add a provider of extra registration fields (e.g. ``datasets``,
+        ``approval_mode``) read at announce; the fields of every provider are merged."""
+        self._registration_extras.append(extra)
 
     def set_heartbeat_extra(self, extra: Callable[[], dict[str, Any]]) -> None:
-        """Extra heartbeat fields (e.g. ``worker_state``, ``worker_rss_mb``) at each beat."""
-        self._heartbeat_extra = extra
+        """Add a provider of extra heartbeat fields (e.g. ``worker_state``,
+        ``worker_rss_mb``) read at each beat; the fields of every provider are merged."""
+        self._heartbeat_extras.append(extra)
 
     def watch_rows(self, watcher: Callable[[str, Sequence[Sample]], None]) -> None:
         """Show every device's readings to ``watcher(device, row)``, whatever the device's
         publish mode (on the source threads: copy and return, never block or raise)."""
         self.tap.watch(watcher)
 
-    def register_refusal(self, handler: RefusalHandler) -> None:
-        """Call ``handler`` (on the loop) for every command the guard refuses."""
-        self._refusal = handler
+    def register_refusal(self, handler: RefusalHandler, kinds: Sequence[str] = ()) -> None:
+        """Call ``handler`` (on the loop) for the commands of ``kinds`` the guard refuses
+        (no kinds: every refused command). Several handlers may be registered."""
+        self._refusals.append((frozenset(kinds), handler))
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the daemon loop (from any thread), within ~0.2 s."""
@@ -208,7 +213,7 @@ class SiteDaemon:
         payload = lifecycle.registration(
             s, self.session, seq, telemetry, self._tasks(), epoch=self.epoch
         )
-        extra = self._registration_extra()
+        extra = _merged(self._registration_extras)
         if extra:
             reg = Registration.model_validate_json(payload).model_copy(update=extra)
             payload = encode(reg)
@@ -220,7 +225,7 @@ class SiteDaemon:
             self.session,
             self.outbox.stats(),
             self._jobs_running(),
-            self._heartbeat_extra(),
+            _merged(self._heartbeat_extras),
         )
         self.bus.publish(self.topics.heartbeat(self.site_id), payload, qos=0)
 
@@ -430,9 +435,11 @@ class SiteDaemon:
             self.guard.check(cmd)
         except CommandRefused as exc:
             log.warning("refused %s command %s: %s", kind, cmd.cmd_id, exc)
-            if self._refusal is not None:
+            for kinds, refusal in self._refusals:
+                if kinds and kind not in kinds:
+                    continue
                 try:
-                    self._refusal(cmd, raw, str(exc))
+                    refusal(cmd, raw, str(exc))
                 except Exception:
                     log.exception("refusal handler failed")
             return
@@ -445,3 +452,14 @@ class SiteDaemon:
             handler(cmd, raw)
         except Exception:
             log.exception("%s command %s failed", kind, cmd.cmd_id)
+
+
+def _merged(providers: Sequence[Callable[[], dict[str, Any]]]) -> dict[str, Any]:
+    """The fields of every provider (a failing one is logged and left out)."""
+    out: dict[str, Any] = {}
+    for provider in providers:
+        try:
+            out.update(provider())
+        except Exception:
+            log.exception("extra fields provider failed")
+    return out
