@@ -111,6 +111,9 @@ class Registration(Envelope):
     datasets: tuple[DatasetSummary, ...] = ()
     approval_mode: Literal["auto", "manual"] = "auto"
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    # The model version the site scores live telemetry with (its active deployment);
+    # None when none is active.
+    model_version: str | None = Field(default=None, max_length=128)
 
 
 class Heartbeat(Envelope):
@@ -136,3 +139,5 @@ class Heartbeat(Envelope):
     # site without training.
     worker_state: Literal["stopped", "starting", "idle", "busy"] | None = None
     worker_rss_mb: float | None = Field(default=None, ge=0, le=10_000_000)
+    # The model version of the site's active deployment (scoring); None when none is.
+    model_version: str | None = Field(default=None, max_length=128)
