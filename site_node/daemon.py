@@ -116,6 +116,7 @@ class SiteDaemon:
         # (kinds, handler): a handler with no kinds sees every refused command.
         self._refusals: list[tuple[frozenset[str], RefusalHandler]] = []
         self._on_stop: list[Callable[[], None]] = []
+        self._on_connected: list[Callable[[], None]] = []
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._coordinator: tuple[str, int] | None = None
         self._stop = threading.Event()
@@ -157,6 +158,11 @@ class SiteDaemon:
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the daemon loop (from any thread), within ~0.2 s."""
         self._calls.put(fn)
+
+    def on_connected(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the loop after each (re)connect, once the retained status and
+        registration are published (e.g. to republish retained state the broker may lack)."""
+        self._on_connected.append(fn)
 
     def on_stop(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` at shutdown, before the outbox is flushed and closed."""
@@ -394,6 +400,11 @@ class SiteDaemon:
             )
             self.announce()
             self.outbox.connected()
+            for fn in self._on_connected:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("on-connected hook failed")
         elif isinstance(event, Disconnected):
             self.state.set_connected(False)
         elif isinstance(event, Inbound):
