@@ -17,10 +17,12 @@ import pytest
 from coordinator.store import (
     AlarmRow,
     DeadLetterRow,
+    DeploymentRow,
     DurableRow,
     EventRow,
     HeartbeatRow,
     Migration,
+    SiteDeploymentRow,
     SiteRecord,
     SqliteStore,
     Store,
@@ -189,6 +191,7 @@ def test_named_migrations_run_once_and_others_can_add_tables(make: Any) -> None:
         "core_0001",
         "core_0002_streams",
         "core_0003_alarms",
+        "deploy_0001_deployments",
         "train_0001_runs",
     ]
 
@@ -230,3 +233,48 @@ def test_alarms_keep_one_current_state_per_rule_and_device(make: Any) -> None:
     assert again.add_messages([row, row]) == [row]
     again.commit()
     assert again.messages() == [row]
+
+
+def _deployment(dep: str, version: str, at: int) -> DeploymentRow:
+    return DeploymentRow(
+        dep, at, version, "cmapss-rul", "c" * 64, 10.0, ("rul < 30",), ("e1",), False, "alice"
+    )
+
+
+def test_a_deployment_and_its_sites_are_stored_and_read_back(make: Any) -> None:
+    store = make()
+    sent = [
+        SiteDeploymentRow(s, "d1", "run-1-r3", "cmapss-rul", "sent", "", 100, "", 100)
+        for s in ("a", "b")
+    ]
+    store.add_deployment(_deployment("d1", "run-1-r3", 100), sent)
+    store.commit()
+    again = make()  # another connection (a restart, or serve's writer thread)
+    assert again.deployments() == [_deployment("d1", "run-1-r3", 100)]
+    assert again.deployments("nope") == []
+    assert again.site_deployments() == sent
+    assert again.site_deployments(site="b") == [sent[1]]
+    assert again.site_deployment("a", "d1") == sent[0]
+    assert again.site_deployment("a", "d2") is None
+    # The site's reports replace the row (key: site, deployment id).
+    active = sent[0]._replace(state="active", since=150, updated_at=151, activated_at=150,
+                              epoch="ep", seq=7)  # fmt: skip
+    again.save_site_deployments([active])
+    again.commit()
+    assert make().site_deployments(deployment_id="d1") == [active, sent[1]]
+
+
+def test_deployment_history_lists_what_became_active_latest_first(make: Any) -> None:
+    store = make()
+    for dep, version, at in (("d1", "v1", 100), ("d2", "v2", 200), ("d3", "v3", 300)):
+        row = SiteDeploymentRow("a", dep, version, "t", "sent", "", at, "", at)
+        store.add_deployment(_deployment(dep, version, at), [row])
+    store.commit()
+    v1 = SiteDeploymentRow("a", "d1", "v1", "t", "replaced", "", 210, "", 210, 110, "e", 3)
+    v2 = SiteDeploymentRow("a", "d2", "v2", "t", "active", "", 205, "v1", 206, 205, "e", 4)
+    # d3 never became active (rejected): not part of the history.
+    v3 = SiteDeploymentRow("a", "d3", "v3", "t", "rejected", "no", 305, "", 306, None, "e", 5)
+    store.save_site_deployments([v1, v2, v3])
+    store.commit()
+    assert store.deployment_history("a") == [v2, v1]
+    assert store.deployment_history("b") == []

@@ -50,7 +50,13 @@ def test_sqlite_utils_is_imported_only_for_a_migration_that_asks_for_it(tmp_path
     assert opened(db, ", m") == "True"  # code that wants a sqlite_utils.Database gets one
     assert opened(db, ", m") == "False"  # once
     names = [r[0] for r in sqlite3.connect(db).execute("SELECT name FROM _migrations")]
-    assert names == ["core_0001", "core_0002_streams", "core_0003_alarms", "x_0001"]
+    assert names == [
+        "core_0001",
+        "core_0002_streams",
+        "core_0003_alarms",
+        "deploy_0001_deployments",
+        "x_0001",
+    ]
 
 
 def test_a_ddl_migration_that_fails_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -63,7 +69,13 @@ def test_a_ddl_migration_that_fails_leaves_nothing_behind(tmp_path: Path) -> Non
     assert [r[0] for r in conn.execute("SELECT name FROM _migrations WHERE name='x_0001'")] == []
     good = Migration("x_0001", "CREATE TABLE x (a INTEGER); CREATE INDEX x_a ON x (a)")
     store = SqliteStore(tmp_path / "c.db", extra_migrations=[good])
-    assert store.migrations() == ["core_0001", "core_0002_streams", "core_0003_alarms", "x_0001"]
+    assert store.migrations() == [
+        "core_0001",
+        "core_0002_streams",
+        "core_0003_alarms",
+        "deploy_0001_deployments",
+        "x_0001",
+    ]
     store.close()
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from coordinator.store import deployments
+from coordinator.store.deployments import DeploymentRow, SiteDeploymentRow
 from coordinator.store.migrations import MIGRATIONS, Migration, apply_migrations
 
 __all__ = [
@@ -30,10 +32,12 @@ __all__ = [
     "MIGRATIONS",
     "AlarmRow",
     "DeadLetterRow",
+    "DeploymentRow",
     "DurableRow",
     "EventRow",
     "HeartbeatRow",
     "Migration",
+    "SiteDeploymentRow",
     "SiteRecord",
     "SqliteStore",
     "Store",
@@ -211,6 +215,15 @@ class Store(Protocol):
     def load_alarms(self) -> list[AlarmRow]: ...
     def save_alarms(self, rows: Iterable[AlarmRow]) -> None: ...
     def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int, int]: ...
+    # Deployments (coordinator/deploy writes the requests, ingest the sites' statuses).
+    def add_deployment(self, row: DeploymentRow, sites: Sequence[SiteDeploymentRow]) -> None: ...
+    def save_site_deployments(self, rows: Iterable[SiteDeploymentRow]) -> None: ...
+    def site_deployment(self, site: str, deployment_id: str) -> SiteDeploymentRow | None: ...
+    def deployments(self, deployment_id: str | None = None) -> list[DeploymentRow]: ...
+    def site_deployments(
+        self, site: str | None = None, deployment_id: str | None = None
+    ) -> list[SiteDeploymentRow]: ...
+    def deployment_history(self, site: str) -> list[SiteDeploymentRow]: ...
     # Reads for checks and audits (the contract suite talks only through these).
     def messages(self, site: str | None = None, epoch: str | None = None) -> list[DurableRow]: ...
     def heartbeats(self, site: str | None = None) -> list[HeartbeatRow]: ...
@@ -434,6 +447,31 @@ class SqliteStore:
 
     def save_alarms(self, rows: Iterable[AlarmRow]) -> None:
         self.conn.executemany(_ALARM_UPSERT, rows)
+
+    def add_deployment(self, row: DeploymentRow, sites: Sequence[SiteDeploymentRow]) -> None:
+        """Record a requested deployment and its per-site rows (state ``sent``)."""
+        deployments.insert_deployment(self.conn, row, sites)
+
+    def save_site_deployments(self, rows: Iterable[SiteDeploymentRow]) -> None:
+        """Insert or replace per-site rows (key: site, deployment id)."""
+        deployments.save_site_deployments(self.conn, rows)
+
+    def site_deployment(self, site: str, deployment_id: str) -> SiteDeploymentRow | None:
+        return deployments.site_deployment(self.conn, site, deployment_id)
+
+    def deployments(self, deployment_id: str | None = None) -> list[DeploymentRow]:
+        """Requested deployments (one, or all), oldest first."""
+        return deployments.deployment_rows(self.conn, deployment_id)
+
+    def site_deployments(
+        self, site: str | None = None, deployment_id: str | None = None
+    ) -> list[SiteDeploymentRow]:
+        """Per-site deployment rows (of a site, of a deployment), by site, oldest first."""
+        return deployments.site_deployment_rows(self.conn, site, deployment_id)
+
+    def deployment_history(self, site: str) -> list[SiteDeploymentRow]:
+        """The deployments that ever became active at ``site``, the latest first."""
+        return deployments.site_history(self.conn, site)
 
     def purge(self, heartbeats_before: int, telemetry_before: int) -> tuple[int, int, int]:
         """Delete heartbeats received and samples older than the given times (ms), and

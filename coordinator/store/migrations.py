@@ -238,10 +238,48 @@ CREATE TABLE alarms (
 )
 """
 
+# Model deployments (``fedmq deploy``; coordinator/store/deployments.py): one row per
+# requested deployment, and per site and deployment its latest reported state. ``seq``
+# NULL: written by the coordinator (sent), not yet reported by the site; ``activated_at``:
+# when the site reported it active (the history ``--rollback`` reads).
+_DEPLOY_0001 = """
+CREATE TABLE IF NOT EXISTS deployments (
+   deployment_id TEXT PRIMARY KEY,
+   created_at INTEGER NOT NULL,
+   model_version TEXT NOT NULL,
+   task TEXT NOT NULL,
+   code_hash TEXT NOT NULL,
+   cadence_s REAL,
+   rules TEXT NOT NULL DEFAULT '[]',
+   devices TEXT NOT NULL DEFAULT '[]',
+   rollback INTEGER NOT NULL DEFAULT 0,
+   requested_by TEXT NOT NULL DEFAULT '',
+   expires_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS site_deployments (
+   site TEXT NOT NULL,
+   deployment_id TEXT NOT NULL,
+   model_version TEXT NOT NULL,
+   task TEXT NOT NULL DEFAULT '',
+   state TEXT NOT NULL,
+   reason TEXT NOT NULL DEFAULT '',
+   since INTEGER NOT NULL,
+   previous_version TEXT NOT NULL DEFAULT '',
+   updated_at INTEGER NOT NULL,
+   activated_at INTEGER,
+   epoch TEXT NOT NULL DEFAULT '',
+   seq INTEGER,
+   PRIMARY KEY (site, deployment_id)
+);
+CREATE INDEX IF NOT EXISTS site_deployments_active
+    ON site_deployments (site, activated_at)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("core_0001", _CORE_0001),
     Migration("core_0002_streams", _m0002_streams, sqlite_utils=False),
     Migration("core_0003_alarms", _CORE_0003_ALARMS),
+    Migration("deploy_0001_deployments", _DEPLOY_0001),
 )
 
 
