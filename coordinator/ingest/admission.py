@@ -28,7 +28,13 @@ from schemas.topics import Channel, ParsedTopic
 __all__ = ["Admission", "Limits", "Verdict"]
 
 DURABLE_CHANNELS = frozenset(
-    {Channel.TELEMETRY, Channel.PREDICTION, Channel.JOB_STATUS, Channel.JOB_RESULT}
+    {
+        Channel.TELEMETRY,
+        Channel.PREDICTION,
+        Channel.DEPLOYMENT,
+        Channel.JOB_STATUS,
+        Channel.JOB_RESULT,
+    }
 )
 _REPORT_INTERVAL_S = 60.0
 

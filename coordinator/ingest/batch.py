@@ -16,6 +16,7 @@ class Batch:
         "clear_retained",
         "committed",
         "dead",
+        "deployments",
         "durable",
         "events",
         "gaps",
@@ -41,6 +42,8 @@ class Batch:
         self.needs_registration: set[str] = set()
         self.new_sites: set[str] = set()  # sites first seen in this batch, admitted
         self.alarms: dict[tuple[str, str, str], AlarmRow] = {}  # (site, device, alarm id)
+        # Deployment statuses decoded in this batch, applied if their message is new.
+        self.deployments: list[tuple[Any, int]] = []  # (DeploymentStatus, received_at)
 
 
 def durable_row(

@@ -34,7 +34,15 @@ from coordinator.ingest.writer_process import (
     telemetry_row,
 )
 from coordinator.settings import CoordinatorSettings
-from coordinator.store import AlarmRow, DurableRow, EventRow, HeartbeatRow, SiteRecord, Store
+from coordinator.store import (
+    AlarmRow,
+    DurableRow,
+    EventRow,
+    HeartbeatRow,
+    SiteDeploymentRow,
+    SiteRecord,
+    Store,
+)
 from fedmq_runtime.logs import RateLimiter
 from schemas import (
     Ack,
@@ -42,6 +50,7 @@ from schemas import (
     Cleared,
     Codec,
     DecodeError,
+    DeploymentStatus,
     Heartbeat,
     Prediction,
     RebirthCommand,
@@ -71,6 +80,7 @@ _FROM_SITES = frozenset(
         Channel.TELEMETRY,
         Channel.PREDICTION,
         Channel.ALARM,
+        Channel.DEPLOYMENT,
         Channel.JOB_STATUS,
         Channel.JOB_RESULT,
     }
@@ -431,11 +441,14 @@ class Ingestor:
         rec = self._site(msg.site, at)
         rec.last_seen = max(rec.last_seen, at)
         b.touched[rec.site] = rec
-        if msg.kind in ("job_status", "job_result", "result_chunk", "prediction"):
+        if msg.kind in ("job_status", "job_result", "result_chunk", "prediction", "deployment"):
             self._observe(rec, msg.epoch, at, not msg.historical, b)
             payload = item.payload.decode()
             if isinstance(msg, Prediction):
                 b.durable.append(durable_row(msg, at, msg.device, None, (), payload))
+            elif isinstance(msg, DeploymentStatus):
+                b.durable.append(durable_row(msg, at, None, None, (), payload))
+                b.deployments.append((msg, at))
             else:
                 b.durable.append(durable_row(msg, at, None, msg.job_id, (), payload))  # type: ignore[union-attr]
             b.committed.append((msg.site, msg.epoch, msg.seq))
@@ -531,6 +544,33 @@ class Ingestor:
                 EventRow(msg.site, at, f"alarm_{msg.state}", was, msg.state, why, msg.session)
             )
 
+    def _deployment(self, msg: DeploymentStatus, at: int, b: Batch) -> None:
+        """Keep the latest state of a deployment at a site (an older status, by ``since``
+        then seq, never overwrites a newer one) and an event for each transition."""
+        cur = self.store.site_deployment(msg.site, msg.deployment_id)
+        if cur is not None and cur.seq is not None and (msg.since, msg.seq) < (cur.since, cur.seq):
+            return  # a late status: the stored one is newer
+        was = cur.state if cur is not None else None
+        activated = cur.activated_at if cur is not None else None
+        if msg.state == "active" and (was != "active" or activated is None):
+            activated = msg.since  # became active now (a repeat keeps the first time)
+        row = SiteDeploymentRow(
+            msg.site, msg.deployment_id, msg.model_version, msg.task, msg.state, msg.reason,
+            msg.since, msg.previous_version, at, activated, msg.epoch, msg.seq,
+        )  # fmt: skip
+        self.store.save_site_deployments([row])
+        if msg.state != was:
+            what = f"{msg.deployment_id}: {msg.model_version} ({msg.task})"
+            if msg.rollback:
+                what += " rollback"
+            if msg.previous_version and msg.state == "active":
+                what += f", was {msg.previous_version}"
+            why = f"{what}: {msg.reason}" if msg.reason else what
+            b.events.append(
+                EventRow(msg.site, at, f"deployment_{msg.state}", was, msg.state, why[:500],
+                         msg.session)
+            )  # fmt: skip
+
     def _alarm_cleared(self, site: str, device: str, at: int, b: Batch) -> None:
         """The site cleared a device's retained alarm topic: its active alarms end."""
         for key, row in list(self.alarms.items()):
@@ -589,6 +629,11 @@ class Ingestor:
     def _flush(self, b: Batch) -> None:
         store = self.store
         new = store.add_messages(b.durable)
+        if b.deployments:  # only statuses stored for the first time: a resend changes nothing
+            fresh = {(r.site, r.epoch, r.seq) for r in new if r.kind == "deployment"}
+            for status, at in b.deployments:
+                if (status.site, status.epoch, status.seq) in fresh:
+                    self._deployment(status, at, b)
         self.stored_messages += len(b.committed)
         by_stream: dict[tuple[str, str], list[int]] = {}
         for site, epoch, seq in b.committed:
