@@ -9,7 +9,6 @@ implementation promises (SQLite's durability settings) is tested in its own file
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,11 +26,21 @@ from coordinator.store import (
     SqliteStore,
     Store,
 )
+from tests.helpers.postgres import pg_server, pg_url  # noqa: F401 (fixtures)
 
-# name -> a factory taking the test's tmp_path and the store's keyword arguments; each
+
+def _postgres(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    from coordinator.store.postgres import PostgresStore
+
+    url = request.getfixturevalue("pg_url")  # a fresh database on a real server
+    return lambda **kw: PostgresStore(url, **kw)
+
+
+# name -> a factory taking the test's request and the store's keyword arguments; each
 # call opens the same database again (as a restart or a second process would).
-IMPLEMENTATIONS: dict[str, Callable[..., Any]] = {
-    "sqlite": lambda tmp: lambda **kw: SqliteStore(tmp / "c.db", **kw)
+IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest], Callable[..., Any]]] = {
+    "sqlite": lambda req: lambda **kw: SqliteStore(req.getfixturevalue("tmp_path") / "c.db", **kw),
+    "postgres": _postgres,
 }
 INTERFACE = frozenset(n for n in vars(Store) if not n.startswith("_"))
 
@@ -50,9 +59,9 @@ class OnlyTheInterface:
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
-def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Store]]:
+def make(request: pytest.FixtureRequest) -> Iterator[Callable[..., Store]]:
     opened: list[Any] = []
-    open_store = IMPLEMENTATIONS[request.param](tmp_path)
+    open_store = IMPLEMENTATIONS[request.param](request)
 
     def factory(**kwargs: Any) -> Store:
         s = open_store(**kwargs)
