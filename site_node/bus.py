@@ -21,20 +21,32 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from fedmq_runtime.backoff import Backoff
 from fedmq_runtime.broker_connection import connection_options
 from fedmq_runtime.mqtt_protocol import ProtocolChoice, Version
 from fedmq_runtime.settings import MqttSettings
+
+# paho imports dnspython, when it is installed, for Client.connect_srv only (a DNS SRV
+# lookup of the broker), which fedmq never calls: ~6.4 MB of a site's RSS for its whole
+# life (tests/bench/bench_idle_rss.py). It is hidden while paho loads (paho then sets
+# HAVE_DNS = False); whatever imports dnspython later still gets it.
+_HIDE_DNS = "dns" not in sys.modules
+if _HIDE_DNS:
+    sys.modules["dns"] = None  # type: ignore[assignment]
+try:
+    import paho.mqtt.client as mqtt
+finally:
+    if _HIDE_DNS and sys.modules.get("dns", 0) is None:
+        del sys.modules["dns"]
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
 
 __all__ = [
     "BrokerProbe",
