@@ -26,7 +26,9 @@ from coordinator.store import (
     SqliteStore,
     Store,
 )
-from tests.helpers.postgres import pg_server, pg_url  # noqa: F401 (fixtures)
+from tests.helpers import postgres
+
+pg_server, pg_url = postgres.pg_server, postgres.pg_url  # the fixtures
 
 
 def _postgres(request: pytest.FixtureRequest) -> Callable[..., Any]:

@@ -1,0 +1,150 @@
+"""What only the PostgreSQL store promises: day partitions of telemetry created on demand
+and dropped whole by retention, exactly-once inserts between concurrent writers, SQLite
+DDL of other modules translated to PostgreSQL's types.
+
+The behaviour every store shares is in ``test_store_contract.py`` (run on both backends).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+
+from coordinator.store import DurableRow, Migration, SiteRecord
+from coordinator.store.postgres import DAY_MS, PostgresStore, is_postgres_url, sqlite_ddl_to_pg
+from tests.helpers import postgres
+from tests.helpers.wait import wait_for
+
+pg_server, pg_url = postgres.pg_server, postgres.pg_url  # the fixtures
+
+
+def tel(site: str, seq: int, ts: int, n: int = 2, at: int | None = None) -> DurableRow:
+    samples = tuple((f"s{i}", ts + i, float(i), "C", "good") for i in range(n))
+    return DurableRow(site, seq, "telemetry", 1, ts, ts if at is None else at, False, "dev",
+                      None, samples, None, "e")  # fmt: skip
+
+
+def partitions(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'telemetry'::regclass ORDER BY c.relname"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_days_get_partitions_on_demand_and_retention_drops_them_whole(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    store.save_sites([SiteRecord("a")])
+    day = 20_000  # 2024-10-04
+    store.add_messages([tel("a", 1, day * DAY_MS), tel("a", 2, (day + 2) * DAY_MS + 5)])
+    store.commit()
+    assert partitions(pg_url) == [f"telemetry_d{day}", f"telemetry_d{day + 2}"]
+    # Another batch on a known day adds no partition; a reopened store knows them all.
+    store.add_messages([tel("a", 3, (day + 2) * DAY_MS + 10)])
+    store.commit()
+    store.close()
+    store = PostgresStore(pg_url)
+    assert len(partitions(pg_url)) == 2
+    # The cut falls inside day + 2: day is dropped whole, day + 2 loses only seq 2.
+    cut = (day + 2) * DAY_MS + 8
+    assert store.purge(heartbeats_before=0, telemetry_before=cut) == (0, 4, 2)
+    store.commit()
+    assert partitions(pg_url) == [f"telemetry_d{day + 2}"]
+    assert [r.seq for r in store.messages()] == [3]
+    # A day seen again after its partition was dropped gets a new one.
+    store.add_messages([tel("a", 4, day * DAY_MS + 1)])
+    store.commit()
+    assert f"telemetry_d{day}" in partitions(pg_url)
+    store.close()
+
+
+def test_a_historical_sample_lives_in_the_partition_of_its_arrival(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    arrived = 20_100 * DAY_MS
+    old = tel("a", 1, 16_500 * DAY_MS, at=arrived)._replace(historical=True)  # 2015
+    store.add_messages([old])
+    store.commit()
+    assert partitions(pg_url) == ["telemetry_d20100"]
+    assert store.messages() == [old]
+    store.close()
+
+
+def test_a_rolled_back_partition_is_created_again(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    store.add_messages([tel("a", 1, 20_000 * DAY_MS)])
+    store.rollback()
+    assert partitions(pg_url) == []
+    store.add_messages([tel("a", 1, 20_000 * DAY_MS)])
+    store.commit()
+    assert partitions(pg_url) == ["telemetry_d20000"]
+    store.close()
+
+
+def test_two_writers_store_a_shared_message_once(pg_url: str) -> None:
+    # Two ingest workers with the same redelivered message: the second waits for the
+    # first's commit on the key, then skips it; each sample is stored exactly once.
+    one, two = PostgresStore(pg_url), PostgresStore(pg_url)
+    ts = 20_000 * DAY_MS
+    assert [r.seq for r in one.add_messages([tel("a", 1, ts), tel("a", 2, ts)])] == [1, 2]
+    got: list[list[int]] = []
+    worker = threading.Thread(
+        target=lambda: got.append(
+            [r.seq for r in two.add_messages([tel("a", 2, ts), tel("a", 3, ts)])]
+        )
+    )
+    worker.start()
+    # It is blocked on seq 2 while the first transaction is open.
+    wait_for(lambda: _waiting_backends(pg_url) >= 1, what="the second writer to wait")
+    assert got == []
+    one.commit()
+    worker.join(30)
+    assert got == [[3]]
+    two.commit()
+    counts = one.counts()
+    assert (counts["messages"], counts["telemetry"]) == (3, 6)
+    one.close()
+    two.close()
+
+
+def _waiting_backends(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_sqlite_ddl_of_other_modules_gets_postgres_types(pg_url: str) -> None:
+    assert sqlite_ddl_to_pg("a REAL, b BLOB, c INTEGER, id INTEGER PRIMARY KEY") == (
+        "a DOUBLE PRECISION, b BYTEA, c BIGINT, "
+        "id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+    )
+    m = Migration("x_0001", "CREATE TABLE x (id INTEGER PRIMARY KEY, v REAL, big INTEGER)")
+    store = PostgresStore(pg_url, extra_migrations=[m])
+    store.close()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO x (v, big) VALUES (%s, %s)", (0.1 + 1e-12, 2**40))
+        row = conn.execute("SELECT id, v, big FROM x").fetchone()
+    assert row == (1, 0.1 + 1e-12, 2**40)  # SQLite's REAL is 8 bytes: so is ours
+
+
+def test_a_failing_migration_leaves_nothing_behind(pg_url: str) -> None:
+    bad = Migration("x_0001", "CREATE TABLE x (a INTEGER); CREATE TABLE meta (b TEXT)")
+    with pytest.raises(psycopg.errors.DuplicateTable):
+        PostgresStore(pg_url, extra_migrations=[bad])
+    store = PostgresStore(pg_url)
+    assert "x_0001" not in store.migrations()
+    store.close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regclass('x')").fetchone() == (None,)
+
+
+def test_only_postgres_urls_are_postgres() -> None:
+    assert is_postgres_url("postgresql://u@h:5432/db") and is_postgres_url("postgres://h/db")
+    assert not is_postgres_url("fedmq.db") and not is_postgres_url("/tmp/postgresql.db")
+    with pytest.raises(ValueError, match="not a PostgreSQL URL"):
+        PostgresStore("fedmq.db")
