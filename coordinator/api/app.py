@@ -9,6 +9,8 @@
     GET  /api/runs/{id}/events?after=N&wait=S  {"events", "next", "outcome", "session"}
     POST /api/runs/{id}/cancel                 {"cancelled"}     (token)
     POST /api/alarms/{id}/ack   {"by": NAME}   {"alarm": row}    (token)
+    POST /api/deployments       {"model", "sites"|"all", ..} 202  (token)
+    GET  /api/deployments, GET /api/deployments/{id}   (coordinator/api/deployments.py)
 
 ``events`` long-polls: it answers as soon as there is an event after ``N`` or the run
 ended, else after ``wait`` seconds (at most 30). ``outcome`` is null while the run goes
@@ -37,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from coordinator.api.deployments import deployment_routes
 from coordinator.store.alarm_ack import AlarmUnknown, ack_alarm
 from coordinator.training.events import TrainSpec
 from coordinator.training.service import TrainService
@@ -47,12 +50,14 @@ TOKEN_COOKIE = "fedmq_token"  # the dashboard's cookie (coordinator/web/app.py C
 
 
 def make_app(
-    service: TrainService, token: str, loopback: bool, dashboard: bool = True
+    service: TrainService, token: str, loopback: bool, dashboard: bool = True, deploy: Any = None
 ) -> Starlette:
     """The app; ``loopback`` False makes every route need the token, reads included.
 
     ``dashboard``: also serve the web dashboard (coordinator/web, docs/dashboard.md) on the
     service's database; ``app.state.stop()`` ends its poller and open streams.
+    ``deploy``: serve's ``coordinator.deployment.service.DeployService`` (None: the deployment
+    routes answer 503).
     """
     if not loopback and not token:
         raise ValueError(
@@ -160,6 +165,7 @@ def make_app(
         Route("/api/runs/{run_id}/events", events),
         Route("/api/runs/{run_id}/cancel", cancel, methods=["POST"]),
         Route("/api/alarms/{alarm}/ack", ack, methods=["POST"]),
+        *deployment_routes(deploy, authorized, refused),
     ]
     web = None
     if dashboard and db is not None:

@@ -58,3 +58,20 @@ class ApiClient:
 
     def cancel(self, run_id: str) -> bool:
         return bool(self._call("POST", f"/api/runs/{run_id}/cancel", {}).get("cancelled"))
+
+    # Deployments (coordinator/api/deployments.py) ------------------------------------
+
+    def deploy(self, request: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        """``POST /api/deployments``; a refusal raises ApiError (its message the reason)."""
+        return dict(self._call("POST", "/api/deployments", request, timeout=timeout))
+
+    def deployments(self, site: str | None = None, history: bool = False) -> list[Any]:
+        query = "&".join(
+            p for p in (f"site={site}" if site else "", "history=1" if history else "") if p
+        )
+        path = "/api/deployments" + (f"?{query}" if query else "")
+        return list(self._call("GET", path)["deployments"])
+
+    def deployment(self, deployment_id: str) -> list[Any]:
+        """Per site, where deployment ``deployment_id`` stands."""
+        return list(self._call("GET", f"/api/deployments/{deployment_id}")["sites"])

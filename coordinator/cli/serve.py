@@ -141,8 +141,11 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
     checker = LivenessChecker(ingest.tick, settings.liveness_interval_s)
     training = TrainService(settings, bus, session)
     ingest.on_job_messages = training.on_job_messages
+    from coordinator.deployment.service import DeployService
+
+    deploy = DeployService(settings, bus, session)
     try:
-        api = _start_api(http, settings.db, training) if http else None
+        api = _start_api(http, settings.db, training, deploy) if http else None
     except (OSError, ValueError) as exc:
         log.error("cannot serve the control API on %s: %s", http, exc)
         store.close()
@@ -178,7 +181,7 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
     return code
 
 
-def _start_api(http: str, db: Path, training: Any) -> Any:
+def _start_api(http: str, db: Path, training: Any, deploy: Any = None) -> Any:
     """Bind the control API (a busy port is an error at once) and announce its URL."""
     from coordinator.api.app import make_app
     from coordinator.api.server import ApiServer, is_loopback, parse_bind
@@ -188,7 +191,7 @@ def _start_api(http: str, db: Path, training: Any) -> Any:
     host, port = parse_bind(http)
     loopback = is_loopback(host)
     token = ensure_token(token_path(db))
-    server = ApiServer(make_app(training, token, loopback), host, port)
+    server = ApiServer(make_app(training, token, loopback, deploy=deploy), host, port)
     tdb = TrainDb(db)
     try:
         tdb.set_api_url(server.url)
