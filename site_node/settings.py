@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fedmq_runtime.settings import MqttSettings, load_settings
 from schemas import Location, PlantHierarchy, validate_site_id
 from site_node.history.config import HistorySettings, check_site_history
+from site_node.scoring.config import ScoringSettings
 from site_node.sources import DeviceConfig
 from site_node.training.jobs.config import TrainingSettings
 
@@ -87,6 +88,8 @@ class SiteSettings(BaseModel):
     training: TrainingSettings | None = None
     # The local telemetry history (site_node/history): every device's samples, bounded.
     history: HistorySettings = HistorySettings()
+    # Live scoring of a deployed model (site_node/scoring): default rules, limits.
+    scoring: ScoringSettings = ScoringSettings()
 
     @field_validator("site_id")
     @classmethod
