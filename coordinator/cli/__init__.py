@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "run": "coordinator.cli.run:run",
     "jobs": "coordinator.cli.jobs:jobs",
     "models": "coordinator.cli.models:models",
+    "deploy": "coordinator.cli.deploy:deploy",
+    "deployments": "coordinator.cli.deploy:deployments",
     "demo": "coordinator.cli.demo:demo",
 }
 
