@@ -141,3 +141,11 @@ class Heartbeat(Envelope):
     worker_rss_mb: float | None = Field(default=None, ge=0, le=10_000_000)
     # The model version of the site's active deployment (scoring); None when none is.
     model_version: str | None = Field(default=None, max_length=128)
+    # A site's live scoring (site_node/scoring): "off", "loading", "scoring" or
+    # "restarting" (its scoring process died and is coming back); the scoring process's
+    # resident memory; windows scored and scoring errors since the daemon started. None on
+    # a site without the scorer.
+    scoring_state: Literal["off", "loading", "scoring", "restarting"] | None = None
+    scorer_rss_mb: float | None = Field(default=None, ge=0, le=10_000_000)
+    windows_scored: int | None = Field(default=None, ge=0, le=INT63_MAX)
+    scoring_errors: int | None = Field(default=None, ge=0, le=INT63_MAX)
