@@ -43,6 +43,7 @@ from coordinator.store import (
     SiteRecord,
     Store,
 )
+from coordinator.store.open import unavailable_errors
 from fedmq_runtime.logs import RateLimiter
 from schemas import (
     Ack,
@@ -159,6 +160,11 @@ class Ingestor:
         self._rebirth_budget = _Budget(settings.rebirth_per_s)
         self._site_prefix = self.topics.prefix + "/site/"
         db = getattr(store, "path", None)
+        # What means "the storage is unavailable" (retry) rather than "this message is
+        # refused" (dead letter): sqlite3's, and psycopg's on PostgreSQL.
+        self._unavailable = (
+            unavailable_errors(db) if db is not None else (sqlite3.OperationalError,)
+        )
         self.writer: WriterProcess | None = None
         if settings.writer_process and db is not None:
             self.writer = WriterProcess(db, settings.mqtt.prefix, settings.mqtt.max_payload)
@@ -269,10 +275,11 @@ class Ingestor:
             self.writer.start()
         else:
             log.warning("batch failed (%s: %s): rolled back", type(exc).__name__, exc)
+        still_down: tuple[type[BaseException], ...] = (sqlite3.Error, *self._unavailable)
         try:
             self.store.rollback()
             self.load()
-        except sqlite3.Error as err:  # storage still unavailable: the retry waits for it
+        except still_down as err:  # storage still unavailable: the retry waits for it
             log.error("reloading state after a failed batch: %s", err)
 
     def _one_by_one(self, items: list[Any]) -> None:
@@ -284,7 +291,7 @@ class Ingestor:
                 try:
                     self._process([item], offload=False)
                     break
-                except sqlite3.OperationalError as exc:  # the storage, not the message
+                except self._unavailable as exc:  # the storage, not the message
                     self._recover(exc)
                     log.error("storage unavailable (%s): retrying in %.1f s", exc, delay)
                     if self._stopping.wait(delay):

@@ -9,8 +9,10 @@ per message (``None`` for anything it did not store: the parent handles those it
 dead letters included). The parent sends PUBACKs and acks after that answer, so a crash
 of either process loses nothing acked: uncommitted work is rolled back and redelivered.
 
-The child is the only process that inserts telemetry; the parent never writes while a
-batch is in the child (it would wait for the child's lock while the child waits for it).
+The child opens the same store as the parent: a SQLite file, or a PostgreSQL database
+(``postgresql://``, telemetry COPYed in). The child is the only process that inserts
+telemetry; the parent never writes while a batch is in the child (it would wait for the
+child's lock while the child waits for it).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ import contextlib
 import logging
 import multiprocessing as mp
 import signal
-import sqlite3
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from coordinator.ingest.batch import durable_row
-from coordinator.store import DurableRow, SqliteStore
+from coordinator.store import DurableRow
+from coordinator.store.open import open_store, unavailable_errors
 from schemas import Codec, TelemetryBatch, Topics
 from schemas.errors import TopicError
 from schemas.topics import Channel, ParsedTopic
@@ -108,7 +110,8 @@ def _serve(conn: Connection, db: str, prefix: str, max_payload: int) -> None:
     # The parent decides when we stop (Ctrl-C and SIGTERM reach the whole group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    store = SqliteStore(db)  # the parent applied every migration before starting us
+    store = open_store(db)  # the parent applied every migration before starting us
+    unavailable = unavailable_errors(db)
     codec = Codec(CachedTopics(prefix), max_payload)
     try:
         while True:
@@ -131,7 +134,7 @@ def _serve(conn: Connection, db: str, prefix: str, max_payload: int) -> None:
             try:
                 store.add_messages(rows)
                 store.commit()
-            except sqlite3.OperationalError:
+            except unavailable:
                 raise  # the storage itself: the parent retries the batch
             except Exception as exc:  # a row the store refuses: the parent isolates it
                 store.rollback()

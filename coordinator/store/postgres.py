@@ -54,17 +54,13 @@ from coordinator.store import (
     StreamRow,
 )
 from coordinator.store import deployments as dep
+from coordinator.store.urls import is_postgres_url
 
 __all__ = ["PG_CORE", "PostgresStore", "apply_pg_migrations", "is_postgres_url", "sqlite_ddl_to_pg"]
 
 DAY_MS = 86_400_000
 _LOCK_MIGRATIONS = 0x66_65_64_6D_71_01  # "fedmq" + 1: pg_advisory_lock key
 _LOCK_PARTITIONS = 0x66_65_64_6D_71_02
-
-
-def is_postgres_url(db: object) -> bool:
-    """Whether ``db`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
-    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
 
 
 # The core schema for PostgreSQL, under the SQLite migrations' names (each creates the
@@ -644,9 +640,19 @@ class PostgresStore:
         self.conn.commit()
 
     def rollback(self) -> None:
-        """Drop the open transaction (after a failed write), and forget partitions it made."""
-        self.conn.rollback()
-        with contextlib.suppress(psycopg.Error):  # a dead connection: the caller retries
+        """Drop the open transaction (after a failed write), and forget partitions it made.
+
+        A connection the server dropped (restart, network) is replaced here; when the
+        server is still away, the next write raises ``psycopg.OperationalError`` (storage
+        unavailable: the ingest retries with backoff) instead of this rollback.
+        """
+        if self.conn.broken or self.conn.closed:
+            with contextlib.suppress(psycopg.OperationalError):
+                self.conn.close()
+                self.conn = psycopg.connect(self.path, autocommit=False)
+        else:
+            self.conn.rollback()
+        with contextlib.suppress(psycopg.Error):
             self._load_partitions()
 
     def close(self) -> None:
