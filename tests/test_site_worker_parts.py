@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from site_node.command_guard import Ed25519Key, load_public_key
 from site_node.training.jobs.config import TrainingSettings
 from site_node.training.worker import limits
 from site_node.training.worker.protocol import Channel, Finished, Run
@@ -116,3 +117,89 @@ def test_exit_reasons_name_the_signal() -> None:
     )
     assert _exit_reason(-signal.SIGSEGV) == "training worker killed by SIGSEGV"
     assert _exit_reason(1) == "training worker exited with code 1"
+
+
+# -- the idle daemon's memory: Ed25519 through the libcrypto the ssl module loaded ---------
+
+# RFC 8032, 7.1, TEST 1: key, message (empty), signature.
+_RFC_KEY = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+_RFC_MSG = ""
+_RFC_SIG = (
+    "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555"
+    "fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+)
+
+
+@pytest.mark.parametrize("backend", ["openssl", "cryptography"])
+def test_ed25519_key_verifies_like_the_rfc_and_refuses_every_altered_signature(
+    backend: str,
+) -> None:
+    key = Ed25519Key(bytes.fromhex(_RFC_KEY), backend)
+    assert key.backend == backend
+    sig, msg = bytes.fromhex(_RFC_SIG), bytes.fromhex(_RFC_MSG)
+    key.verify(sig, msg)
+    for bad_sig, bad_msg in [
+        (sig, b"\x73"),
+        (sig[:-1] + bytes([sig[-1] ^ 1]), msg),
+        (bytes([sig[0] ^ 0x80]) + sig[1:], msg),
+        (sig[:63], msg),
+        (sig + b"\x00", msg),
+        (b"", msg),
+    ]:
+        with pytest.raises(ValueError):
+            key.verify(bad_sig, bad_msg)
+
+
+def test_both_backends_agree_with_cryptography_signatures(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    for i in range(50):
+        private = Ed25519PrivateKey.generate()
+        raw = private.public_key().public_bytes_raw()
+        msg = os.urandom(i * 7)
+        sig = private.sign(msg)
+        for backend in ("openssl", "cryptography"):
+            Ed25519Key(raw, backend).verify(sig, msg)
+            with pytest.raises(ValueError):
+                Ed25519Key(raw, backend).verify(sig, msg + b"!")
+
+
+def test_the_coordinators_pem_key_loads_and_other_keys_do_not(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from coordinator.admin.signing import generate_keypair, load_private_key
+
+    generate_keypair(tmp_path / "k", tmp_path / "k.pub")
+    key = load_public_key(tmp_path / "k.pub")
+    key.verify(load_private_key(tmp_path / "k").sign(b"abc"), b"abc")
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem = other.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "ec.pub").write_bytes(pem)
+    with pytest.raises(ValueError, match="not an Ed25519 public key"):
+        load_public_key(tmp_path / "ec.pub")
+    (tmp_path / "bad.pub").write_text("-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(ValueError, match="not a PEM public key"):
+        load_public_key(tmp_path / "bad.pub")
+
+
+def test_verifying_a_signed_command_loads_no_cryptography(tmp_path: Path) -> None:
+    from coordinator.admin.signing import generate_keypair
+
+    generate_keypair(tmp_path / "k", tmp_path / "k.pub")
+    code = (
+        "import sys\n"
+        "from site_node.command_guard import load_public_key\n"
+        f"key = load_public_key({str(tmp_path / 'k.pub')!r})\n"
+        f"key.verify(open({str(tmp_path / 'sig')!r}, 'rb').read(), b'abc')\n"
+        "print(key.backend, sorted(m for m in sys.modules if m.startswith('cryptography')))\n"
+    )
+    from coordinator.admin.signing import load_private_key
+
+    (tmp_path / "sig").write_bytes(load_private_key(tmp_path / "k").sign(b"abc"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["openssl", "[]"]
