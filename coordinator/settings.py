@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from coordinator.store.urls import is_postgres_url
 from fedmq_runtime.settings import MqttSettings
 
 __all__ = ["CoordinatorSettings"]
@@ -21,8 +22,17 @@ class CoordinatorSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("db", mode="before")
+    @classmethod
+    def _db_path_or_url(cls, value: object) -> object:
+        if isinstance(value, str) and is_postgres_url(value):
+            return value
+        return Path(value) if isinstance(value, str) else value
+
     mqtt: MqttSettings = MqttSettings()
-    db: Path = Path("fedmq.db")
+    # A SQLite file, or a PostgreSQL database as a URL (postgresql://user@host:port/name;
+    # the postgres extra): a URL stays a str, anything else is a Path.
+    db: Path | str = Path("fedmq.db")
     client_id: str = Field(default="fedmq-coordinator", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     # MQTT 5 session expiry: the broker keeps our subscription and queued QoS 1 messages
     # this long while the coordinator is down (3.1.1 brokers keep it until cleaned).

@@ -18,6 +18,19 @@ __all__ = ["ago", "connect", "db_option", "echo_json", "fmt_ts", "table"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _sqlite_only(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    # click.Path has already folded "postgresql://" into "postgresql:/".
+    if str(value).startswith(("postgresql:", "postgres:")):
+        command = " ".join(["fedmq", *ctx.command_path.split()[1:]])  # also under python -c
+        raise click.BadParameter(
+            f"{command} reads SQLite; with PostgreSQL (fedmq serve --db "
+            "postgresql://...) query the database with psql: see docs/postgres.md",
+            ctx,
+            param,
+        )
+    return value
+
+
 def db_option(fn: F) -> F:
     return click.option(
         "--db",
@@ -25,7 +38,9 @@ def db_option(fn: F) -> F:
         default="fedmq.db",
         envvar="FEDMQ_DB",
         show_default=True,
-        help="Coordinator database (env FEDMQ_DB).",
+        callback=_sqlite_only,
+        help="Coordinator database, a SQLite file (env FEDMQ_DB). The read commands "
+        "read SQLite only: on PostgreSQL use psql (docs/postgres.md).",
     )(fn)
 
 

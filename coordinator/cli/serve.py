@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import signal
 import sys
 import threading
@@ -30,7 +31,9 @@ def _flags(**opts: Any) -> dict[str, Any]:
 
 @click.command()
 @click.option("--config", "config", type=click.Path(path_type=Path), help="TOML settings file.")
-@click.option("--db", type=click.Path(path_type=Path), help="SQLite database [fedmq.db].")
+@click.option("--db", metavar="FILE|URL",
+              help="SQLite database file [fedmq.db], or a PostgreSQL URL "
+                   "(postgresql://user@host:5432/fedmq; needs the postgres extra).")  # fmt: skip
 @click.option("--host", help="Broker host [127.0.0.1].")
 @click.option("--port", type=int, help="Broker port [1883].")
 @click.option("--prefix", help="Topic prefix [fedmq/v1].")
@@ -62,9 +65,15 @@ def serve(config: Path | None, print_config: bool, http: str, no_http: bool, **o
     Settings: TOML file < FEDMQ_... environment (FEDMQ_MQTT__HOST, FEDMQ_DB) < flags.
     Stops cleanly on SIGTERM/Ctrl-C (publishes its retained offline status).
 
+    With --db postgresql://... the same daemon stores into PostgreSQL (telemetry by
+    COPY, partitioned by day); training runs, deployments and the control API still
+    need SQLite in this release, and the read commands (fedmq sites, ...) read SQLite
+    only: query PostgreSQL with psql (docs/postgres.md).
+
     \b
     Example:
         fedmq serve --db fedmq.db --host broker.plant --port 1883
+        fedmq serve --db postgresql://fedmq@db.plant:5432/fedmq --no-http
         fedmq serve --config coordinator.toml --print-config
     """
     from coordinator.settings import CoordinatorSettings
@@ -108,7 +117,8 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
     from coordinator.cli import EXIT
     from coordinator.ingest.ingestor import Ingestor
     from coordinator.ingest.liveness import LivenessChecker
-    from coordinator.store import SqliteStore
+    from coordinator.store.open import open_store
+    from coordinator.store.urls import is_postgres_url
     from fedmq_runtime.logs import setup_logging
     from fedmq_runtime.settings import SettingsError
 
@@ -120,10 +130,18 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
     from coordinator.store.training import TRAIN_MIGRATIONS
     from coordinator.training.service import TrainService
 
+    on_postgres = is_postgres_url(settings.db)
+    if on_postgres and http:
+        log.warning(
+            "PostgreSQL store: training runs, deployments and the control API need SQLite "
+            "in this release; serving ingest, acks and liveness only (as with --no-http)"
+        )
+        http = None
     try:
-        store = SqliteStore(settings.db, TRAIN_MIGRATIONS)
-    except Exception as exc:  # sqlite3 errors: unwritable path, not a database, ...
-        log.error("cannot open database %s: %s", settings.db, exc)
+        # Training's tables (and its migrations) live in SQLite only, this release.
+        store = open_store(settings.db, () if on_postgres else TRAIN_MIGRATIONS)
+    except Exception as exc:  # unwritable path, not a database, server unreachable, ...
+        log.error("cannot open database %s: %s", _shown(settings.db), exc)
         return EXIT["error"]
     sign = _signer(settings.signing_key_file, settings.mqtt.prefix)
     session = store.begin_session()
@@ -154,13 +172,14 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
     bus.subscribe(bus.topics.all_sites(), 1)
     bus.start()
     checker.start()
-    threading.Thread(
-        target=_resume_runs, args=(bus, training, stop), name="resume-runs", daemon=True
-    ).start()
+    if not on_postgres:
+        threading.Thread(
+            target=_resume_runs, args=(bus, training, stop), name="resume-runs", daemon=True
+        ).start()
     log.info(
         "coordinator session %d: db %s, broker %s:%s, prefix %s",
         session,
-        settings.db,
+        _shown(settings.db),
         settings.mqtt.host,
         settings.mqtt.port,
         settings.mqtt.prefix,
@@ -201,6 +220,11 @@ def _start_api(http: str, db: Path, training: Any, deploy: Any = None) -> Any:
     log.info("control API on %s (%s)", server.url,
              "token for changes" if loopback else "token for every request")  # fmt: skip
     return server
+
+
+def _shown(db: Any) -> str:
+    """``db`` for logs: a PostgreSQL URL without its password."""
+    return re.sub(r"^(postgres(?:ql)?://[^:/@]+):[^@]*@", r"\1:***@", str(db))
 
 
 def _resume_runs(bus: Any, training: Any, stop: threading.Event) -> None:
