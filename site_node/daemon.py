@@ -48,7 +48,13 @@ from site_node.settings import SiteSettings
 from site_node.sources import DeviceConfig, Source, SplitSource, build_source
 from site_node.state import SiteState
 
-__all__ = ["TRAINING_EXTENSION", "CommandHandler", "RefusalHandler", "SiteDaemon"]
+__all__ = [
+    "DEPLOYMENT_EXTENSION",
+    "TRAINING_EXTENSION",
+    "CommandHandler",
+    "RefusalHandler",
+    "SiteDaemon",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,8 @@ CommandHandler = Callable[[BaseModel, bytes], None]
 RefusalHandler = Callable[[BaseModel, bytes, str], None]
 # Loaded when the config has a [training] table (torch/syft stay unimported otherwise).
 TRAINING_EXTENSION = "site_node.training.jobs.service:install"
+# Loaded with it: deployments of trained models (same allow-list and approval mode).
+DEPLOYMENT_EXTENSION = "site_node.deployment.service:install"
 
 
 class SiteDaemon:
@@ -331,8 +339,10 @@ class SiteDaemon:
 
     def _load_extensions(self) -> None:
         targets = list(self.settings.extensions)
-        if self.settings.training is not None and TRAINING_EXTENSION not in targets:
-            targets.append(TRAINING_EXTENSION)
+        if self.settings.training is not None:
+            for default in (TRAINING_EXTENSION, DEPLOYMENT_EXTENSION):
+                if default not in targets:
+                    targets.append(default)
         for target in targets:
             module, _, attr = target.partition(":")
             getattr(importlib.import_module(module), attr)(self)
