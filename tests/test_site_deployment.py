@@ -88,7 +88,9 @@ class FakeDaemon:
     """What the deployment service uses of a SiteDaemon."""
 
     def __init__(self, data_dir: Path, devices: Sequence[str] = ("press", "pump")) -> None:
-        self.settings = SimpleNamespace(data_dir=data_dir)
+        self.settings = SimpleNamespace(
+            data_dir=data_dir, devices=[SimpleNamespace(name=d) for d in devices]
+        )
         self.site_id = "site-a"
         self.session = 1
         self.topics = Topics("test/fedmq/v1")

@@ -329,10 +329,10 @@ class DeploymentService:
         """The devices this site streams, and whether a source may still find more."""
         names: set[str] = set()
         more = False
-        for src in self._d.sources:
+        for src, cfg in zip(self._d.sources, self._d.settings.devices, strict=True):
             if isinstance(src, SplitSource):
-                more = True
-                names.update(src.devices())
+                names.update(src.devices())  # a plain file source lists its one device
+                more = more or getattr(cfg, "device_column", None) is not None
             else:
                 names.add(src.device)
         return names, more
