@@ -555,3 +555,61 @@ def test_store_decide_refuses_what_is_not_pending(tmp_path: Path) -> None:
     with pytest.raises(UnknownDeploymentError, match="nope"):
         store.decide("nope", "approve")
     store.close()
+
+
+def test_site_cli_approves_rejects_and_lists_deployments(tmp_path: Path) -> None:
+    """``fedmq-site approve|reject|deployments`` as real subprocesses on a real store: a
+    deployment id is found after the job ids, with the same one-line errors."""
+    import json
+    import subprocess
+
+    from fedmq_runtime.cli import EXIT
+    from site_node.training.jobs.store import JobStore
+    from tests.helpers.site_proc import SITE_BIN, to_toml
+
+    data = tmp_path / "d"
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(to_toml({"site_id": "s", "data_dir": str(data)}))
+
+    def site(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SITE_BIN), *args, "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    empty = site("deployments")
+    assert empty.returncode == 0 and empty.stdout.strip() == "no deployments", empty.stderr
+    missing = site("approve", "dep-1")
+    assert missing.returncode == EXIT["not_found"] and "dep-1" in missing.stderr
+    store = DeploymentStore(deployments_dir(data))
+    cmd, _ = command("v7", rules=("rul < 30",))
+    store.add("dep-1", "v7", TASK, CODE_HASH, "pending_approval", cmd.model_dump_json())
+    store.add("dep-2", "v8", TASK, CODE_HASH, "pending_approval", cmd.model_dump_json())
+    store.add("dep-3", "v6", TASK, CODE_HASH, "active", cmd.model_dump_json())
+    jobs = JobStore(data / "jobs.db")  # a site with jobs too: ids are looked up in both
+    jobs.add("job-1", "r", 1, TASK, "pending_approval", "{}")
+    jobs.close()
+
+    ok = site("approve", "dep-1")
+    assert ok.returncode == 0 and ok.stdout.strip() == "approved dep-1", ok.stderr
+    ok = site("reject", "dep-2", "--reason", "not during the audit")
+    assert ok.returncode == 0 and ok.stdout.strip() == "rejected dep-2", ok.stderr
+    ok = site("approve", "job-1")
+    assert ok.returncode == 0 and ok.stdout.strip() == "approved job-1", ok.stderr
+    decided = {r.deployment_id: (r.decision, r.decision_reason) for r in store.decisions()}
+    assert decided == {"dep-1": ("approve", ""), "dep-2": ("reject", "not during the audit")}
+    for args, code, words in (
+        (("approve", "dep-1"), EXIT["usage"], "already decided"),
+        (("approve", "dep-3"), EXIT["usage"], "dep-3 is active, not pending approval"),
+        (("approve", "nope"), EXIT["not_found"], "unknown job or deployment 'nope'"),
+    ):
+        out = site(*args)
+        assert out.returncode == code and words in out.stderr, (args, out.stderr)
+        assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+    listed = json.loads(site("deployments", "--json").stdout)
+    assert [(d["deployment"], d["state"], d["model_version"]) for d in listed] == [
+        ("dep-3", "active", "v6"), ("dep-2", "pending_approval", "v8"),
+        ("dep-1", "pending_approval", "v7"),
+    ]  # fmt: skip
+    assert listed[0]["rules"] == ["rul < 30"] and listed[0]["cadence_s"] == 10.0
+    table = site("deployments").stdout
+    assert table.startswith("DEPLOYMENT") and "dep-3" in table and "active" in table
+    store.close()

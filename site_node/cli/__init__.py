@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "deregister": "site_node.cli.deregister:deregister",
     "data": "site_node.cli.data:data",
     "jobs": "site_node.cli.jobs:jobs",
+    "deployments": "site_node.cli.deployments:deployments",
     "approve": "site_node.cli.decide:approve",
     "reject": "site_node.cli.decide:reject",
     "task": "site_node.cli.task:task",
