@@ -412,6 +412,7 @@ STATE_CHANGING = (
     ("POST", "/api/runs/r-nope/resume", None),
     ("POST", "/api/runs/r-nope/cancel", None),
     ("POST", "/api/alarms/1/ack", {"by": "mallory"}),
+    ("POST", "/api/deployments", {"model": "v1", "sites": ["s1"]}),
 )
 
 
@@ -419,7 +420,8 @@ def _snapshot(db: Path) -> Any:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         out: dict[str, Any] = {}
-        for table in ("runs", "rounds", "train_jobs", "models", "sites", "site_events", "alarms"):
+        for table in ("runs", "rounds", "train_jobs", "models", "sites", "site_events", "alarms",
+                      "deployments", "site_deployments"):  # fmt: skip
             try:
                 out[table] = conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
             except sqlite3.OperationalError:
@@ -450,7 +452,7 @@ def test_state_changing_endpoints_need_the_token_and_change_nothing(serve: Coord
     assert _call(url + "/api/sites", "GET") == 200
     assert _call(url + "/fleet", "GET") == 200
     after = _snapshot(serve.db)
-    for table in ("runs", "train_jobs", "alarms", "site_events"):
+    for table in ("runs", "train_jobs", "alarms", "site_events", "deployments"):
         assert after[table] == before[table], table
     # The dashboard's cookie (set by a page visit with ?token=) counts only with the right
     # token and a JSON body (a cross-site form cannot send one).

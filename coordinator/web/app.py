@@ -2,8 +2,8 @@
 
 Every route here only reads (the store, opened read-only per request): on loopback they
 need no token; elsewhere the bearer token, or the cookie a page visit with ``?token=``
-sets. What changes state (runs and alarm acknowledgements: coordinator/api/app.py; later
-deployments) lives with the control API and always needs the token.
+sets. What changes state (runs, alarm acknowledgements, deployments: coordinator/api/)
+lives with the control API and always needs the token.
 Endpoints: docs/dashboard.md.
 """
 
@@ -29,7 +29,7 @@ from starlette.responses import (
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from coordinator.store import read, training_read
+from coordinator.store import deployments, read, training_read
 from coordinator.web import pages
 from coordinator.web.hub import Hub
 from fedmq_runtime.clock import now_ms
@@ -137,13 +137,16 @@ class Dashboard:
         try:
             rows, info = read.fleet(conn)
             counts = read.active_alarm_counts(conn)
+            active = deployments.active_models(conn)
         finally:
             conn.close()
         state = request.query_params.get("state")
         if state:
             rows = [r for r in rows if r["state"] == state]
-        for r in rows:  # deployments plug in here when they exist
-            r.setdefault("model", None)
+        for r in rows:  # the version active at the site (fedmq deployments), if any
+            dep = active.get(r["site"])
+            r["model"] = dep["model_version"] if dep else None
+            r["model_since"] = dep["since"] if dep else None
             r["alarms"] = counts.get(r["site"], 0)
         return Json({"sites": rows, "coordinator": info, "now": now_ms()})
 
@@ -157,9 +160,11 @@ class Dashboard:
             detail["sensors"] = read.site_sensors(conn, site)
             detail["alarms"] = [a for a in read.alarms(conn, active=True) if a["site"] == site]
             detail["predictions"] = self._latest_predictions(conn, site)
+            dep = deployments.active_models(conn).get(site)
         finally:
             conn.close()
-        detail.setdefault("model", None)
+        detail["model"] = dep["model_version"] if dep else None
+        detail["deployment"] = dep
         return Json(detail)
 
     @staticmethod
@@ -247,6 +252,11 @@ class Dashboard:
                 return Json({"error": f"no run {run_id!r}"}, status_code=404)
             detail["jobs"] = training_read.jobs(conn, run_id)
             detail["models"] = training_read.models(conn, run_id)
+            where: dict[str, list[str]] = {}  # model version -> sites it is active at
+            for site, dep in sorted(deployments.active_models(conn).items()):
+                where.setdefault(dep["model_version"], []).append(site)
+            for m in detail["models"]:
+                m["deployed_at"] = where.get(m["model_id"], [])
         finally:
             conn.close()
         detail.pop("spec", None)

@@ -116,7 +116,8 @@
     document.querySelector("#models tbody").innerHTML = models.map((m) => "<tr><td>" + m.round + "</td><td>" +
       fedmq.esc(m.model_id) + '</td><td class="hash" title="' + fedmq.esc(m.sha256) + '">' + fedmq.short(m.sha256, 16) +
       "</td><td>" + fedmq.esc(m.n_sites) + "</td><td>" + fedmq.esc(m.n_samples) + "</td><td>" +
-      (num(m.test_rmse) != null ? m.test_rmse.toFixed(3) : "") + '</td><td class="muted">none yet</td></tr>').join("");
+      (num(m.test_rmse) != null ? m.test_rmse.toFixed(3) : "") + "</td><td>" + (fedmq.esc((m.deployed_at || []).join(", ")) || '<span class="muted">none</span>') +
+      "</td></tr>").join("");
   }
 
   async function showRun(runId) {
