@@ -18,6 +18,8 @@ import re
 import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,6 +154,9 @@ def test_deploy_report_roll_back_and_read_where_what_runs(fleet: Fleet) -> None:
     assert row["latest"]["state"] == "active"
     table = fleet.fedmq("deployments", check=True).stdout
     assert "v1" in table and "rul < 30" in table and "5 s" in table
+    url = _sql(fleet.db, "SELECT value FROM meta WHERE key = 'api_url'")[0][0]
+    with urllib.request.urlopen(url + "/api/deployments?site=a", timeout=10) as resp:
+        assert json.loads(resp.read())["deployments"] == [row]  # the same rows, over HTTP
 
     # --all: b advertises another code hash and is skipped, a gets v2; --wait follows.
     proc2 = fleet.popen("deploy", "v2", "--all", "--wait", "60")
@@ -253,9 +258,6 @@ def test_refusals_name_the_reason_and_send_nothing(fleet: Fleet, broker: Broker)
 
     # The API needs the token to deploy.
     url = _sql(fleet.db, "SELECT value FROM meta WHERE key = 'api_url'")[0][0]
-    import urllib.error
-    import urllib.request
-
     body = json.dumps({"model": "v1", "sites": ["a"]}).encode()
     req = urllib.request.Request(url + "/api/deployments", method="POST", data=body)
     with pytest.raises(urllib.error.HTTPError) as exc:
