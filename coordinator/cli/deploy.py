@@ -78,8 +78,9 @@ def deploy(
     --rollback redeploys, per site, the version that was active before the current one,
     with that deployment's cadence, rules and devices (unless given).
 
-    Exit codes: 0 sent (with --wait: every site active), 2 bad request, 3 unknown model,
-    5 refused, or with --wait a site rejected, failed or did not finish in time.
+    Exit codes: 0 sent (with --wait: every site active), 2 bad request or no signing key,
+    3 unknown model, 4 broker unreachable, 5 refused, or with --wait a site rejected,
+    failed or did not finish in time.
 
     \b
     Example:
