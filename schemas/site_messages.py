@@ -114,6 +114,9 @@ class Registration(Envelope):
     # The model version the site scores live telemetry with (its active deployment);
     # None when none is active.
     model_version: str | None = Field(default=None, max_length=128)
+    # Tasks the site takes deployments of (its allow-list, each with the code hash it
+    # runs), dataset or not: ``tasks`` lists only those it can train (a hosted dataset).
+    deploy_tasks: tuple[TaskOffer, ...] = ()
 
 
 class Heartbeat(Envelope):
