@@ -270,7 +270,9 @@ def test_auto_deploy_stores_weights_and_activates(make_site: Callable[..., Site]
     assert mode == 0o600, oct(mode)
     assert stat.S_IMODE(os.stat(site.store_dir / "deployments.db").st_mode) == 0o600
     assert d.heartbeat_extra() == {"model_version": "v1"}
-    assert d.reg_extras[0]() == {"model_version": "v1"}
+    reg = d.reg_extras[0]()
+    assert reg["model_version"] == "v1"
+    assert [(t.name, t.code_hash) for t in reg["deploy_tasks"]] == [(TASK, CODE_HASH)]
     assert d.calls, "the registration is re-announced with the new model_version"
 
 

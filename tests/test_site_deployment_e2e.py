@@ -181,7 +181,9 @@ def test_auto_deploy_activates_and_restart_comes_back_with_it(fleet: Fleet) -> N
     assert (active.model_version, active.task, active.code_hash) == ("v1", TASK, fleet.code_hash)
     assert active.rules == ("rul < 30",) and active.cadence_s == 2.0
     fleet.heartbeat_version("auto", "v1")
-    assert fleet.registration("auto").model_version == "v1"
+    reg = fleet.registration("auto")
+    assert reg.model_version == "v1" and reg.tasks == ()  # no dataset: nothing to train
+    assert [(t.name, t.code_hash) for t in reg.deploy_tasks] == [(TASK, fleet.code_hash)]
     on_disk = fleet.sites["auto"].data_dir / "deployments" / f"{cmd.weights.sha256}.npz"
     assert on_disk.read_bytes() == fleet.weights
 

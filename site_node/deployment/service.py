@@ -24,8 +24,10 @@ reports every state change as a durable ``DeploymentStatus`` on ``P/site/{id}/de
 At start the active deployment is activated again from its weights on disk (re-verified)
 and reported ``active`` again with its original ``since``; a deployment pending approval
 stays pending (its weights are on disk). The registration and every heartbeat carry the
-active ``model_version``. A deploy with an id the site knows is not run again: its
-current state is reported again.
+active ``model_version``; the registration lists the allow-listed tasks with their
+pinned code hashes as ``deploy_tasks`` (the coordinator's ``fedmq deploy`` checks them;
+``tasks`` lists only those with a hosted dataset, the trainable ones). A deploy with an
+id the site knows is not run again: its current state is reported again.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from site_node.deployment.store import (
 from site_node.sources import SplitSource
 from site_node.training.jobs.chunks import ChunkBuffer
 from site_node.training.jobs.config import TrainingSettings
+from site_node.training.jobs.policy import advertised
 
 if TYPE_CHECKING:
     from site_node.daemon import SiteDaemon
@@ -180,7 +183,7 @@ class DeploymentService:
         d.register_command("deploy", lambda m, _r: self._q.put(m))
         d.register_command("deploy_chunk", lambda m, _r: self._q.put(m))
         d.register_refusal(self._on_refused, kinds=("deploy",))
-        d.set_registration_extra(self._extra)
+        d.set_registration_extra(self._registration_extra)
         d.set_heartbeat_extra(self._extra)
         d.on_stop(self.stop)
         self._thread.start()
@@ -199,6 +202,14 @@ class DeploymentService:
 
     def _extra(self) -> dict[str, Any]:
         return {"model_version": self._active_version}
+
+    def _registration_extra(self) -> dict[str, Any]:
+        # Deployable with or without a dataset (``tasks`` lists the trainable ones).
+        offers = advertised(self._t)
+        return {
+            **self._extra(),
+            "deploy_tasks": tuple(offers[n] for n in self._t.allow if n in offers),
+        }
 
     def _on_refused(self, cmd: BaseModel, _raw: bytes, why: str) -> None:
         if isinstance(cmd, DeployCommand):
