@@ -615,3 +615,52 @@ def test_site_cli_approves_rejects_and_lists_deployments(tmp_path: Path) -> None
     table = site("deployments").stdout
     assert table.startswith("DEPLOYMENT") and "dep-3" in table and "active" in table
     store.close()
+
+
+def test_daemon_reports_refusals_by_kind_and_merges_extras(tmp_path: Path) -> None:
+    """The daemon's hooks several extensions share: refusal handlers per command kind (or
+    every kind), registration and heartbeat fields merged from every provider."""
+    from coordinator.admin.signing import generate_keypair
+    from site_node.command_guard import CommandGuard
+    from site_node.daemon import SiteDaemon, _merged
+    from site_node.settings import SiteSettings
+
+    generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
+    settings = SiteSettings.model_validate(
+        {"site_id": "site-a", "data_dir": tmp_path / "d", "mqtt": {"prefix": "t/fedmq/v1"},
+         "coordinator_public_key_file": tmp_path / "k.pub"}
+    )  # fmt: skip
+    d = SiteDaemon(settings)
+    seen: list[tuple[str, str, str]] = []
+    d.register_refusal(
+        lambda c, _r, why: seen.append(("deploy", getattr(c, "kind", ""), why)), kinds=("deploy",)
+    )
+    d.register_refusal(lambda c, _r, why: seen.append(("any", getattr(c, "kind", ""), why)))
+    d.guard = CommandGuard(settings.commands_path, d._key, 30.0, prefix="t/fedmq/v1")
+    try:
+        cmd, _ = command("v1")
+        train = TrainCommand(
+            site="site-a", session=1, cmd_id="c2", expires_at=now_ms() + 60_000, job_id="j",
+            run_id="r", round=0, task=TASK, code_hash=CODE_HASH,
+        )  # fmt: skip
+        d._on_command(cmd, b"")
+        d._on_command(train, b"")
+    finally:
+        d.guard.close()
+    assert seen == [
+        ("deploy", "deploy", "unsigned"), ("any", "deploy", "unsigned"),
+        ("any", "train", "unsigned"),
+    ]  # fmt: skip
+
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("provider bug")
+
+    d.set_registration_extra(lambda: {"approval_mode": "manual"})
+    d.set_registration_extra(broken)
+    d.set_registration_extra(lambda: {"model_version": "v1"})
+    assert _merged(d._registration_extras) == {"approval_mode": "manual", "model_version": "v1"}
+    d.set_heartbeat_extra(lambda: {"worker_state": "stopped"})
+    d.set_heartbeat_extra(lambda: {"model_version": None, "scoring_state": "off"})
+    assert _merged(d._heartbeat_extras) == {
+        "worker_state": "stopped", "model_version": None, "scoring_state": "off",
+    }  # fmt: skip
