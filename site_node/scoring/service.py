@@ -316,6 +316,15 @@ class Scorer:
         with self._lock:
             if any(e.dirty for e in self._entries.values()):
                 self._flush_alarms()
+        proc = self._proc
+        if proc is not None and proc.proc.poll() is not None:
+            # Died between rounds (killed from outside, OOM): replace it before scoring.
+            why = proc.exit_reason()
+            log.warning("scoring process %d: %s; restarting it", proc.pid, why)
+            self._stop_process()
+            with self._lock:
+                self._n.restarts += 1
+                self._n.last_error = why
         if self._proc is None:
             if time.monotonic() < self._restart_at:
                 return

@@ -125,7 +125,7 @@ class ScoringProcess:
         try:
             self._conn.send(msg)
         except OSError as exc:
-            raise ScorerDown(self._exit_reason(f"pipe closed ({exc})")) from None
+            raise ScorerDown(self.exit_reason(f"pipe closed ({exc})")) from None
 
     def _ask(self, op: object, timeout: float) -> object:
         rss = self.rss_mb()
@@ -142,12 +142,13 @@ class ScoringProcess:
         except (EOFError, OSError):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(2)
-            raise ScorerDown(self._exit_reason("pipe closed")) from None
+            raise ScorerDown(self.exit_reason("pipe closed")) from None
         finally:
             with contextlib.suppress(OSError):
                 self._sock.settimeout(None)
 
-    def _exit_reason(self, fallback: str) -> str:
+    def exit_reason(self, fallback: str = "still running") -> str:
+        """Why the process ended (a signal, an exit code), else ``fallback``."""
         code = self.proc.poll()
         if code is None:
             return fallback
