@@ -62,12 +62,17 @@ def _fleet(db: Path) -> None:
         offers = tuple(TaskOffer(name=n, code_hash=h) for n, h in tasks.items())
         return encode(Registration(site=site, session=1, tasks=offers)).decode()
 
+    # scorer has no dataset: it advertises the task in deploy_tasks only.
+    scorer = Registration(
+        site="scorer", session=1, deploy_tasks=(TaskOffer(name="toy", code_hash=HASH),)
+    )
     store.save_sites(
         [
             SiteRecord("ok", reg("ok", {"toy": HASH})),
             SiteRecord("old", reg("old", {"toy": OTHER})),
             SiteRecord("other", reg("other", {"rul": HASH})),
             SiteRecord("gone", None),
+            SiteRecord("scorer", encode(scorer).decode()),
         ]
     )
     store.commit()
@@ -84,8 +89,9 @@ def test_the_model_and_the_sites_that_may_take_it(tmp_path: Path) -> None:
         with pytest.raises(DeployError, match="unknown model v9") as exc:
             resolve_model(conn, "v9")
         assert exc.value.code == "not_found"
-        ok, bad = check_sites(conn, ("ok", "old", "other", "gone", "nope"), False, "toy", HASH)
-        assert ok == ["ok"]
+        names = ("ok", "old", "other", "gone", "nope", "scorer")
+        ok, bad = check_sites(conn, names, False, "toy", HASH)
+        assert ok == ["ok", "scorer"]
         why = {o.site: (o.outcome, o.reason) for o in bad}
         assert why["old"] == ("refused", "site old advertises toy with code hash bbbbbbbbbbbb, "
                               "not aaaaaaaaaaaa (the model's run): update the site's task code, "
@@ -95,7 +101,7 @@ def test_the_model_and_the_sites_that_may_take_it(tmp_path: Path) -> None:
         assert why["nope"][1].startswith("unknown site nope")
         # All sites: only the registered ones are considered; the others are skipped.
         ok, bad = check_sites(conn, (), True, "toy", HASH)
-        assert ok == ["ok"] and {o.site: o.outcome for o in bad} == {
+        assert ok == ["ok", "scorer"] and {o.site: o.outcome for o in bad} == {
             "old": "skipped", "other": "skipped",
         }  # fmt: skip
     finally:

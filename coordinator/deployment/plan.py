@@ -219,12 +219,15 @@ def _why_not(
     reg = regs.get(site)
     if reg is None:
         return f"site {site} is deregistered (no registration): it must register again"
-    offers = [t for t in reg.tasks if t.name == task]
+    # deploy_tasks: what the site takes deployments of (its allow-list, dataset or not);
+    # tasks: what it can train (a site from before deploy_tasks advertises only those).
+    every = (*getattr(reg, "deploy_tasks", ()), *reg.tasks)
+    offers = [t for t in every if t.name == task]
     if not offers:
-        names = ", ".join(sorted({t.name for t in reg.tasks})) or "none"
+        names = ", ".join(sorted({t.name for t in every})) or "none"
         return f"site {site} does not offer task {task} (it offers: {names})"
     if all(t.code_hash != code_hash for t in offers):
-        has = ", ".join(t.code_hash[:12] for t in offers)
+        has = ", ".join(dict.fromkeys(t.code_hash[:12] for t in offers))
         return (
             f"site {site} advertises {task} with code hash {has}, not {code_hash[:12]} "
             "(the model's run): update the site's task code, or deploy a model trained with it"

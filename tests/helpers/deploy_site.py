@@ -6,7 +6,8 @@ its run, which names the code hash) the way a finished training run leaves it, s
 ``fedmq deploy VERSION`` can send it without training first.
 
 :class:`DeploySite` is one site on a paho client in the test process: retained online
-status and a registration offering ``offers`` (task name -> code hash), heartbeats, and
+status and a registration offering ``offers`` (task name -> code hash; as ``deploy_tasks``,
+and as ``tasks`` too unless ``deploy_only``), heartbeats, and
 for every ``cmd/deploy`` the site's real checks: the signature, expiry and replay through
 ``site_node.command_guard.CommandGuard`` (the verifier ``fedmq-site`` runs) with the
 coordinator's public key, then the weights assembled from their ``deploy_chunk`` messages
@@ -87,8 +88,10 @@ class DeploySite:
         offers: dict[str, str],
         public_key: Path,
         state_dir: Path,
+        deploy_only: bool = False,
     ) -> None:
         self.site, self.offers, self.t = site, offers, Topics(prefix)
+        self.deploy_only = deploy_only  # offers as deploy_tasks only (a site with no dataset)
         self.codec = Codec(self.t)
         self.epoch = uuid.uuid4().hex[:12]
         self.seq = 0
@@ -110,9 +113,10 @@ class DeploySite:
         c.subscribe(self.t.site_commands(self.site), 1)
         c.subscribe(self.t.ack(self.site), 1)
         c.publish(self.t.status(self.site), self._status("online"), retain=True)
+        offers = tuple(TaskOffer(name=n, code_hash=h) for n, h in self.offers.items())
         reg = Registration(
             site=self.site, session=1, epoch=self.epoch, heartbeat_interval_s=1.0,
-            tasks=tuple(TaskOffer(name=n, code_hash=h) for n, h in self.offers.items()),
+            tasks=() if self.deploy_only else offers, deploy_tasks=offers,
         )  # fmt: skip
         c.publish(self.t.registration(self.site), encode(reg), retain=True)
         threading.Thread(target=self._work, daemon=True, name=f"site-{self.site}").start()
