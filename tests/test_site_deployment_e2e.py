@@ -151,7 +151,7 @@ def fleet(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             tmp, broker.port, prefix, site_id=site_id, rate_hz=5.0,
             coordinator_public_key_file=str(tmp / "coord.pub"),
             training={"allow": [f"{TASK}@{code_hash}"], "approval": site_id,
-                      "chunk_timeout_s": 5.0},
+                      "chunk_timeout_s": 120.0},
         )  # fmt: skip
         sites[site_id] = SiteProc(tmp / site_id, settings).start()
     acker = Acker(broker.port, prefix, tmp / "acker.db").start()
@@ -194,7 +194,11 @@ def test_auto_deploy_activates_and_restart_comes_back_with_it(fleet: Fleet) -> N
     replaced = fleet.wait_state("auto", cmd.deployment_id, "replaced")
     assert replaced.reason == f"replaced by {cmd2.deployment_id}"
 
-    # Killed (no clean stop) and started again: it comes back active with v2.
+    # Killed (no clean stop) mid-deployment, v3's chunks not all in, and started again:
+    # it comes back scoring with v2; v3 failed (its chunks were in memory only).
+    cmd3, chunks3 = fleet.command("auto", "v3")
+    fleet.publish("auto", cmd3, chunks3[:1])
+    fleet.wait_state("auto", cmd3.deployment_id, "accepted")
     site = fleet.sites["auto"]
     site.kill()
     before = len(fleet.statuses("auto", cmd2.deployment_id))
@@ -204,7 +208,11 @@ def test_auto_deploy_activates_and_restart_comes_back_with_it(fleet: Fleet) -> N
     again = fleet.statuses("auto", cmd2.deployment_id)[-1]
     assert (again.state, again.reason) == ("active", "re-activated at site start")
     assert again.since == active2.since
+    assert fleet.wait_state("auto", cmd3.deployment_id, "failed").reason == "site restarted"
     fleet.heartbeat_version("auto", "v2")
+    start = len(fleet.acker.heartbeats)
+    wait_for(lambda: any(h.get("site") == "auto" and h.get("scoring_state") == "scoring"
+                         for h in fleet.acker.heartbeats[start:]), 60, "scoring again")  # fmt: skip
     assert fleet.registration("auto").model_version == "v2"
 
 
