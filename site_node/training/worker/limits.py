@@ -29,6 +29,7 @@ __all__ = [
     "rss_mb",
     "thread_env",
     "threads",
+    "trim_memory",
 ]
 
 # Without memory_limit_mb: half the machine's RAM, at most this.
@@ -89,3 +90,24 @@ def rss_mb(pid: int) -> float | None:
             return int(fh.read().split()[1]) * _PAGE / (1024 * 1024)
     except (OSError, IndexError, ValueError):
         return None
+
+
+def trim_memory() -> bool:
+    """Hand the C heap's free pages back to the machine (glibc ``malloc_trim(0)``).
+
+    Called in the daemon when its training worker stops: passing a job's weights and
+    results through (pipe, outbox, MQTT) leaves freed megabytes inside glibc's heap and
+    thread arenas, which the daemon would otherwise keep resident while it idles.
+    Returns False where there is no glibc.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True

@@ -273,8 +273,12 @@ class WorkerSupervisor:
             started, self._started = self._started, set()
             expected = w.stopping and not pending and w.kill_reason is None
             if expected:
-                log.info("training worker %d stopped (peak RSS %.0f MB)", w.proc.pid,
-                         w.peak_rss_mb)  # fmt: skip
+                before = limits.rss_mb(os.getpid()) or 0.0
+                limits.trim_memory()
+                after = limits.rss_mb(os.getpid()) or 0.0
+                log.info("training worker %d stopped (peak RSS %.0f MB); site daemon RSS "
+                         "%.1f -> %.1f MB (malloc_trim)", w.proc.pid, w.peak_rss_mb, before,
+                         after)  # fmt: skip
             else:
                 log.warning("training worker %d: %s", w.proc.pid, reason)
             reports: list[object] = []
