@@ -114,3 +114,40 @@ def test_read_commands_say_they_read_sqlite_only() -> None:
     assert "fedmq sites reads SQLite" in out.stderr and "psql" in out.stderr
     help_text = fedmq("serve", "--help").stdout
     assert "postgresql://" in help_text
+
+
+@pytest.mark.slow
+def test_serve_rides_out_a_postgres_restart_without_loss_or_dead_letters(
+    own_broker: Broker, prefix: str, tmp_path: Path, procs: list[Any]
+) -> None:
+    # A private server this test stops and starts again on the same port.
+    server = postgres.PgServer(postgres._tmp_root())
+    server.start()
+    try:
+        url = server.create_db()
+        log = tmp_path / "serve.log"
+        procs.append(serve(url, own_broker, prefix, log))
+        wait_for(lambda: query(url, "SELECT to_regclass('meta')")[0][0] is not None, 60,
+                 "fedmq serve to migrate PostgreSQL")  # fmt: skip
+        n = 400
+        site = start_fake_site(own_broker.port, prefix, "pg-site", tmp_path,
+                               "--messages", str(n), "--samples", "3", "--window", "100",
+                               "--ack-timeout", "2")  # fmt: skip
+        procs.append(site)
+        wait_for(lambda: (site_row(url, "pg-site") or (0, 0))[1] >= 30, 60, "acks begin")
+        server.stop()  # mid-stream: writes fail until it is back
+        wait_for(lambda: "storage unavailable" in log.read_text()
+                 or "writer process" in log.read_text(), 60, "serve to notice")  # fmt: skip
+        server.start()
+        wait_for(
+            lambda: (site_state(tmp_path, "pg-site") or {}).get("acked") == n,
+            120,
+            f"the site's {n} messages acked after the restart ({log})",
+        )
+        assert procs[0].poll() is None, "serve must survive a database restart"
+        seqs = query(url, "SELECT seq FROM messages WHERE site = 'pg-site' ORDER BY seq")
+        assert [s for (s,) in seqs] == list(range(1, n + 1))
+        assert query(url, "SELECT count(*) FROM telemetry") == [(n * 3,)]
+        assert query(url, "SELECT count(*) FROM dead_letters") == [(0,)]
+    finally:
+        server.stop()
