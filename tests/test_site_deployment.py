@@ -223,12 +223,13 @@ def make_site(tmp_path: Path) -> Iterator[Callable[..., Site]]:
         scorer: FakeScorer | None = None,
         keep_replaced: int = 3,
         devices: Sequence[str] = ("press", "pump"),
+        allow: Sequence[str] = (TASK,),
     ) -> Site:
         daemon = FakeDaemon(tmp_path / "data", devices)
         scorer = scorer or FakeScorer()
         service = DeploymentService(
             daemon,  # type: ignore[arg-type]
-            training(approval),
+            training(approval, allow=list(allow)),
             Scoring(scorer, FakeModel, fake_parse_rules),
             keep_replaced=keep_replaced,
         )
@@ -664,3 +665,50 @@ def test_daemon_reports_refusals_by_kind_and_merges_extras(tmp_path: Path) -> No
     assert _merged(d._heartbeat_extras) == {
         "worker_state": "stopped", "model_version": None, "scoring_state": "off",
     }  # fmt: skip
+
+
+def test_restart_applies_the_changed_policy_to_the_active_and_approved_ones(
+    make_site: Callable[..., Site],
+) -> None:
+    first = make_site("manual")
+    d = first.daemon
+    store = DeploymentStore(first.store_dir)
+    active, _ = command("v1", devices=("press",))
+    d.deploy(active)
+    d.wait_state(active.deployment_id, "pending_approval")
+    store.decide(active.deployment_id, "approve")
+    d.wait_state(active.deployment_id, "active")
+    pending, _ = command("v2")
+    d.deploy(pending)
+    d.wait_state(pending.deployment_id, "pending_approval")
+    first.stop()
+
+    # The operator took cmapss-rul off the allow-list while the site was down.
+    second = make_site("manual", allow=(OTHER_TASK,))
+    d2 = second.daemon
+    failed = d2.wait_state(active.deployment_id, "failed")
+    assert failed.reason == (
+        f"no longer allowed at site start: task {TASK} is not in this site's allow-list"
+    )
+    assert second.scorer.models == [] and d2.heartbeat_extra() == {"model_version": None}
+    store.decide(pending.deployment_id, "approve")
+    rejected = d2.wait_state(pending.deployment_id, "rejected")
+    assert rejected.reason == f"task {TASK} is not in this site's allow-list"
+    assert second.scorer.models == []
+    store.close()
+
+
+def test_restart_fails_the_active_one_when_its_device_is_gone(
+    make_site: Callable[..., Site],
+) -> None:
+    first = make_site()
+    cmd, _ = command("v1", devices=("press",))
+    first.daemon.deploy(cmd)
+    first.daemon.wait_state(cmd.deployment_id, "active")
+    first.stop()
+    second = make_site(devices=("pump",))
+    failed = second.daemon.wait_state(cmd.deployment_id, "failed")
+    assert failed.reason == (
+        "no longer allowed at site start: unknown device(s) press: this site streams pump"
+    )
+    assert second.scorer.models == []

@@ -21,8 +21,9 @@ reports every state change as a durable ``DeploymentStatus`` on ``P/site/{id}/de
   their sha256 ...", "activation failed: <the scoring engine's error>", "site restarted"
   (it was still ``accepted`` when the site stopped: its chunks are gone, deploy again).
 
-At start the active deployment is activated again from its weights on disk (re-verified)
-and reported ``active`` again with its original ``since``; a deployment pending approval
+At start the active deployment is checked against the site's policy again (the allow-list
+may have changed meanwhile), activated again from its weights on disk (re-verified) and
+reported ``active`` again with its original ``since``; a deployment pending approval
 stays pending (its weights are on disk). The registration and every heartbeat carry the
 active ``model_version``; the registration lists the allow-listed tasks with their
 pinned code hashes as ``deploy_tasks`` (the coordinator's ``fedmq deploy`` checks them;
@@ -252,7 +253,14 @@ class DeploymentService:
         active = self._store.active()
         if active is not None:
             sha = active.weights_sha256
-            if sha is None or not self._store.weights_ok(sha):
+            # The site's policy may have changed while it was down (allow-list, pins,
+            # devices): it is applied again, as to a new deployment.
+            why = self._policy_now(active)
+            if why is not None:
+                why = f"no longer allowed at site start: {why}"
+                log.warning("deployment %s %s", active.deployment_id, why)
+                self._report(self._store.set_state(active.deployment_id, "failed", why))
+            elif sha is None or not self._store.weights_ok(sha):
                 why = "weights file missing or corrupt at site start"
                 self._report(self._store.set_state(active.deployment_id, "failed", why))
             else:
@@ -289,7 +297,12 @@ class DeploymentService:
                     f"missing after {self._t.chunk_timeout_s:g} s",
                 )
         for rec in self._store.decisions():
-            if rec.decision == "approve":
+            why = self._policy_now(rec) if rec.decision == "approve" else None
+            if why is not None:  # the site's policy changed while it waited (a restart)
+                log.warning("approved deployment %s no longer allowed: %s", rec.deployment_id, why)
+                self._report(self._store.set_state(rec.deployment_id, "rejected", why))
+                self._store.prune(self._keep)
+            elif rec.decision == "approve":
                 log.info("operator approved deployment %s", rec.deployment_id)
                 self._activate(rec)
             else:
@@ -335,6 +348,11 @@ class DeploymentService:
         except ValueError as exc:
             return str(exc) or "a rule does not parse"
         return None
+
+    def _policy_now(self, rec: DeploymentRecord) -> str | None:
+        """Why the site's policy refuses a stored deployment now (None: it allows it)."""
+        cmd = DeployCommand.model_validate_json(rec.command)
+        return policy.refusal(cmd, self._t, *self._devices())
 
     def _devices(self) -> tuple[set[str], bool]:
         """The devices this site streams, and whether a source may still find more."""
