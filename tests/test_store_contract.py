@@ -164,6 +164,25 @@ def test_seqs_and_gaps_above(make: Any) -> None:
     assert store.gaps_above("a", 4) == []
 
 
+def test_the_contiguous_ack_is_read_from_the_database(make: Any) -> None:
+    # Several ingest workers commit one stream's messages out of order: any of them
+    # reads the ack from what is committed, counting recorded gaps as done.
+    store = make()
+    assert store.contiguous_acked("a", "", 0) == 0  # nothing stored
+    store.add_messages([tel("a", s) for s in (2, 3, 6, 7, 12)] + [tel("b", 1)])
+    store.commit()
+    assert store.contiguous_acked("a", "", 0) == 0  # seq 1 is missing
+    store.add_messages([tel("a", 1)])
+    store.commit()
+    assert store.contiguous_acked("a", "", 0) == 3
+    assert store.add_gap("a", 4, 5, 1) and store.add_gap("a", 8, 11, 1)
+    store.commit()
+    assert store.contiguous_acked("a", "", 0) == 12  # 1-3, gap 4-5, 6-7, gap 8-11, 12
+    assert store.contiguous_acked("a", "", 7) == 12
+    assert store.contiguous_acked("a", "other", 0) == 0  # another epoch
+    assert store.contiguous_acked("b", "", 0) == 1
+
+
 def test_events_heartbeats_dead_letters_and_retention(make: Any) -> None:
     store = make()
     store.add_events([EventRow("a", 5, "state", None, "online", "status online", 1)])

@@ -209,6 +209,7 @@ class Store(Protocol):
     ) -> bool: ...
     def gaps_above(self, site: str, seq: int, epoch: str = "") -> list[tuple[int, int]]: ...
     def purge_gaps(self, site: str, epoch: str, acked: int) -> int: ...
+    def contiguous_acked(self, site: str, epoch: str, acked: int) -> int: ...
     def add_heartbeats(self, rows: Sequence[HeartbeatRow]) -> None: ...
     def add_events(self, rows: Sequence[EventRow]) -> None: ...
     def add_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None: ...
@@ -420,6 +421,27 @@ class SqliteStore:
         return self.conn.execute(
             "DELETE FROM gaps WHERE site = ? AND epoch = ? AND last <= ?", (site, epoch, acked)
         ).rowcount
+
+    def contiguous_acked(self, site: str, epoch: str, acked: int) -> int:
+        """The highest seq ``h >= acked`` such that every seq in ``(acked, h]`` is a
+        stored message or inside a recorded gap: the ack, read from the database (what
+        several ingest workers committing out of order can each compute)."""
+        while True:
+            # The run of consecutive stored seqs that starts at acked + 1, if any.
+            row = self.conn.execute(
+                "SELECT max(seq) FROM (SELECT seq, seq - row_number() OVER (ORDER BY seq) AS g "
+                "FROM messages WHERE site = ? AND epoch = ? AND seq > ?) WHERE g = ?",
+                (site, epoch, acked, acked),
+            ).fetchone()
+            top = acked if row[0] is None else int(row[0])
+            gap = self.conn.execute(
+                "SELECT max(last) FROM gaps WHERE site = ? AND epoch = ? AND first <= ? "
+                "AND last > ?",
+                (site, epoch, top + 1, top),
+            ).fetchone()
+            if gap[0] is None:
+                return top
+            acked = int(gap[0])
 
     def add_heartbeats(self, rows: Sequence[HeartbeatRow]) -> None:
         if rows:

@@ -450,6 +450,24 @@ class PostgresStore:
             "DELETE FROM gaps WHERE site = %s AND epoch = %s AND last <= %s", (site, epoch, acked)
         ).rowcount
 
+    def contiguous_acked(self, site: str, epoch: str, acked: int) -> int:
+        """As :meth:`SqliteStore.contiguous_acked` (the primary key serves both scans)."""
+        while True:
+            row = self.conn.execute(
+                "SELECT max(seq) FROM (SELECT seq, seq - row_number() OVER (ORDER BY seq) AS g "
+                "FROM messages WHERE site = %s AND epoch = %s AND seq > %s) x WHERE g = %s",
+                (site, epoch, acked, acked),
+            ).fetchone()
+            top = acked if row is None or row[0] is None else int(row[0])
+            gap = self.conn.execute(
+                "SELECT max(last) FROM gaps WHERE site = %s AND epoch = %s AND first <= %s "
+                "AND last > %s",
+                (site, epoch, top + 1, top),
+            ).fetchone()
+            if gap is None or gap[0] is None:
+                return top
+            acked = int(gap[0])
+
     def add_heartbeats(self, rows: Sequence[HeartbeatRow]) -> None:
         if rows:
             self.conn.cursor().executemany(_HEARTBEAT_INSERT, rows)
