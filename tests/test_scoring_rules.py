@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedmq_runtime.settings import SettingsError
 from site_node.scoring.rules import Rule, RuleState, parse_rule, parse_rules
 
 
@@ -156,3 +159,13 @@ def test_transitions_alternate_and_need_n_consecutive_windows(values: list[float
             # ... and n such values always make one.
             assert (run_high if active else run_low) < n
         assert state.active == active
+
+
+def test_a_bad_default_rule_in_the_site_config_is_refused_with_its_column(tmp_path: Path) -> None:
+    from site_node.settings import load_site_settings
+
+    config = tmp_path / "site.toml"
+    config.write_text('site_id = "p"\n[scoring]\nrules = ["rul < 30", "rul <"]\n')
+    with pytest.raises(SettingsError) as err:
+        load_site_settings(config)
+    assert "rule 2 'rul <': column 6: expected a threshold number" in str(err.value)

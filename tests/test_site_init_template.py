@@ -81,3 +81,12 @@ def test_every_history_option_is_shown() -> None:
     assert not sorted(set(HistorySettings.model_fields) - set(raw["history"]))
     selections = [d["history"] for d in raw["training"]["datasets"] if "history" in d]
     assert not sorted(set(HistorySelection.model_fields) - _keys(selections))
+
+
+def test_every_scoring_option_is_shown() -> None:
+    from site_node.scoring.config import ScoringSettings
+
+    raw = tomllib.loads(uncommented(render("plant-7")))
+    assert not sorted(set(ScoringSettings.model_fields) - set(raw["scoring"]))
+    settings = SiteSettings.model_validate(raw)
+    assert settings.scoring.rules == ["rul < 30 for 3 windows"]

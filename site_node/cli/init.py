@@ -192,6 +192,17 @@ publish = "raw"                       ## raw: every sample | summary: min/mean/m
 # max_pending = 50000                 ## beyond: dropped and counted, never slowing sources
 # prune_interval_s = 60
 # synchronous = "NORMAL"              ## or "FULL" (survives power loss)
+
+## ---- scoring: a model deployed here (fedmq deploy) scores live telemetry (docs/scoring.md)
+
+# [scoring]
+# rules = ["rul < 30 for 3 windows"]  ## alarm rules when a deployment declares none
+# max_windows = 1000                  ## devices whose recent readings are kept and scored
+# memory_limit_mb = 1024              ## the scoring process is restarted past this
+# nice = 10
+# threads = 1                         ## torch threads of the scoring process
+# score_timeout_s = 30                ## a round that takes longer restarts the process
+# load_timeout_s = 120                ## loading the task and weights (imports torch)
 """
 
 
