@@ -148,3 +148,48 @@ def test_only_postgres_urls_are_postgres() -> None:
     assert not is_postgres_url("fedmq.db") and not is_postgres_url("/tmp/postgresql.db")
     with pytest.raises(ValueError, match="not a PostgreSQL URL"):
         PostgresStore("fedmq.db")
+
+
+def test_one_leader_at_a_time_and_a_sigkill_hands_over_within_seconds(pg_url: str) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from coordinator.store.leader import LeaderLock
+    from tests.helpers.coord_proc import REPO
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, threading; from coordinator.store.leader import LeaderLock; "
+         f"lock = LeaderLock({pg_url!r}); print(lock.try_acquire(), flush=True); "
+         "threading.Event().wait()"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    other = LeaderLock(pg_url)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+        assert other.try_acquire() is False and other.held() is False
+        holder.kill()  # kill -9: no goodbye to the server
+        holder.wait()
+        killed = time.monotonic()
+        wait_for(other.try_acquire, 30, "the other instance to take over", step=0.2)
+        took = time.monotonic() - killed
+        print(f"leader lock: SIGKILLed holder -> taken over in {took:.2f} s")
+        assert took < 5
+        assert other.held()
+        # Leadership lost with the connection (the server dropped it): held() says so.
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'fedmq fedmq-leader'"
+            )
+        wait_for(lambda: not other.held(), 10, "the lost lock to be noticed")
+        assert other.try_acquire()  # and taken again on a new connection
+        other.release()
+        third = LeaderLock(pg_url)
+        assert third.try_acquire()
+        third.close()
+    finally:
+        holder.kill()
+        holder.wait()
+        other.close()
