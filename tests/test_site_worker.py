@@ -129,7 +129,8 @@ def _state_seen(site: WorkerSite, state: str, after: int = 0) -> bool:
 
 def _heavy_libraries(pid: int) -> set[str]:
     maps = Path(f"/proc/{pid}/maps").read_text()
-    return {lib for lib in ("/torch/", "/syft/", "/pandas/", "/numpy/") if lib in maps}
+    heavy = ("/torch/", "/syft/", "/pandas/", "/numpy/", "/cryptography/")
+    return {lib for lib in heavy if lib in maps}
 
 
 def test_the_worker_hosts_at_first_boot_then_stops_and_the_idle_site_is_small(
@@ -145,22 +146,30 @@ def test_the_worker_hosts_at_first_boot_then_stops_and_the_idle_site_is_small(
     reg = site.new_registrations()[-1]
     assert [t.name for t in reg.tasks] == [TASK] and reg.datasets[0].rows > 500
     assert _heavy_libraries(site.proc.pid) == set()
-    # The whole site (daemon and children) against a twin with the same settings but no
-    # [training], sampled together: training costs the idle site at most 6 MB.
+    _assert_idle_site_small(site, "after the boot-time hosting")
+    beat = site.heartbeats()[-1]
+    assert beat["worker_state"] == "stopped" and beat["worker_rss_mb"] is None
+
+
+IDLE_LIMIT_MB = 60.0  # issue 18's acceptance: all of an idle training site's processes
+
+
+def _assert_idle_site_small(site: WorkerSite, when: str, over_twin_mb: float = 6.0) -> None:
+    """The whole site (daemon and children) <= 60 MB, and within ``over_twin_mb`` of a
+    twin with the same settings but no [training], sampled together."""
     seen: list[tuple[float, float]] = []
 
     def small() -> bool:
         seen.append((sum(site.rss_mb().values()), sum(_rss(site.twin_pid).values())))
-        return seen[-1][0] <= seen[-1][1] + 6
+        return seen[-1][0] <= min(IDLE_LIMIT_MB, seen[-1][1] + over_twin_mb)
 
     try:
-        wait_for(small, 30, "idle site RSS <= its twin's + 6 MB")
+        wait_for(small, 30, f"idle site RSS <= {IDLE_LIMIT_MB} MB, <= twin + {over_twin_mb} MB")
     except AssertionError:
-        raise AssertionError(f"idle site RSS, twin RSS (MB): {seen[-1]}") from None
+        raise AssertionError(f"idle site RSS, twin RSS (MB) {when}: {seen[-1]}") from None
     rss, twin = seen[-1]
-    print(f"idle training site RSS {rss:.1f} MB, the same site without training {twin:.1f} MB")
-    beat = site.heartbeats()[-1]
-    assert beat["worker_state"] == "stopped" and beat["worker_rss_mb"] is None
+    print(f"idle training site RSS {when} {rss:.1f} MB, the same site without training "
+          f"{twin:.1f} MB")  # fmt: skip
 
 
 def test_a_job_starts_the_worker_cold_the_next_finds_it_warm(site: WorkerSite) -> None:
@@ -224,6 +233,36 @@ def test_kill_9_of_the_worker_fails_the_job_and_telemetry_flows_without_a_gap(
     c.wait_state(SITE, "after-kill", "done", timeout=240)
     assert site.worker() is not None and site.worker().pid != worker.pid  # type: ignore[union-attr]
     assert _jobs(site)["long-1"] == "failed"
+
+
+def test_after_signed_jobs_the_stopped_workers_site_is_small_again(site: WorkerSite) -> None:
+    # Jobs ran (signed commands verified, results sent); the worker stops once idle.
+    n = len(site.heartbeats())
+    wait_for(lambda: _state_seen(site, "stopped", n), 120, "worker stopped after idle")
+    assert site.worker() is None
+    assert _heavy_libraries(site.proc.pid) == set()
+    # The twin never built the job messages' validators nor filled a job store's page
+    # cache (~2 MB more than at boot; measured 54.7 vs 49.1 MB): 8 MB over the twin.
+    _assert_idle_site_small(site, "after 4 jobs", over_twin_mb=8.0)
+
+
+def _ts(view: Any, state: str) -> int:
+    """The site's timestamp (epoch ms) of the job's first status in ``state``."""
+    return min(st.ts for st in view.statuses if st.state == state)
+
+
+def test_with_max_concurrent_jobs_1_the_second_job_waits_for_the_first(
+    site: WorkerSite,
+) -> None:
+    c = site.coord
+    hp = {"epochs": 40, "batch_size": 8}
+    c.train(SITE, "one-a", site.code_hash, hyperparams=hp)
+    c.train(SITE, "one-b", site.code_hash, hyperparams=hp)
+    a = c.wait_state(SITE, "one-a", "done", timeout=240)
+    b = c.wait_state(SITE, "one-b", "done", timeout=240)
+    print(f"N=1: a ran {_ts(a, 'running')}..{_ts(a, 'done')}, "
+          f"b {_ts(b, 'running')}..{_ts(b, 'done')} (ms)")  # fmt: skip
+    assert _ts(b, "running") >= _ts(a, "done")
 
 
 def test_a_restarted_site_advertises_its_task_without_starting_the_worker(
@@ -323,6 +362,12 @@ def train(weights, data, hp, progress=None):
             if progress is not None:
                 progress(min(0.99, i / 1000))
             time.sleep(0.01)
+    elif hp.get("mode") == "wait":  # holds the job open without using the CPU
+        end = time.monotonic() + float(hp.get("seconds", 20))
+        while time.monotonic() < end:
+            if progress is not None:
+                progress(0.5)
+            time.sleep(0.1)
     else:
         import torch
 
@@ -377,6 +422,7 @@ def hog(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ho
         "tasks_dir": str(tasks_dir), "allow": [f"hog@{code_hash}"],
         "datasets": [{"name": "xs", "task": "hog", "paths": [str(tmp / "x.csv")]}],
         "memory_limit_mb": HOG_LIMIT_MB, "nice": HOG_NICE, "threads": 1,
+        "max_concurrent_jobs": 2,
     }  # fmt: skip
     settings = site_settings(
         tmp, broker.port, prefix, site_id="hog", rate_hz=20.0,
@@ -448,3 +494,20 @@ def test_a_task_that_takes_all_memory_fails_at_the_limit_and_the_next_job_runs(
         "hog", "after-mem", hog.code_hash, task="hog", hyperparams={"mode": "cpu", "seconds": 1}
     )
     c.wait_state("hog", "after-mem", "done", timeout=240)
+
+
+def test_with_max_concurrent_jobs_2_two_jobs_run_at_the_same_time(hog: HogSite) -> None:
+    c = hog.coord
+    hp = {"mode": "wait", "seconds": 8}
+    c.train("hog", "par-a", hog.code_hash, task="hog", hyperparams=hp)
+    c.train("hog", "par-b", hog.code_hash, task="hog", hyperparams=hp)
+    a = c.wait_state("hog", "par-a", "done", timeout=240)
+    b = c.wait_state("hog", "par-b", "done", timeout=240)
+    spans = [(_ts(v, "running"), _ts(v, "done")) for v in (a, b)]
+    print(f"N=2: running..done spans (ms) {spans}")
+    # Both were running before either was done, and together they took much less than
+    # one after the other would (each runs its body twice, on the mock and the real data).
+    assert max(start for start, _ in spans) < min(end for _, end in spans)
+    together = max(end for _, end in spans) - min(start for start, _ in spans)
+    assert together < 0.75 * sum(end - start for start, end in spans)
+    assert len(a.results) == len(b.results) == 1

@@ -82,6 +82,34 @@ def test_defaults_are_safe_on_a_shared_machine() -> None:
         TrainingSettings(nice=20)
     with pytest.raises(ValueError):
         TrainingSettings(memory_limit_mb=10)
+    assert TrainingSettings(max_concurrent_jobs=4).max_concurrent_jobs == 4
+    with pytest.raises(ValueError):
+        TrainingSettings(max_concurrent_jobs=0)
+
+
+def test_the_syft_lock_is_released_only_by_the_thread_that_holds_it() -> None:
+    from site_node.training.job_body import SYFT_LOCK
+
+    got: list[bool] = []
+
+    def other() -> None:  # another thread may take the lock only while it is released
+        got.append(SYFT_LOCK._lock.acquire(timeout=0.05))
+        if got[-1]:
+            SYFT_LOCK._lock.release()
+
+    with SYFT_LOCK:
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        with SYFT_LOCK.released():
+            t = threading.Thread(target=other)
+            t.start()
+            t.join()
+    with SYFT_LOCK.released():  # not held by this thread: a no-op
+        pass
+    assert got == [False, True]
+    assert SYFT_LOCK._lock.acquire(timeout=0.05)
+    SYFT_LOCK._lock.release()
 
 
 def test_rss_of_a_live_and_a_gone_process() -> None:

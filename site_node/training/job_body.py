@@ -19,18 +19,66 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from site_node.history.export import HISTORY_EXPORT_PARAM
 
-__all__ = ["EVAL_KEY", "PROGRESS", "eval_fields", "execute_job", "execute_slot", "mock_like"]
+__all__ = [
+    "EVAL_KEY",
+    "PROGRESS",
+    "SYFT_LOCK",
+    "eval_fields",
+    "execute_job",
+    "execute_slot",
+    "mock_like",
+]
 
 log = logging.getLogger(__name__)
 
 # job id -> progress callback, set by Datasite.run for the job it is running.
 PROGRESS: dict[str, Callable[[float], None]] = {}
+
+
+class _SyftLock:
+    """Held by the training worker around every syft call (one thread in syft at a time);
+    a job's own code (the task's load, evaluate and train) runs with it released, so with
+    ``[training] max_concurrent_jobs`` > 1 several jobs train at once while syft's own
+    bookkeeping (requests, approvals, results) stays serial."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def __enter__(self) -> _SyftLock:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._owner = None
+        self._lock.release()
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Release the lock for the body if this thread holds it (else: a no-op)."""
+        me = threading.get_ident()
+        if self._owner != me:
+            yield
+            return
+        self._owner = None
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+            self._owner = me
+
+
+SYFT_LOCK = _SyftLock()
 
 EVAL_KEY = "__global_eval__"
 """Key of the global model's evaluation inside a job's returned ``metrics``."""
@@ -47,7 +95,11 @@ def execute_job(spec_json: str, data: Any) -> dict[str, Any]:
     scientist, and the site must report why a job failed.
     """
     try:
-        return _execute_job(spec_json, data)
+        # The asset's data may load from syft's blob store: under the lock. The task's
+        # own code then runs without it (jobs train concurrently, see SYFT_LOCK).
+        table = data.syft_action_data if hasattr(data, "syft_action_data") else data
+        with SYFT_LOCK.released():
+            return _execute_job(spec_json, table)
     except Exception as exc:
         # syft runs the body on the mock asset as well (the mock half of its result twin),
         # where random rows may legitimately fail; the caller reports real failures.

@@ -93,7 +93,10 @@ class TrainingSettings(BaseModel):
     chunk_timeout_s: float = Field(default=60.0, gt=0, le=24 * 3600)
     # Chunks buffered for commands not seen yet (a flood of unsigned chunks is bounded).
     max_buffered_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
-    max_concurrent_jobs: int = Field(default=1, ge=1, le=1)
+    # Jobs the training worker runs at once (each on its own thread in the one worker
+    # process that owns the datasite; syft's own calls stay serial, the tasks' training
+    # runs in parallel). memory_limit_mb and threads are the worker's, shared by its jobs.
+    max_concurrent_jobs: int = Field(default=1, ge=1, le=64)
     # The training worker process (site_node.training.worker): stopped after this many
     # seconds without work, so its memory returns to the machine; a job whose worker
     # grows past memory_limit_mb fails ("memory limit N MB reached"; None: half the RAM,

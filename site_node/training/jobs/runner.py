@@ -1,11 +1,16 @@
 """The job runner inside the training worker process: owns the syft datasite, runs jobs.
 
 It opens the datasite and hosts the configured datasets first (importing syft takes
-5-25 s), then works through its queue one operation at a time on the worker's main
-thread: submit a job's code request (manual approval), approve and run one, or deny one.
-With auto approval it keeps one pre-approved syft slot per task ready (prepared while
-idle) so that an accepted job starts at once. It reports back through ``report`` (the
-pipe to the daemon's supervisor); it never touches the job store. syft and torch are
+5-25 s), then works through its queue on the worker's main thread: submit a job's code
+request (manual approval), approve and run one, or deny one. A job runs on a thread of
+its own; up to ``[training] max_concurrent_jobs`` run at once (the main thread takes no
+further operation while that many run). Every syft call holds
+:data:`~site_node.training.job_body.SYFT_LOCK`; a job's task code (load, evaluate, train)
+runs with it released, so concurrent jobs train in parallel while syft's bookkeeping
+stays serial. With auto approval it keeps one pre-approved syft slot per task ready
+(prepared while idle) so that an accepted job starts at once (a second concurrent job of
+the same task submits and approves its own request). It reports back through ``report``
+(the pipe to the daemon's supervisor); it never touches the job store. syft and torch are
 imported here, in the worker process, only.
 """
 
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from site_node.history.export import dataset_source
+from site_node.training.job_body import SYFT_LOCK
 from site_node.training.jobs.config import TrainingSettings
 from site_node.training.worker.protocol import (
     Cancelled,
@@ -41,6 +47,9 @@ log = logging.getLogger(__name__)
 
 # Progress reports cross a pipe: at most this often (the controller rate-limits further).
 _PROGRESS_EVERY_S = 0.25
+
+
+_WAKE = object()
 
 
 class _CancelledError(Exception):
@@ -67,7 +76,8 @@ class Runner:
         self._site_id = site_id
         self._training = training
         self._report = report
-        self._q: queue.Queue[tuple[int, Prepare | Deny] | None] = queue.Queue()
+        # (n, op); None: stop; _WAKE: a job ended (time to prepare a slot, if one is missing)
+        self._q: queue.Queue[tuple[int, Prepare | Deny] | object | None] = queue.Queue()
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._site: Any = None
@@ -75,6 +85,9 @@ class Runner:
         self._down: str | None = None
         self._slot_tasks: list[str] = []
         self._slots: dict[str, str] = {}  # task -> its free pre-approved slot
+        self._max_jobs = max(1, training.max_concurrent_jobs)
+        self._jobs = threading.Condition()
+        self._running = 0  # job threads alive (under self._jobs)
 
     def submit(self, n: int, op: Prepare | Deny) -> None:
         """Queue the ``n``-th operation; :class:`OpDone` ``n`` is reported once it is done."""
@@ -95,26 +108,57 @@ class Runner:
     # -- the worker's main thread ------------------------------------------------------
 
     def run(self) -> None:
-        self._open()
+        with SYFT_LOCK:
+            self._open()
         while True:
+            with self._jobs:  # at most max_concurrent_jobs at once: take no more ops
+                self._jobs.wait_for(lambda: self._running < self._max_jobs)
+                idle = self._running == 0
             try:
                 # Idle with a slot missing: prepare it now, between jobs.
-                item = self._q.get_nowait() if self._slot_wanted() else self._q.get()
+                wanted = idle and self._slot_wanted()
+                item = self._q.get_nowait() if wanted else self._q.get()
             except queue.Empty:
-                self._prepare_slot()
+                with SYFT_LOCK:
+                    self._prepare_slot()
                 continue
             if item is None:
                 break
+            if item is _WAKE or not isinstance(item, tuple):
+                continue
             n, op = item
-            try:
-                self._do(op)
-            except Exception as exc:  # one bad job must not stop the worker
-                log.exception("training operation %s failed", type(op).__name__)
-                if not isinstance(op, Deny):
-                    self._report(Failed(op.job_id, f"{type(exc).__name__}: {exc}"[:400]))
-            self._report(OpDone(n))
+            if isinstance(op, Run) and self._site is not None:
+                with self._jobs:
+                    self._running += 1
+                threading.Thread(
+                    target=self._job, args=(n, op), name=f"job-{op.job_id}", daemon=True
+                ).start()
+                continue
+            self._op(n, op)
+        with self._jobs:
+            self._jobs.wait_for(lambda: self._running == 0)
         if self._site is not None:
-            self._site.close()
+            with SYFT_LOCK:
+                self._site.close()
+
+    def _job(self, n: int, op: Run) -> None:
+        try:
+            self._op(n, op)
+        finally:
+            with self._jobs:
+                self._running -= 1
+                self._jobs.notify_all()
+            if self._max_jobs > 1:
+                self._q.put(_WAKE)  # the main thread may wait in get() with a slot missing
+
+    def _op(self, n: int, op: Prepare | Deny) -> None:
+        try:
+            self._do(op)
+        except Exception as exc:  # one bad job must not stop the worker
+            log.exception("training operation %s failed", type(op).__name__)
+            if not isinstance(op, Deny):
+                self._report(Failed(op.job_id, f"{type(exc).__name__}: {exc}"[:400]))
+        self._report(OpDone(n))
 
     # -- pre-approved slots (auto approval) ----------------------------------------------
 
@@ -180,8 +224,9 @@ class Runner:
 
     def _do(self, op: Prepare | Deny) -> None:
         if isinstance(op, Deny):
-            if self._site is not None and self._submitted(op.job_id):
-                self._site.reject(op.job_id, op.reason)
+            with SYFT_LOCK:
+                if self._site is not None and self._submitted(op.job_id):
+                    self._site.reject(op.job_id, op.reason)
             return
         if self._site is None:
             self._report(Failed(op.job_id, self._down or "datasite unavailable"))
@@ -189,15 +234,16 @@ class Runner:
         if isinstance(op, Run) and self._is_cancelled(op.job_id):
             self._report(Cancelled(op.job_id))  # cancelled while queued
             return
-        fresh = not self._submitted(op.job_id)
-        slot = self._slots.pop(op.task, None) if fresh and isinstance(op, Run) else None
-        if fresh:
-            self._refresh_history(op.task)
-            args = (op.job_id, op.task, op.weights, op.hyperparams, self._dataset(op.task))
-            if slot is not None:
-                self._site.bind_slot(slot, *args)
-            else:
-                self._site.submit_job(*args)
+        with SYFT_LOCK:
+            fresh = not self._submitted(op.job_id)
+            slot = self._slots.pop(op.task, None) if fresh and isinstance(op, Run) else None
+            if fresh:
+                self._refresh_history(op.task)
+                args = (op.job_id, op.task, op.weights, op.hyperparams, self._dataset(op.task))
+                if slot is not None:
+                    self._site.bind_slot(slot, *args)
+                else:
+                    self._site.submit_job(*args)
         if isinstance(op, Run):
             approve: bool | None = None  # ask: approved by the operator or before a restart
             if slot is not None:
@@ -209,8 +255,9 @@ class Runner:
     def _run(self, op: Run, approve: bool | None) -> None:
         site = self._site
         t0 = time.perf_counter()
-        if approve or (approve is None and site.job_state(op.job_id) == "pending"):
-            site.approve(op.job_id)
+        with SYFT_LOCK:
+            if approve or (approve is None and site.job_state(op.job_id) == "pending"):
+                site.approve(op.job_id)
         log.debug("job %s approval step took %.3f s", op.job_id, time.perf_counter() - t0)
         self._report(Started(op.job_id))
 
@@ -227,7 +274,8 @@ class Runner:
 
         t0 = time.perf_counter()
         try:
-            weights, n, metrics = site.run(op.job_id, progress)
+            with SYFT_LOCK:  # released while the task's own code runs (job_body)
+                weights, n, metrics = site.run(op.job_id, progress)
         except Exception as exc:
             if self._is_cancelled(op.job_id):
                 self._report(Cancelled(op.job_id))
