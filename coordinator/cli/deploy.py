@@ -129,6 +129,8 @@ def deploy(
     client = ApiClient(api or _api_url(db), token)
     try:
         out = client.deploy(body)
+        if not as_json:
+            _summary(out)
         final = _follow(client, out["sites"], wait, as_json) if wait else []
     except ApiError as exc:
         click.echo(f"Error: {exc}", err=True)
@@ -138,22 +140,25 @@ def deploy(
         sys.exit(EXIT[code.get(exc.status, "failed" if exc.status == 0 else "error")])
     if as_json:
         click.echo(json.dumps({**out, "final": final}, indent=2, default=str))
-    else:
-        for dep in out["deployments"]:
-            what = "rollback to" if dep["rollback"] else "deployment of"
-            chunks = f", {dep['chunks']} chunks" if dep["chunks"] else ""
-            click.echo(f"{dep['deployment_id']}: {what} {dep['model_version']} "
-                       f"({dep['task']}, every {dep['cadence_s']:g} s{chunks}) to "
-                       f"{', '.join(dep['sites'])}")  # fmt: skip
-        for s in out["sites"]:
-            if s["outcome"] != "sent":
-                click.echo(f"  {s['site']:<16} {s['outcome']}: {s['reason']}")
     sent = [s for s in out["sites"] if s["outcome"] == "sent"]
     failed = [s for s in out["sites"] if s["outcome"] == "failed"]
     if failed:
         sys.exit(EXIT["failed"])
     if wait and (len(final) < len(sent) or any(f["state"] != "active" for f in final)):
         sys.exit(EXIT["failed"])
+
+
+def _summary(out: dict[str, Any]) -> None:
+    """What was sent where, and the sites skipped or not published, with the reason."""
+    for dep in out["deployments"]:
+        what = "rollback to" if dep["rollback"] else "deployment of"
+        chunks = f", {dep['chunks']} chunks" if dep["chunks"] else ""
+        click.echo(f"{dep['deployment_id']}: {what} {dep['model_version']} "
+                   f"({dep['task']}, every {dep['cadence_s']:g} s{chunks}) to "
+                   f"{', '.join(dep['sites'])}")  # fmt: skip
+    for s in out["sites"]:
+        if s["outcome"] != "sent":
+            click.echo(f"  {s['site']:<16} {s['outcome']}: {s['reason']}")
 
 
 def _follow(
