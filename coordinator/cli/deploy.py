@@ -249,7 +249,8 @@ def deployments(db: Path, site: str | None, all_history: bool, as_json: bool) ->
         body = [
             (r["site"], r["deployment_id"], r["model_version"] + (" (rollback)" if r["rollback"]
              else ""), r["state"], fmt_ts(r["since"]), fmt_ts(r["activated_at"]),
-             r["previous_version"] or "-", r["reason"])
+             r["previous_version"] or "-",
+             r["reason"] or ("command expired, no answer" if r["expired"] else ""))
             for r in rows
         ]  # fmt: skip
         header = ("SITE", "DEPLOYMENT", "MODEL", "STATE", "SINCE", "ACTIVATED", "BEFORE",
@@ -267,7 +268,7 @@ def deployments(db: Path, site: str | None, all_history: bool, as_json: bool) ->
             "; ".join(active["rules"]) if active and active["rules"] else "-",
             latest["deployment_id"],
             f"{latest['model_version']} {latest['state']}",
-            latest["reason"],
+            latest["reason"] or ("command expired, no answer" if latest["expired"] else ""),
         ))  # fmt: skip
     header = ("SITE", "ACTIVE", "SINCE", "CADENCE", "RULES", "LATEST", "LATEST STATE",
               "REASON")  # fmt: skip

@@ -19,6 +19,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+from fedmq_runtime.clock import now_ms
+
 __all__ = [
     "TERMINAL_STATES",
     "DeploymentRow",
@@ -203,6 +205,7 @@ def deployment_view(
     site: str | None = None,
     all_history: bool = False,
     deployment_id: str | None = None,
+    now: int | None = None,
 ) -> list[dict[str, Any]]:
     """What ``fedmq deployments`` shows.
 
@@ -210,7 +213,8 @@ def deployment_view(
     when, its cadence and rules, and the ``latest`` deployment sent there (its state and
     reason: e.g. a newer version pending approval or rejected while the older one runs).
     ``all_history`` (or ``deployment_id``): every per-site row, oldest first, with the
-    requested deployment's settings.
+    requested deployment's settings. ``expired``: still ``sent`` after the command's
+    ``expires_at`` (``now``), so the site will not act on it.
     """
     if not _has_tables(conn):
         return []
@@ -225,12 +229,13 @@ def deployment_view(
     rows = conn.execute(
         "SELECT s.site, s.deployment_id, s.model_version, s.task, s.state, s.reason, s.since, "
         "s.previous_version, s.updated_at, s.activated_at, d.created_at, d.cadence_s, "
-        "d.rules, d.devices, d.rollback, d.requested_by, d.code_hash "
+        "d.rules, d.devices, d.rollback, d.requested_by, d.code_hash, d.expires_at "
         f"FROM site_deployments s LEFT JOIN deployments d USING (deployment_id){cond} "
         "ORDER BY s.site, coalesce(d.created_at, s.since), s.updated_at",
         args,
     ).fetchall()
-    items = [_item(tuple(r)) for r in rows]
+    now = now_ms() if now is None else now
+    items = [_item(tuple(r), now) for r in rows]
     if all_history or deployment_id is not None:
         return items
     out: dict[str, dict[str, Any]] = {}
@@ -244,8 +249,12 @@ def deployment_view(
     return [out[k] for k in sorted(out)]
 
 
-def _item(r: Sequence[Any]) -> dict[str, Any]:
+def _item(r: Sequence[Any], now: int) -> dict[str, Any]:
+    # Still only sent after its command expired: the site never answered (offline, or it
+    # dropped the command), and it will not act on it any more.
+    expired = r[4] == "sent" and r[17] is not None and r[17] < now
     return {
+        "expires_at": r[17], "expired": expired,
         "site": r[0], "deployment_id": r[1], "model_version": r[2], "task": r[3],
         "state": r[4], "reason": r[5], "since": r[6], "previous_version": r[7],
         "updated_at": r[8], "activated_at": r[9], "created_at": r[10], "cadence_s": r[11],
