@@ -257,6 +257,14 @@ def test_refusals_name_the_reason_and_send_nothing(fleet: Fleet, broker: Broker)
     code, err = refused("--rollback", "--sites", "a")
     assert code == 5 and "site a: no previous version to roll back to (only v1" in err
 
+    # A site that does not answer before the command expires: --wait stops there (exit 5).
+    t = time.monotonic()
+    proc = fleet.fedmq("deploy", "v2", "--sites", "a", "--expires", "1", "--wait", "60")
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert "the command expired before the site answered" in proc.stdout
+    assert time.monotonic() - t < 45
+    assert fleet.sites["a"].wait_deploy().cmd.model_version == "v2"
+
     # The API needs the token to deploy.
     url = _sql(fleet.db, "SELECT value FROM meta WHERE key = 'api_url'")[0][0]
     body = json.dumps({"model": "v1", "sites": ["a"]}).encode()

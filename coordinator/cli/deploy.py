@@ -177,7 +177,7 @@ def _follow(
                 if key not in pending:
                     continue
                 last[key] = row
-                if row["state"] in _FINAL:
+                if row["state"] in _FINAL or row.get("expired"):  # expired: it never will
                     pending.discard(key)
                     done.append(row)
                     if not as_json:
@@ -195,6 +195,8 @@ def _follow(
 
 def _line(row: dict[str, Any]) -> str:
     why = f": {row['reason']}" if row.get("reason") else ""
+    if row.get("expired"):
+        why = ": the command expired before the site answered"
     since = f" since {fmt_ts(row['since'])}" if row.get("since") else ""
     return f"  {row['site']:<16} {row['state']:<16} {row.get('model_version', '')}{since}{why}"
 
