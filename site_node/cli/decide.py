@@ -88,7 +88,7 @@ def approve(
     runs the job, or starts scoring with the deployed model.
 
     \b
-    Examples:
+    Example:
         fedmq-site approve run7-r2-press-1 --config site.toml
         fedmq-site approve dep-3f2a9c --config site.toml
     """
@@ -114,7 +114,7 @@ def reject(
     told the reason.
 
     \b
-    Examples:
+    Example:
         fedmq-site reject run7-r2-press-1 --reason "line down for maintenance" -c site.toml
         fedmq-site reject dep-3f2a9c --reason "not during the audit" -c site.toml
     """
