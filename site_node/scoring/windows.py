@@ -53,10 +53,15 @@ class Windows:
         """One reading of ``device`` (on a source thread; never raises)."""
         if not row or not self.covers(device):
             return
-        values = {s.name: s.value for s in row if s.q != "bad"}
+        values: dict[str, float] = {}
+        ts = 0
+        for s in row:  # one pass: this runs for every reading of every covered device
+            if s.q != "bad":
+                values[s.name] = s.value
+            if s.ts > ts:
+                ts = s.ts
         if not values:
             return
-        ts = max(s.ts for s in row)
         with self._lock:
             d = self._devices.get(device)
             if d is None:
