@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from coordinator.store import Migration, SqliteStore
+import coordinator.store
+from coordinator.store import Migration
 from coordinator.store.urls import is_postgres_url
 
 __all__ = ["POSTGRES_HINT", "is_postgres_url", "open_store", "unavailable_errors"]
@@ -28,7 +29,8 @@ def open_store(db: Path | str, extra_migrations: Iterable[Migration] = ()) -> An
         except ImportError as exc:
             raise RuntimeError(f"{POSTGRES_HINT} ({exc})") from None
         return PostgresStore(str(db), extra_migrations)
-    return SqliteStore(db, extra_migrations)
+    # Looked up at call time, so a test (or an embedder) may swap the class.
+    return coordinator.store.SqliteStore(db, extra_migrations)
 
 
 def unavailable_errors(db: Path | str) -> tuple[type[BaseException], ...]:
