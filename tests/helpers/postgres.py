@@ -113,7 +113,9 @@ class PgServer:
             "port": str(self.port),
             "unix_socket_directories": str(self.workdir),
             "max_connections": "100",
-            "shared_buffers": "64MB",
+            "shared_buffers": "64MB" if self.durable else "32MB",
+            # Files in the data directory, not /dev/shm (small in containers).
+            "dynamic_shared_memory_type": "mmap",
         }
         if not self.durable:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
