@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from coordinator.cli.deploy import deployments
 from coordinator.store import DeploymentRow, SiteDeploymentRow, SiteRecord, SqliteStore
-from coordinator.store.deployments import deployment_view
+from coordinator.store.deployments import EXPIRY_GRACE_MS, deployment_view
 from coordinator.store.read import open_db
 
 HASH = "c" * 64
@@ -44,15 +44,15 @@ def test_the_view_per_site_and_its_history(tmp_path: Path) -> None:
     db = _db(tmp_path)
     conn = open_db(db)
     try:
-        rows = {r["site"]: r for r in deployment_view(conn, now=6_000)}
+        rows = {r["site"]: r for r in deployment_view(conn, now=5_000 + EXPIRY_GRACE_MS + 1)}
         assert rows["a"]["active"]["model_version"] == "v2"
         assert rows["a"]["active"]["activated_at"] == 205
         assert (rows["a"]["latest"]["deployment_id"], rows["a"]["latest"]["state"]) == (
             "d3", "rejected",
         )  # fmt: skip
         assert rows["b"]["active"] is None and rows["b"]["latest"]["expired"] is True
-        # Before its expiry, a command only sent is not expired.
-        early = {r["site"]: r for r in deployment_view(conn, now=4_000)}
+        # Until its expiry and the site's skew allowance, it may still be taken.
+        early = {r["site"]: r for r in deployment_view(conn, now=5_000 + EXPIRY_GRACE_MS)}
         assert early["b"]["latest"]["expired"] is False
         history = deployment_view(conn, "a", all_history=True)
         assert [(h["deployment_id"], h["state"]) for h in history] == [

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from fedmq_runtime.clock import now_ms
 
 __all__ = [
+    "EXPIRY_GRACE_MS",
     "TERMINAL_STATES",
     "DeploymentRow",
     "SiteDeploymentRow",
@@ -34,6 +35,10 @@ __all__ = [
     "site_deployment_rows",
     "site_history",
 ]
+
+# A site accepts a command up to this long after its expires_at (its clock skew allowance,
+# site_node's command guard): only later is an unanswered command surely dead.
+EXPIRY_GRACE_MS = 30_000
 
 # States after which a site does nothing more with a deployment unless asked again.
 TERMINAL_STATES = frozenset({"active", "rejected", "failed", "replaced"})
@@ -214,7 +219,7 @@ def deployment_view(
     reason: e.g. a newer version pending approval or rejected while the older one runs).
     ``all_history`` (or ``deployment_id``): every per-site row, oldest first, with the
     requested deployment's settings. ``expired``: still ``sent`` after the command's
-    ``expires_at`` (``now``), so the site will not act on it.
+    ``expires_at`` and the site's skew allowance (at ``now``): it will not act on it.
     """
     if not _has_tables(conn):
         return []
@@ -252,7 +257,7 @@ def deployment_view(
 def _item(r: Sequence[Any], now: int) -> dict[str, Any]:
     # Still only sent after its command expired: the site never answered (offline, or it
     # dropped the command), and it will not act on it any more.
-    expired = r[4] == "sent" and r[17] is not None and r[17] < now
+    expired = r[4] == "sent" and r[17] is not None and r[17] + EXPIRY_GRACE_MS < now
     return {
         "expires_at": r[17], "expired": expired,
         "site": r[0], "deployment_id": r[1], "model_version": r[2], "task": r[3],
