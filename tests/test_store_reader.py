@@ -157,3 +157,29 @@ def test_training_reads_of_a_database_without_training(reader: StoreReader) -> N
 def test_the_suite_sees_only_the_interface(reader: StoreReader) -> None:
     with pytest.raises(AttributeError, match="not part of the StoreReader interface"):
         _ = reader._conn  # type: ignore[attr-defined]
+
+
+def test_deployments_active_version_and_history(tmp_path: Path) -> None:
+    from coordinator.store import DeploymentRow, SiteDeploymentRow
+
+    for name, (open_store, open_reader) in sorted(IMPLEMENTATIONS.items()):
+        where = tmp_path / name
+        where.mkdir()
+        store = open_store(where)
+        _fill(store)
+        store.add_deployment(
+            DeploymentRow("d1", 10, "v1", "toy", "c" * 64, 5.0, ("rul < 30",), (), False, "t"),
+            [SiteDeploymentRow("a", "d1", "v1", "toy", "sent", "", 10, "", 10)],
+        )
+        store.save_site_deployments(
+            [SiteDeploymentRow("a", "d1", "v1", "toy", "active", "", 20, "", 21, 20, "e2", 5)]
+        )
+        store.commit()
+        store.close()
+        reader = OnlyTheInterface(open_reader(where))
+        (row,) = reader.deployments()
+        assert row["site"] == "a" and row["active"]["model_version"] == "v1"
+        assert row["active"]["activated_at"] == 20 and row["active"]["rules"] == ["rul < 30"]
+        assert reader.deployments(site="b") == []
+        assert [h["state"] for h in reader.deployments("a", all_history=True)] == ["active"]
+        reader.close()  # type: ignore[attr-defined]

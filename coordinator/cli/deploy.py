@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from coordinator.cli.output import db_option, fmt_ts, table
+from coordinator.cli.output import connect, db_option, fmt_ts, table
 
 __all__ = ["deploy", "deployments"]
 
@@ -224,22 +224,11 @@ def deployments(db: Path, site: str | None, all_history: bool, as_json: bool) ->
         fedmq deployments --site press-1 --all-history
         fedmq deployments --json
     """
-    from coordinator.store import deployments as store_deployments
-    from coordinator.store.read import DatabaseMissing, NotAFedmqDatabase, open_fedmq_db
-    from fedmq_runtime.cli import NotFound
-
+    reader = connect(db)
     try:
-        conn = open_fedmq_db(db)
-    except DatabaseMissing:
-        raise NotFound(
-            f"no database at {db}: start the coordinator with `fedmq serve --db {db}`"
-        ) from None
-    except NotAFedmqDatabase as exc:
-        raise click.ClickException(f"{db} is not a fedmq database ({exc})") from None
-    try:
-        rows = store_deployments.deployment_view(conn, site, all_history)
+        rows = reader.deployments(site, all_history)
     finally:
-        conn.close()
+        reader.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return

@@ -428,6 +428,10 @@ class StoreReader(Protocol):
     def models(self, run_id: str | None = None) -> list[dict[str, Any]]: ...
     def model_blob(self, model_id: str) -> bytes | None: ...
     def api_url(self) -> str | None: ...
+    # Deployments (coordinator/store/deployments.py).
+    def deployments(
+        self, site: str | None = None, all_history: bool = False
+    ) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
 
 
@@ -520,6 +524,15 @@ class SqliteReader:
         from coordinator.store import training_read
 
         return training_read.api_url(self._conn)
+
+    def deployments(
+        self, site: str | None = None, all_history: bool = False
+    ) -> list[dict[str, Any]]:
+        """Per site the active version and the latest deployment (``fedmq deployments``),
+        or with ``all_history`` every deployment sent to each site."""
+        from coordinator.store import deployments
+
+        return deployments.deployment_view(self._conn, site, all_history)
 
     def close(self) -> None:
         self._conn.close()
