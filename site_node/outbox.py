@@ -57,8 +57,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Never dropped by the overflow policy: a lost job outcome cannot be recomputed.
-PROTECTED_KINDS = frozenset({"job_status", "job_result", "result_chunk"})
+# Never dropped by the overflow policy: a lost job outcome or deployment state change
+# cannot be recomputed (predictions can: they are dropped and announced like telemetry).
+PROTECTED_KINDS = frozenset({"job_status", "job_result", "result_chunk", "deployment"})
+_PROTECTED_SQL = ", ".join(f"'{k}'" for k in sorted(PROTECTED_KINDS))
 PayloadBuilder = Callable[[int], bytes]
 _BATCH = 2000
 # Droppable messages waiting for the outbox thread (at 100 samples each, ~100k samples).
@@ -369,8 +371,8 @@ class Outbox:
                 return
         victims: list[int] = []
         cur = self._db.execute(
-            "SELECT seq, length(payload), created_ms FROM outbox WHERE kind NOT IN "
-            "('job_status', 'job_result', 'result_chunk') ORDER BY seq"
+            f"SELECT seq, length(payload), created_ms FROM outbox WHERE kind NOT IN "
+            f"({_PROTECTED_SQL}) ORDER BY seq"
         )
         rows, size = self._rows, self._bytes
         for seq, length, created in cur:

@@ -106,10 +106,13 @@ def test_only_an_ack_deletes_rows_and_seq_survives_restart(make, tmp_path) -> No
     assert again.stats().last_acked == 4
 
 
-def test_drop_oldest_keeps_newest_never_drops_results_and_announces_gaps(make, tmp_path) -> None:
+@pytest.mark.parametrize("kept", ["job_result", "deployment"])
+def test_drop_oldest_keeps_newest_never_drops_results_and_announces_gaps(
+    make, tmp_path, kept
+) -> None:
     pub = Recorder(connected=False)
     box = make(pub, max_rows=10)
-    fill(box, 2, kind="job_result")
+    fill(box, 2, kind=kept)
     fill(box, 25)
     stats = read_stats(tmp_path / "outbox.db")
     assert stats.depth == 10 and stats.dropped == 17 and stats.last_seq == 27
