@@ -49,6 +49,7 @@ class Scoring:
     topics: Topics
     port: int
     deployment_id: str
+    broker: Broker
 
     def stored(self, kind: str) -> list[Stored]:
         return [r for r in self.acker.stored("s1") if r.kind == kind]
@@ -67,14 +68,21 @@ class Scoring:
         assert found is not None
         return found
 
-    def retained_alarm(self) -> dict[str, Any]:
-        client = TestClient(self.port).connect()
-        try:
-            client.subscribe(self.topics.alarm("s1", "engine"))
-            msg = client.expect(lambda m: m.retain and bool(m.payload), timeout=10)
-            return dict(json.loads(msg.payload))
-        finally:
-            client.close()
+    def retained_alarm(self, timeout: float = 60.0) -> dict[str, Any]:
+        """The alarm message retained on the broker (a new subscriber's first message)."""
+
+        def fetch() -> dict[str, Any] | None:
+            client = TestClient(self.port).connect()
+            try:
+                client.subscribe(self.topics.alarm("s1", "engine"))
+                got = [m for m in client.collect(1.0) if m.retain and m.payload]
+                return dict(json.loads(got[-1].payload)) if got else None
+            finally:
+                client.close()
+
+        found = wait_for(fetch, timeout, "a retained alarm")
+        assert found is not None
+        return found
 
 
 def _trained_weights() -> bytes:
@@ -117,8 +125,12 @@ def _maps(pid: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def scoring(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scoring]:
+def scoring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scoring]:
     tmp = tmp_path_factory.mktemp("scoring")
+    # A private broker (without persistence): the last test restarts it.
+    (tmp / "broker").mkdir()
+    broker = Broker(tmp / "broker")
+    broker.start()
     prefix = f"test-{uuid.uuid4().hex[:10]}/fedmq/v1"
     topics = Topics(prefix)
     generate_keypair(tmp / "coord.key", tmp / "coord.pub")
@@ -150,11 +162,12 @@ def scoring(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             chunk = DeployChunk(site="s1", session=1, job_id=cmd.deployment_id, index=i,
                                 total=len(parts), sha256=blob.sha256, data=part)  # fmt: skip
             client.publish(topics.cmd("s1", "deploy"), encode(chunk))
-        yield Scoring(site, acker, topics, broker.port, cmd.deployment_id)
+        yield Scoring(site, acker, topics, broker.port, cmd.deployment_id, broker)
     finally:
         site.kill()
         client.close()
         acker.stop()
+        broker.kill()
 
 
 def test_predictions_and_an_alarm_with_hysteresis(scoring: Scoring) -> None:
@@ -229,3 +242,22 @@ def test_the_daemon_maps_no_torch_and_a_killed_scorer_restarts_without_a_gap(
     assert scoring.acker.gap_seqs("s1") == set()
     telemetry = [r.payload for r in scoring.stored("telemetry")]
     assert sum(len(t["samples"]) for t in telemetry) > 1000
+
+
+def test_a_restarted_broker_gets_the_alarm_state_again(scoring: Scoring) -> None:
+    # The test broker keeps nothing across a restart: the retained alarm is gone with it,
+    # and the site publishes every alarm's state again when it reconnects.
+    before = scoring.retained_alarm()
+    n = len(scoring.predictions())
+    scoring.broker.restart()
+    again = scoring.retained_alarm()
+    assert again["alarm_id"] == before["alarm_id"] == "rul_lt_40"
+    assert again["since"] >= before["since"]  # the same state, or a later transition
+    if again["since"] == before["since"]:
+        assert (again["state"], again["value"]) == (before["state"], before["value"])
+    # Scoring went on; predictions made meanwhile were kept in the outbox and arrive.
+    wait_for(lambda: len(scoring.predictions()) > n + 5, 120, "predictions after the restart")
+    seqs = [r.seq for r in scoring.acker.stored("s1")]
+    wait_for(lambda: scoring.acker.acked("s1") >= seqs[-1], 60, "everything acked")
+    seqs = [r.seq for r in scoring.acker.stored("s1")]
+    assert seqs == list(range(1, len(seqs) + 1)), "a hole in the site's stream"
