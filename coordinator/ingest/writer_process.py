@@ -24,12 +24,16 @@ import signal
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+from typing_extensions import NotRequired, TypedDict
 
 from coordinator.ingest.batch import durable_row
 from coordinator.store import DurableRow
 from coordinator.store.open import open_store, unavailable_errors
 from schemas import Codec, TelemetryBatch, Topics
+from schemas.envelope import DurableEnvelope, EpochMs, Level
 from schemas.errors import TopicError
 from schemas.topics import Channel, ParsedTopic
 from schemas.version import MAJOR, major_of
@@ -40,6 +44,7 @@ __all__ = [
     "WriterError",
     "WriterProcess",
     "decode_telemetry",
+    "decode_telemetry_row",
     "telemetry_row",
 ]
 
@@ -99,6 +104,56 @@ def decode_telemetry(codec: Codec, topic: str, payload: bytes) -> TelemetryBatch
     return msg
 
 
+class _SampleFields(TypedDict):
+    """:class:`schemas.Sample`'s fields and constraints, validated into a dict: the
+    model's instance per sample (and its Python ``value`` validator) cost about half of
+    the decode at 100 samples per message. ``test_coord_writer_proc`` checks both agree."""
+
+    ts: EpochMs
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    value: Annotated[float, Field(allow_inf_nan=False)]
+    unit: NotRequired[Annotated[str, Field(max_length=32)]]
+    q: NotRequired[Literal["good", "uncertain", "bad"]]
+
+
+class _FastTelemetry(DurableEnvelope):
+    """:class:`schemas.TelemetryBatch` with its samples as :class:`_SampleFields`."""
+
+    kind: Literal["telemetry"] = "telemetry"
+    device: Level
+    samples: list[_SampleFields] = Field(min_length=1, max_length=10_000)
+
+
+def decode_telemetry_row(
+    codec: Codec, topic: str, payload: bytes, received_at: int
+) -> tuple[DurableRow, Stored] | None:
+    """The store row and :data:`Stored` of a valid telemetry message, exactly as
+    ``telemetry_row(decode_telemetry(...))`` builds them, at about half the CPU per sample;
+    None whenever :func:`decode_telemetry` would answer None."""
+    if not payload or len(payload) > codec.max_payload:
+        return None
+    try:
+        parsed = codec.topics.parse(topic)
+    except TopicError:
+        return None
+    if parsed.channel is not Channel.TELEMETRY:
+        return None
+    try:
+        msg = _FastTelemetry.model_validate_json(payload)
+    except Exception:  # ValidationError, or pydantic-core on pathological input
+        return None
+    if "kind" not in msg.model_fields_set or major_of(msg.v) != MAJOR:
+        return None
+    if msg.site != parsed.site or msg.device != parsed.device:
+        return None
+    samples = [
+        (s["name"], s["ts"], s["value"], s.get("unit", ""), s.get("q", "good")) for s in msg.samples
+    ]
+    row = durable_row(msg, received_at, msg.device, None, samples, None)
+    gaps = tuple((g.first, g.last) for g in msg.gaps)
+    return row, (msg.site, msg.epoch, msg.seq, gaps, msg.historical)
+
+
 def telemetry_row(msg: TelemetryBatch, received_at: int) -> DurableRow:
     """The store row of a decoded telemetry batch."""
     samples = [(s.name, s.ts, s.value, s.unit, s.q) for s in msg.samples]
@@ -124,13 +179,12 @@ def _serve(conn: Connection, db: str, prefix: str, max_payload: int) -> None:
             rows: list[DurableRow] = []
             out: list[Stored | None] = []
             for topic, payload, at in batch:
-                msg = decode_telemetry(codec, topic, payload)
-                if msg is None:
+                got = decode_telemetry_row(codec, topic, payload, at)
+                if got is None:
                     out.append(None)
                     continue
-                rows.append(telemetry_row(msg, at))
-                gaps = tuple((g.first, g.last) for g in msg.gaps)
-                out.append((msg.site, msg.epoch, msg.seq, gaps, msg.historical))
+                rows.append(got[0])
+                out.append(got[1])
             try:
                 store.add_messages(rows)
                 store.commit()
