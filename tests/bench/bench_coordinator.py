@@ -53,14 +53,16 @@ SAMPLES = 10
 BROKER_PID = 0  # set in main(): the broker's CPU is sampled with the measured side's
 
 
-def _publisher(port: int, prefix: str, site: str, n: int, ready: Any, go: Any) -> None:
+def _publisher(
+    port: int, prefix: str, site: str, n: int, ready: Any, go: Any, per_msg: int = SAMPLES
+) -> None:
     t = Topics(prefix)
     topic = t.telemetry(site, "dev")
     payloads = []
     base = now_ms()  # recent: serve purges samples older than the retention at startup
     for seq in range(1, n + 1):
         samples = tuple(
-            Sample(ts=base + seq, name=f"s{i}", value=seq + i / 10) for i in range(SAMPLES)
+            Sample(ts=base + seq, name=f"s{i}", value=seq + i / 10) for i in range(per_msg)
         )
         payloads.append(
             encode(TelemetryBatch(site=site, session=1, seq=seq, device="dev", samples=samples))
@@ -80,19 +82,23 @@ def _publisher(port: int, prefix: str, site: str, n: int, ready: Any, go: Any) -
     c.loop_stop()
 
 
-def _run_stream(port: int, prefix: str, publishers: int, n: int, wait_done: Any) -> float:
+def _run_stream(
+    port: int, prefix: str, publishers: int, n: int, wait_done: Any, samples: int = SAMPLES
+) -> float:
     """Start publishers, release them together, return seconds until ``wait_done()``."""
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     procs, readies = [], []
     for i in range(publishers):
         ready = ctx.Event()
-        p = ctx.Process(target=_publisher, args=(port, prefix, f"bench-{i}", n, ready, go))
+        p = ctx.Process(target=_publisher, args=(port, prefix, f"bench-{i}", n, ready, go, samples))
         p.start()
         procs.append(p)
         readies.append(ready)
-    for r in readies:
-        r.wait(120)
+    for p, r in zip(procs, readies, strict=True):
+        while not r.wait(1):
+            if not p.is_alive():
+                raise SystemExit(f"publisher exited ({p.exitcode}) before it was ready")
     time.sleep(0.5)
     start = time.perf_counter()
     go.set()
@@ -113,7 +119,9 @@ def _v5_client(client_id: str, port: int, on_message: Any) -> Any:
     return c
 
 
-def bare(port: int, publishers: int, n: int, drain: bool) -> tuple[float, float, float]:
+def bare(
+    port: int, publishers: int, n: int, drain: bool, samples: int = SAMPLES
+) -> tuple[float, float, float]:
     """Seconds (wall, CPU, broker CPU) a counting QoS 1 subscriber needs for the stream."""
     prefix = f"bare-{uuid.uuid4().hex[:6]}/fedmq/v1"
     total = publishers * n
@@ -137,11 +145,11 @@ def bare(port: int, publishers: int, n: int, drain: bool) -> tuple[float, float,
     c.subscribe(Topics(prefix).all_sites(), 1)
     time.sleep(0.3)
     if not drain:
-        elapsed = _run_stream(port, prefix, publishers, n, lambda: done.wait(600))
+        elapsed = _run_stream(port, prefix, publishers, n, lambda: done.wait(600), samples)
     else:
         c.disconnect()
         c.loop_stop()
-        _run_stream(port, prefix, publishers, n, lambda: None)
+        _run_stream(port, prefix, publishers, n, lambda: None, samples)
         c = _v5_client(cid, port, on_message)  # the broker delivers the queued stream
         done.wait(600)
         elapsed = got[-1] - got[0]
@@ -160,6 +168,7 @@ def serve(
     drain: bool,
     env: dict[str, str],
     code: Path = REPO,
+    samples: int = SAMPLES,
 ) -> tuple[float, float, float]:
     """Seconds (wall, CPU of serve and its writer process, broker CPU) until every site's
     ack covers its last seq."""
@@ -188,10 +197,10 @@ def serve(
     coord = Coordinator(db, port, prefix, env=env, cwd=code).start().wait_ready()
     try:
         if not drain:
-            elapsed = _run_stream(port, prefix, publishers, n, lambda: done.wait(600))
+            elapsed = _run_stream(port, prefix, publishers, n, lambda: done.wait(600), samples)
         else:
             coord.stop()  # its persistent session keeps the subscription and queues
-            _run_stream(port, prefix, publishers, n, lambda: None)
+            _run_stream(port, prefix, publishers, n, lambda: None, samples)
             coord = Coordinator(db, port, prefix, env=env, cwd=code).start()
             done.wait(600)
             # First ack (first committed batch) to last: startup imports are not ingest.
