@@ -10,6 +10,11 @@ import pytest
 
 from tests.helpers.broker import INSTALL_HINT, Broker, find_mosquitto
 from tests.helpers.mqtt import TestClient
+from tests.helpers.postgres import pg_server, pg_url
+
+# Here, not in each module: a fixture imported into a module is a fixture of that module,
+# so each one started its own PostgreSQL; from conftest it is one server per worker.
+__all__ = ["pg_server", "pg_url"]
 
 
 def _require_mosquitto() -> None:

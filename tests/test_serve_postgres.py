@@ -21,8 +21,6 @@ from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import FEDMQ, REPO, fedmq, site_state, start_fake_site
 from tests.helpers.wait import wait_for
 
-pg_server, pg_url = postgres.pg_server, postgres.pg_url  # the fixtures
-
 
 @pytest.fixture
 def procs() -> Any:

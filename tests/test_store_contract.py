@@ -26,9 +26,6 @@ from coordinator.store import (
     SqliteStore,
     Store,
 )
-from tests.helpers import postgres
-
-pg_server, pg_url = postgres.pg_server, postgres.pg_url  # the fixtures
 
 
 def _postgres(request: pytest.FixtureRequest) -> Callable[..., Any]:

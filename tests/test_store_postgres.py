@@ -14,10 +14,7 @@ import pytest
 
 from coordinator.store import DurableRow, Migration, SiteRecord
 from coordinator.store.postgres import DAY_MS, PostgresStore, is_postgres_url, sqlite_ddl_to_pg
-from tests.helpers import postgres
 from tests.helpers.wait import wait_for
-
-pg_server, pg_url = postgres.pg_server, postgres.pg_url  # the fixtures
 
 
 def tel(site: str, seq: int, ts: int, n: int = 2, at: int | None = None) -> DurableRow:

@@ -7,7 +7,7 @@ root. Readiness is a connection that succeeds (``wait_for``), never a sleep.
 
 Use the fixtures from a test module::
 
-    from tests.helpers.postgres import pg_server, pg_url  # noqa: F401 (fixtures)
+    (tests/conftest.py makes pg_server and pg_url available to every test module)
 """
 
 from __future__ import annotations
