@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def test_nats_stream_leader_kill9_fedmq_loses_nothing_raw_loss_side_by_side(
             wait_for(lambda: probe.acked_count() >= RAW_MESSAGES // 4, 60, "a quarter PUBACKed")
             victim = cluster.stream_leader("$MQTT_msgs") or leader
             cluster.node(victim).kill()
+            killed_at = time.monotonic()
             at_kill = query(db, "SELECT count(*) FROM telemetry")[0][0]
             acked_at_kill = probe.acked_count()
             assert at_kill < len(SITES) * ROWS, "the streams ended before the kill: test is void"
@@ -95,6 +97,7 @@ def test_nats_stream_leader_kill9_fedmq_loses_nothing_raw_loss_side_by_side(
                 step=0.3,
             )
             new_leader = cluster.stream_leader("$MQTT_msgs")
+            election_s = time.monotonic() - killed_at  # polled every 0.3 s
             cluster.node(victim).start()
             cluster.wait_ready()
             wait_for(probe.finished, 120, "the raw publisher done", step=0.2)
@@ -130,7 +133,9 @@ def test_nats_stream_leader_kill9_fedmq_loses_nothing_raw_loss_side_by_side(
         "new_leader": new_leader,
         "sites_on": site_node,
         "serve_on": serve_node,
+        "new_leader_after_s": round(election_s, 1),
         "raw_pubacked_at_kill": acked_at_kill,
+        "fedmq_resends": {n: p.log_text().count("re-sending") for n, p in sites.items()},
         "raw": raw,
         "fedmq": fedmq,
         "sites": tallies,
@@ -139,6 +144,7 @@ def test_nats_stream_leader_kill9_fedmq_loses_nothing_raw_loss_side_by_side(
     sys.stdout.write(
         f"\nNATS $MQTT_msgs leader {victim} killed (sites on {site_node}, serve on "
         f"{serve_node}):\n"
+        f"  new leader {new_leader} after {election_s:.1f} s\n"
         f"  raw paho QoS 1: {raw['sent']} sent, {raw['pubacked']} PUBACKed, "
         f"{raw['received']} received, {raw['pubacked_lost']} PUBACKed and lost\n"
         f"  fedmq sites:    {fedmq['samples']} samples produced, {fedmq['stored']} stored, "
