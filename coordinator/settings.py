@@ -48,6 +48,10 @@ class CoordinatorSettings(BaseModel):
     # writer process 1.02x. Under heavy load from other work (load 8-15) it measured slower:
     # set false on a busy host.
     writer_process: bool = True
+    # Which MQTT client receives (coordinator.bus: paho; coordinator.bus_asyncio: an asyncio
+    # loop over a packet codec of its own). One or the other, never both. Measured side by
+    # side with tests/bench/bench_coordinator.py --receive-paths (see docs/scaling.md).
+    receive: Literal["paho", "asyncio"] = "paho"
     liveness_interval_s: float = Field(default=0.5, gt=0)
     rebirth_interval_s: float = Field(default=10.0, ge=0)
     # At most this many cmd/rebirth per second in all (thousands of unknown site ids must

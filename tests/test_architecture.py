@@ -283,7 +283,7 @@ def test_each_shared_helper_is_defined_in_one_place() -> None:
 
 
 def test_both_buses_log_in_through_the_shared_builder() -> None:
-    for bus in ("site_node.bus", "coordinator.bus"):
+    for bus in ("site_node.bus", "coordinator.bus", "coordinator.bus_asyncio"):
         assert "fedmq_runtime.broker_connection" in GRAPH[bus], bus
     for helper, (homes, pattern) in ONE_PLACE.items():
         assert all(pattern.search(MODULES[m].read_text()) for m in homes), helper
@@ -317,3 +317,19 @@ def test_the_coordinator_never_imports_torch_or_syft() -> None:
     assert bad == []
     # The scan sees lazy imports: the site's scorer imports torch inside a function.
     assert "torch" in GRAPH["site_node.training.tasks.fd001_scoring"]
+
+
+# The modules that talk MQTT. The coordinator has two (paho, or its own asyncio client,
+# chosen by ``receive``); serve builds exactly one of them, so one module per process talks
+# to MQTT. Only the paho ones import paho.
+MQTT_MODULES = {"site_node.bus", "coordinator.bus", "coordinator.bus_asyncio"}
+
+
+def test_only_the_bus_modules_talk_mqtt() -> None:
+    paho = {m for m, deps in GRAPH.items() if any(d.split(".")[0] == "paho" for d in deps)}
+    assert paho == MQTT_MODULES - {"coordinator.bus_asyncio"}
+    # Whoever imports a bus module's client class builds it: only serve, and one of them.
+    builders = {m for m, deps in GRAPH.items() if "coordinator.bus_asyncio" in deps}
+    assert builders == {"coordinator.cli.serve"}
+    serve = MODULES["coordinator.cli.serve"].read_text()
+    assert 'if settings.receive == "asyncio":' in serve and "else:\n            bus = Bus(" in serve

@@ -151,7 +151,12 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
         key_id=_key_id(settings.signing_key_file),
     )  # fmt: skip
     try:
-        bus = Bus(settings.mqtt, inbound, options)
+        if settings.receive == "asyncio":
+            from coordinator.bus_asyncio import AsyncBus
+
+            bus: Any = AsyncBus(settings.mqtt, inbound, options)
+        else:
+            bus = Bus(settings.mqtt, inbound, options)
     except SettingsError:
         store.close()
         raise
