@@ -42,7 +42,8 @@ from schemas import CoordinatorStatus, Topics, encode
 
 __all__ = ["AsyncBus", "PublishInfo"]
 
-log = logging.getLogger(__name__)
+# The same logger as the paho bus: it replaces it, and operators grep one name.
+log = logging.getLogger("coordinator.bus")
 
 _PUBLISH, _PUBACK, _CONNACK, _SUBACK, _PINGRESP, _DISCONNECT = 3, 4, 2, 9, 13, 14
 _PINGREQ = b"\xc0\x00"
