@@ -72,6 +72,37 @@ __all__ = ["demo"]
     show_default=True,
     help="Seconds a round waits for site results.",
 )
+@click.option(
+    "--score-engines",
+    type=click.IntRange(0, 25),
+    default=3,
+    show_default=True,
+    help="After the last round: FD001 test engines each site replays for live scoring with "
+    "the deployed final model (0: no deployment).",
+)
+@click.option(
+    "--score-rows",
+    type=click.IntRange(31, 400),
+    default=100,
+    show_default=True,
+    help="Replay the last N rows (cycles) of each test engine (the model needs 30).",
+)
+@click.option(
+    "--score-rate",
+    "score_rate_hz",
+    type=click.FloatRange(0.5, 1000),
+    default=20.0,
+    show_default=True,
+    help="Test replay, rows per second per site (its engines take turns).",
+)
+@click.option(
+    "--score-cadence",
+    "score_cadence_s",
+    type=click.FloatRange(0.1, 60),
+    default=0.5,
+    show_default=True,
+    help="Seconds between scorings of each engine's window.",
+)
 @click.option("--keep", is_flag=True, help="Keep broker, coordinator and sites up until Ctrl-C.")
 def demo(keep: bool, out: Path, **opts: object) -> None:  # fmt: skip
     """Run a whole federation here: broker, coordinator, N sites, federated training.
@@ -80,14 +111,20 @@ def demo(keep: bool, out: Path, **opts: object) -> None:  # fmt: skip
     and N `fedmq-site run` processes, each streaming its share of the NASA C-MAPSS FD001
     engines as live telemetry and training the cmapss-rul task on them (signed commands,
     approval auto). Prints the sites, per-round RMSE (federated validation and the FD001
-    test set), writes learning_curve.png and summary.md/json into --out, stops every
-    process (also on Ctrl-C) and leaves the database for `fedmq sites/runs/telemetry`.
+    test set) and writes learning_curve.png. Then it deploys the final model to every
+    site (as `fedmq deploy` does, rule "rul < 30"); each site replays the last rows of a
+    few FD001 *test* engines as live telemetry and scores them; the demo prints predicted
+    versus true remaining useful life per engine (RUL_FD001 gives the truth) and the alarms
+    raised (`fedmq alarms`), and writes rul_predictions.png and summary.md/json into --out.
+    It stops every process (also on Ctrl-C) and leaves the database for `fedmq
+    sites/runs/telemetry/predictions/alarms`.
     Needs the train extra (pip install 'fedmq[train]') and mosquitto.
 
     \b
     Example:
         fedmq demo                                   # 4 sites, 5 rounds (~4 min)
         fedmq demo --sites 2 --rounds 1 --epochs 1 --out /tmp/demo
+        fedmq demo --score-engines 0                 # training only, no deployment
         fedmq demo --keep                            # then: fedmq sites --db fedmq-demo/fedmq.db
     """
     from coordinator.cli import EXIT

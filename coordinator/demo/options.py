@@ -42,6 +42,12 @@ class DemoOptions:
     round_timeout_s: float = 300.0
     keep: bool = False
     prefix: str = "fedmq/v1"
+    # Live scoring after the last round (0 engines: no deployment).
+    score_engines: int = 3
+    score_rows: int = 100
+    score_rate_hz: float = 20.0
+    score_cadence_s: float = 0.5
+    score_timeout_s: float = 180.0
 
 
 @dataclass(frozen=True)

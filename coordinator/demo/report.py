@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RoundRow", "plot_learning_curve", "rmse_table", "write_summary"]
+__all__ = ["RoundRow", "plot_learning_curve", "plot_rul", "rmse_table", "write_summary"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,51 @@ def plot_learning_curve(rows: Sequence[RoundRow], path: Path, title: str) -> Pat
     return path
 
 
+def plot_rul(
+    curves: Mapping[str, Mapping[str, Sequence[tuple[int, float, float]]]],
+    path: Path,
+    title: str,
+    threshold: float | None = None,
+) -> Path:
+    """A PNG of predicted vs true RUL over each engine's replayed cycles, one panel per
+    site; ``curves[site][engine]`` = [(cycle, true RUL, predicted RUL), ...]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    sites = [s for s in curves if curves[s]] or list(curves)[:1]
+    ncols = min(2, max(1, len(sites)))
+    nrows = max(1, -(-len(sites) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 3.6 * nrows), dpi=110,
+                             squeeze=False, sharey=True)  # fmt: skip
+    try:
+        for ax, site in zip(axes.flat, sites, strict=False):
+            for k, (engine, pts) in enumerate(sorted(curves.get(site, {}).items())):
+                if not pts:
+                    continue
+                color = f"C{k % 10}"
+                cycles = [c for c, _t, _p in pts]
+                ax.plot(cycles, [t for _c, t, _p in pts], "--", color=color, alpha=0.7)
+                ax.plot(cycles, [p for _c, _t, p in pts], "o-", color=color, markersize=3,
+                        label=f"{engine} (dashed: true)")  # fmt: skip
+            if threshold is not None:
+                ax.axhline(threshold, color="red", linestyle=":", linewidth=1)
+            ax.set_title(site)
+            ax.set_xlabel("engine cycle (FD001 test rows, replayed live)")
+            ax.set_ylabel("RUL (cycles)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(sites) :]:
+            ax.axis("off")
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def write_summary(
     out_dir: Path, rows: Sequence[RoundRow], info: Mapping[str, Any]
 ) -> tuple[Path, Path]:
@@ -99,9 +144,32 @@ def write_summary(
         "",
         *(f"    {cmd}" for cmd in info.get("inspect", ())),
         "",
+        *_live_md(info.get("live")),
         "Data: NASA C-MAPSS FD001 (public domain; Saxena, Goebel, Simon, Eklund, PHM08, 2008).",
         "",
     ]
     md_path = out_dir / "summary.md"
     md_path.write_text("\n".join(lines))
     return json_path, md_path
+
+
+def _live_md(live: Any) -> list[str]:
+    """The live scoring section of summary.md (none when the demo did not deploy)."""
+    if not live:
+        return []
+    header = live.get("header", ())
+    return [
+        "## Live scoring with the final model",
+        "",
+        f"- deployed: `{live.get('model_id')}` to {', '.join(live.get('sites', []))}, "
+        f"rule `{live.get('rule')}`, every {live.get('cadence_s')} s",
+        f"- predictions stored: {live.get('predictions')}, RMSE against the true RUL "
+        f"(capped at 125): {_num(live.get('rmse'))} cycles",
+        f"- alarms: {live.get('alarms_active')} active of {live.get('alarms')}",
+        f"- plot: `{live.get('plot')}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in live.get("table", [])),
+        "",
+    ]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.demo.console import Console
+from coordinator.demo.live_session import LiveScoring
 from coordinator.demo.options import DemoLayout, DemoOptions
 from coordinator.demo.procs import Supervisor
 from coordinator.demo.report import RMSE_HEADER, plot_learning_curve, rmse_table, write_summary
@@ -27,6 +28,9 @@ def inspect_commands(db: Path) -> list[str]:
         f"fedmq runs --db {db}",
         f"fedmq telemetry site-1 --db {db} --sensor s11 --limit 10",
         f"fedmq events --db {db}",
+        f"fedmq deployments --db {db}",
+        f"fedmq predictions site-1 --db {db} --device test-<unit>",
+        f"fedmq alarms --db {db}",
     ]
 
 
@@ -70,6 +74,14 @@ class DemoSession:
         code, result = self._train()
         self._telemetry()
         self._report(result)
+        live = None
+        model_id = getattr(result, "model_id", None)
+        if self.opts.score_engines > 0:
+            if code == 0 and model_id:
+                live = self._live(str(model_id))
+            else:
+                self.console.line("live scoring skipped: the run ended without a final model")
+        self._summary(result, live)
         if self.opts.keep:
             self._keep()
         return code
@@ -151,6 +163,15 @@ class DemoSession:
         if rows:
             plot_learning_curve(rows, png, title)
             self.console.line(f"learning curve  {png}")
+
+    def _live(self, model_id: str) -> dict[str, Any]:
+        """Deploy the final model, replay the test engines, report predicted vs true RUL."""
+        assert self.federation is not None
+        return LiveScoring(self.opts, self.layout, self.federation, self.console).run(model_id)
+
+    def _summary(self, result: Any, live: dict[str, Any] | None) -> None:
+        assert self.training is not None
+        rows = list(self.training.rows)
         info = {
             "task": self.opts.task,
             "sites": self.opts.sites,
@@ -164,6 +185,7 @@ class DemoSession:
             "wall_s": time.monotonic() - self.started,
             "db": str(self.layout.db),
             "inspect": inspect_commands(self.layout.db),
+            "live": live,
         }
         json_path, md_path = write_summary(self.layout.root, rows, info)
         self.console.line(f"summary         {md_path} ({json_path.name})")

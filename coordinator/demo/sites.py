@@ -11,10 +11,22 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FD001_ENGINES", "TASK", "SiteSpec", "engine_shares", "site_toml", "site_train_file"]
+__all__ = [
+    "FD001_ENGINES",
+    "TASK",
+    "TEST_DEVICE",
+    "SiteSpec",
+    "engine_shares",
+    "site_data_file",
+    "site_toml",
+    "site_train_file",
+]
 
 TASK = "cmapss-rul"
 FD001_ENGINES = 100
+# The file source of the FD001 test engines replayed for live scoring: one device per
+# engine, ``test-<unit>`` (device_column = "unit").
+TEST_DEVICE = "test"
 
 
 @dataclass(frozen=True)
@@ -33,17 +45,29 @@ class SiteSpec:
     def data_dir(self) -> Path:
         return self.workdir / "data"
 
+    @property
+    def test_replay(self) -> Path:
+        """The FD001 test rows the site replays for live scoring; the demo writes it only
+        once the final model is deployed (until then the file source retries opening it)."""
+        return self.workdir / "test_replay.txt"
 
-def site_train_file() -> Path:
-    """``train_FD001.txt`` as shipped inside the installed ``site_node`` package."""
+
+def site_data_file(name: str) -> Path:
+    """``name`` (``train_FD001.txt``, ``test_FD001.txt``, ``RUL_FD001.txt``) as shipped
+    inside the installed ``site_node`` package."""
     spec = importlib.util.find_spec("site_node")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the site_node package is not installed (pip install fedmq)")
     folder = Path(next(iter(spec.submodule_search_locations)))
-    path = folder / "data" / "cmapss_fd001" / "train_FD001.txt"
+    path = folder / "data" / "cmapss_fd001" / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall fedmq (it ships as package data)")
     return path
+
+
+def site_train_file() -> Path:
+    """``train_FD001.txt`` as shipped inside the installed ``site_node`` package."""
+    return site_data_file("train_FD001.txt")
 
 
 def engine_shares(n_sites: int, n_engines: int = FD001_ENGINES) -> list[tuple[int, ...]]:
@@ -72,8 +96,11 @@ def site_toml(
     public_key: Path,
     rate_hz: float,
     heartbeat_s: float = 2.0,
+    test_rate_hz: float | None = None,
 ) -> str:
-    """The site's TOML: live replay of its engines plus the same engines for training."""
+    """The site's TOML: live replay of its engines plus the same engines for training;
+    with ``test_rate_hz`` also the FD001 test engines of ``site.test_replay`` (one device
+    per engine), which the demo writes once the final model is deployed."""
     engines = ", ".join(str(u) for u in site.engines)
     plant = site.site_id.replace("site", "plant")
     span = f"{site.engines[0]}-{site.engines[-1]}"
@@ -108,7 +135,7 @@ preset = "cmapss"
 rate_hz = {rate_hz}
 loop = true
 include = {{ unit = {{ min = {site.engines[0]}, max = {site.engines[-1]} }} }}
-
+{_test_device(site, test_rate_hz)}
 [training]
 allow = [{_q(TASK)}]
 approval = "auto"
@@ -118,4 +145,21 @@ name = {_q("fd001-" + plant)}
 task = {_q(TASK)}
 paths = [{_q(train_file)}]
 params = {{ units = [{engines}] }}
+"""
+
+
+def _test_device(site: SiteSpec, rate_hz: float | None) -> str:
+    if rate_hz is None:
+        return ""
+    return f"""
+# FD001 *test* engines, replayed once for live scoring with the deployed model: one device
+# per engine (test-<unit>). `fedmq demo` writes this file once the final model is active
+# here; until then the source retries opening it.
+[[devices]]
+name = {_q(TEST_DEVICE)}
+source = "file"
+path = {_q(site.test_replay)}
+preset = "cmapss"
+device_column = "unit"
+rate_hz = {rate_hz}
 """

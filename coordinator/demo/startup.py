@@ -38,10 +38,17 @@ def child_env() -> dict[str, str]:
 class Federation:
     """The running demo processes and the broker port they share."""
 
-    def __init__(self, port: int, coordinator: Child, sites: dict[str, Child]) -> None:
+    def __init__(
+        self,
+        port: int,
+        coordinator: Child,
+        sites: dict[str, Child],
+        specs: dict[str, SiteSpec] | None = None,
+    ) -> None:
         self.port = port
         self.coordinator = coordinator
         self.sites = sites
+        self.specs = specs or {}
 
 
 def start_federation(
@@ -73,12 +80,23 @@ def start_federation(
     console.line(f"coordinator  fedmq serve --db {layout.db}")
     train_file = site_train_file()
     sites: dict[str, Child] = {}
+    specs: dict[str, SiteSpec] = {}
+    test_rate = opts.score_rate_hz if opts.score_engines > 0 else None
     for k, engines in enumerate(engine_shares(opts.sites, opts.engines), start=1):
         spec = SiteSpec(f"site-{k}", engines, layout.site_dir(f"site-{k}"))
         spec.workdir.mkdir(parents=True, exist_ok=True)
         spec.config.write_text(
-            site_toml(spec, port, opts.prefix, train_file, layout.public_key, opts.rate_hz)
+            site_toml(
+                spec,
+                port,
+                opts.prefix,
+                train_file,
+                layout.public_key,
+                opts.rate_hz,
+                test_rate_hz=test_rate,
+            )
         )
+        specs[spec.site_id] = spec
         sites[spec.site_id] = supervisor.spawn(
             spec.site_id,
             [*_fedmq_argv("fedmq-site", "site_node.cli"), "run", "--config", str(spec.config)],
@@ -102,4 +120,4 @@ def start_federation(
 
     wait_for_sites(layout.db, sites, opts.task, opts.start_timeout_s, progress)
     console.line(f"all {opts.sites} sites live after {time.monotonic() - started:.0f} s")
-    return Federation(port, serve, sites)
+    return Federation(port, serve, sites, specs)
