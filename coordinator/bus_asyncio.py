@@ -340,6 +340,7 @@ class AsyncBus:
 
     def start(self) -> None:
         """Connect in the background; reconnects with backoff until :meth:`stop`."""
+        log.info("receive path: asyncio (coordinator.bus_asyncio)")
         ready = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(ready,), name="mqtt-asyncio", daemon=True

@@ -44,6 +44,7 @@ from tests.helpers.secure_broker import COORDINATOR_USER, SecureSetup, secure_se
 from tests.helpers.site_proc import SiteProc, make_site_fixture  # noqa: F401 (fixture)
 
 ASYNC = {"FEDMQ_RECEIVE": "asyncio"}
+ON_ASYNCIO = "receive path: asyncio"
 
 
 def _count(db: Path, sql: str) -> int:
@@ -121,6 +122,7 @@ def test_kill_9_of_serve_mid_stream_then_restart_stores_every_sample_once(
     assert set(rows) == produced  # nothing missing or foreign
     assert _count(db, "SELECT count(*) FROM messages") == len(sites) * messages
     assert "coordinator.bus: connected to" in coord.log_text()
+    assert coord.log_text().count(ON_ASYNCIO) == 2  # both runs were on the asyncio path
 
 
 @pytest.mark.slow
@@ -155,6 +157,7 @@ def test_broker_restart_mid_stream_loses_and_duplicates_nothing(
     assert set(rows) == produced
     log = coord.log_text()
     assert log.count("INFO coordinator.bus: connected to") >= 2  # reconnected
+    assert ON_ASYNCIO in log
     assert "INFO coordinator.bus: disconnected from broker: normal" in log  # serve's own stop
 
 
@@ -196,6 +199,7 @@ def test_mqtt_3_1_1_against_real_nats_server(
     log = coord.log_text()
     assert "using MQTT 3.1.1 (protocol auto)" in log, log[-3000:]
     assert "WARNING coordinator.bus: disconnected" not in log
+    assert ON_ASYNCIO in log
 
 
 @pytest.fixture
@@ -238,7 +242,7 @@ def test_tls_and_password_through_the_shipped_broker_config(
     finally:
         coord.stop()
     log = coord.log_text()
-    assert "connected to localhost" in log
+    assert "connected to localhost" in log and ON_ASYNCIO in log
     assert secure.password(COORDINATOR_USER) not in log
 
 
