@@ -119,6 +119,7 @@ class FakeDaemon:
         self._seq = 0
         self.readings: dict[str, int] = {}
         self.clock = 0
+        self.scorer: Scorer | None = None
         self.outbox = SimpleNamespace(stats=lambda: SimpleNamespace(last_seq=self._seq))
 
     def watch_rows(self, fn: Callable[[str, Sequence[Sample]], None]) -> None:
@@ -211,21 +212,26 @@ def _dead(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def _more(d: FakeDaemon, device: str, before: int) -> Callable[[], bool]:
-    return lambda: len(d.predictions(device)) > before
+def _more(d: FakeDaemon, before: int) -> Callable[[], bool]:
+    # The scorer counts a prediction under its lock, after the rules ran on it and the
+    # alarms were published: past this, the window's alarms are there to check.
+    assert d.scorer is not None
+    scorer = d.scorer
+    return lambda: scorer.status()["predictions"] > before
 
 
 def _feed(d: FakeDaemon, device: str, values: list[float]) -> int:
     """One reading at a time, each scored before the next (so every window is seen);
     returns the time of the last one."""
     ts = 0
+    assert d.scorer is not None
     for value in values:
-        before = len(d.predictions(device))
+        before = d.scorer.status()["predictions"]
         d.clock += 1000
         ts = d.clock
         d.reading(device, ts, x=value)
         if d.readings[device] >= 3:  # the probe task's WINDOW
-            wait_for(_more(d, device, before), 60, f"score of {value}")
+            wait_for(_more(d, before), 60, f"score of {value}")
     return ts
 
 
@@ -233,7 +239,7 @@ def test_windows_fill_score_and_publish_predictions_with_units(
     tmp_path: Path, tasks_dir: Path, make_daemon: Callable[..., FakeDaemon], scorers: list[Scorer]
 ) -> None:
     d = make_daemon()
-    scorer = Scorer(d)  # type: ignore[arg-type]
+    scorer = d.scorer = Scorer(d)  # type: ignore[arg-type]
     scorers.append(scorer)
     scorer.activate(_model(tmp_path, tasks_dir, ("level < 10",)))
     d.reading("pump-1", 1000, x=50)
@@ -267,7 +273,7 @@ def test_alarm_goes_active_and_clears_with_hysteresis(
     tmp_path: Path, tasks_dir: Path, make_daemon: Callable[..., FakeDaemon], scorers: list[Scorer]
 ) -> None:
     d = make_daemon()
-    scorer = Scorer(d)  # type: ignore[arg-type]
+    scorer = d.scorer = Scorer(d)  # type: ignore[arg-type]
     scorers.append(scorer)
     scorer.activate(_model(tmp_path, tasks_dir, ("level < 10 for 2 windows severity critical",)))
     _feed(d, "m", [20, 20, 20, 9, 12, 9])  # one low window at a time: no alarm
@@ -298,7 +304,7 @@ def test_the_retained_alarm_is_the_most_severe_active_one(
     tmp_path: Path, tasks_dir: Path, make_daemon: Callable[..., FakeDaemon], scorers: list[Scorer]
 ) -> None:
     d = make_daemon()
-    scorer = Scorer(d)  # type: ignore[arg-type]
+    scorer = d.scorer = Scorer(d)  # type: ignore[arg-type]
     scorers.append(scorer)
     rules = ("level < 5 severity critical id very_low", "level < 10 id low")
     scorer.activate(_model(tmp_path, tasks_dir, rules))
@@ -332,7 +338,7 @@ def test_a_failing_window_is_counted_and_a_dying_process_is_restarted(
     tmp_path: Path, tasks_dir: Path, make_daemon: Callable[..., FakeDaemon], scorers: list[Scorer]
 ) -> None:
     d = make_daemon(score_timeout_s=3)
-    scorer = Scorer(d)  # type: ignore[arg-type]
+    scorer = d.scorer = Scorer(d)  # type: ignore[arg-type]
     scorers.append(scorer)
     scorer.activate(_model(tmp_path, tasks_dir, ()))
     _feed(d, "m", [1, 2, 3])
@@ -366,7 +372,7 @@ def test_activation_refuses_bad_rules_tasks_hashes_weights_and_outputs(
     tmp_path: Path, tasks_dir: Path, make_daemon: Callable[..., FakeDaemon], scorers: list[Scorer]
 ) -> None:
     d = make_daemon()
-    scorer = Scorer(d)  # type: ignore[arg-type]
+    scorer = d.scorer = Scorer(d)  # type: ignore[arg-type]
     scorers.append(scorer)
     good = _model(tmp_path, tasks_dir, ("level < 10",))
     with pytest.raises(
@@ -395,7 +401,7 @@ def test_default_rules_from_the_site_config_and_device_coverage(
     tmp_path: Path, tasks_dir: Path, make_daemon: Callable[..., FakeDaemon], scorers: list[Scorer]
 ) -> None:
     d = make_daemon(rules=["level > 100 id high"])
-    scorer = Scorer(d)  # type: ignore[arg-type]
+    scorer = d.scorer = Scorer(d)  # type: ignore[arg-type]
     scorers.append(scorer)
     scorer.activate(_model(tmp_path, tasks_dir, (), devices=("a",)))
     assert scorer.status()["rules"][0].endswith("id high")
@@ -410,7 +416,7 @@ def test_alarm_states_survive_a_restart_of_the_same_deployment_and_clear_on_anot
     tmp_path: Path, tasks_dir: Path, make_daemon: Callable[..., FakeDaemon], scorers: list[Scorer]
 ) -> None:
     d = make_daemon()
-    first = Scorer(d)  # type: ignore[arg-type]
+    first = d.scorer = Scorer(d)  # type: ignore[arg-type]
     scorers.append(first)
     model = _model(tmp_path, tasks_dir, ("level < 10",))
     first.activate(model)
@@ -421,7 +427,7 @@ def test_alarm_states_survive_a_restart_of_the_same_deployment_and_clear_on_anot
     # active since the same time, and clears with hysteresis as before.
     d2 = make_daemon()
     d2.clock = d.clock
-    second = Scorer(d2)  # type: ignore[arg-type]
+    second = d2.scorer = Scorer(d2)  # type: ignore[arg-type]
     scorers.append(second)
     second.activate(model)
     assert d2.bus.log[-1]["state"] == "active" and d2.bus.log[-1]["since"] == since
@@ -433,7 +439,7 @@ def test_alarm_states_survive_a_restart_of_the_same_deployment_and_clear_on_anot
     second.close()
     # Another deployment after a restart: the old one's active alarm is cleared.
     d3 = make_daemon()
-    third = Scorer(d3)  # type: ignore[arg-type]
+    third = d3.scorer = Scorer(d3)  # type: ignore[arg-type]
     scorers.append(third)
     third.activate(_model(tmp_path, tasks_dir, ("level > 1000",), deployment_id="dep-2"))
     assert [(m["alarm_id"], m["state"], m["model_version"]) for m in d3.bus.log] == [
