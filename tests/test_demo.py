@@ -1,6 +1,9 @@
 """``fedmq demo`` end to end as a real subprocess: its own Mosquitto, serve, site processes
-with syft, a federated round; then its outputs, its database, and that nothing survives it
-(a clean finish and a Ctrl-C mid-run).
+with syft, a federated round, then the final model deployed to both sites scoring FD001
+test engines live (the default live-scoring options); then its outputs (the RMSE table,
+the predicted-vs-true RUL table checked against the data files and the database, the
+alarms line, both plots), its database, and that nothing survives it (a clean finish and
+a Ctrl-C mid-run).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ SITE = [sys.executable, "-c", "from site_node.cli import main; main()"]
 
 # Small and fast: 2 sites of 5 engines each (4 train, 1 validation), 1 epoch.
 SMALL = ["--sites", "2", "--epochs", "1", "--engines", "10", "--rate", "5"]
+# One round of 4 epochs: a model good enough that engines near failure raise alarms.
+ROUND = ["--sites", "2", "--epochs", "4", "--engines", "10", "--rate", "5", "--rounds", "1"]
+FD001 = REPO / "site_node" / "data" / "cmapss_fd001"
 
 
 class Demo:
@@ -138,9 +144,9 @@ def test_demo_runs_a_round_reports_and_leaves_nothing_behind(
     tmp_path: Path, demo_runner: list[Demo]
 ) -> None:
     out = tmp_path / "demo"
-    demo = Demo(out, *SMALL, "--rounds", "1")
+    demo = Demo(out, *ROUND)
     demo_runner.append(demo)
-    assert demo.wait(240) == 0, demo.text[-4000:]
+    assert demo.wait(360) == 0, demo.text[-4000:]
     text = demo.text
     _assert_nothing_left(demo)
 
@@ -192,6 +198,97 @@ def test_demo_runs_a_round_reports_and_leaves_nothing_behind(
         units = {row["value"] for row in json.loads(out_t)}
         assert units and units <= (set(range(1, 6)) if site == "site-1" else set(range(6, 11)))
     assert f"fedmq sites --db {db}" in text
+
+    _check_live_scoring(out, text, model["model_id"])
+
+
+def _truth() -> dict[int, tuple[int, int]]:
+    """FD001 test engine -> (its cycles in test_FD001.txt, RUL_FD001 after the last)."""
+    ruls = [int(x) for x in (FD001 / "RUL_FD001.txt").read_text().split()]
+    lengths: dict[int, int] = {}
+    for line in (FD001 / "test_FD001.txt").read_text().splitlines():
+        if line.strip():
+            unit, cycle = (int(float(v)) for v in line.split()[:2])
+            lengths[unit] = max(lengths.get(unit, 0), cycle)
+    return {u: (n, ruls[u - 1]) for u, n in lengths.items()}
+
+
+def _live_table(text: str) -> list[list[str]]:
+    lines = text.splitlines()
+    start = lines.index("predicted vs true remaining useful life (cycles) at the end of "
+                        "scored windows:")  # fmt: skip
+    assert lines[start + 1].split() == ["SITE", "ENGINE", "CYCLE", "TRUE", "RUL", "PREDICTED",
+                                        "RUL", "ERROR", "ALARM"]  # fmt: skip
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("site-"):
+            break
+        rows.append(line.split())
+    return rows
+
+
+def _check_live_scoring(out: Path, text: str, model_id: str) -> None:
+    """The final model deployed to both sites; the printed predicted-vs-true table agrees
+    with the data files (truth) and the database (predictions); alarms line and plot."""
+    db = out / "fedmq.db"
+    assert f"live scoring: the final model {model_id} goes to every site" in text
+    deployed = json.loads(fedmq("deployments", "--db", str(db), "--json").stdout)
+    assert {(d["site"], d["active"]["model_version"]) for d in deployed} == {
+        ("site-1", model_id), ("site-2", model_id)
+    }  # fmt: skip
+    assert all(d["active"]["rules"] == ["rul < 30"] for d in deployed)
+
+    truth = _truth()
+    rows = _live_table(text)
+    engines = {(r[0], r[1]) for r in rows}
+    # The default: 3 test engines per site, each replayed to its last test cycle.
+    assert len(engines) == 6 and {s for s, _ in engines} == {"site-1", "site-2"}
+    scored: dict[tuple[str, str], list[list[str]]] = {}
+    marked: dict[str, bool] = {}
+    for row in rows:
+        scored.setdefault((row[0], row[1]), []).append(row)
+    for (site, device), checkpoints in scored.items():
+        unit = int(device.removeprefix("test-"))
+        length, rul_end = truth[unit]
+        preds = json.loads(fedmq("predictions", site, "--device", device, "--limit", "10000",
+                                 "--db", str(db), "--json").stdout)  # fmt: skip
+        cycles = json.loads(
+            fedmq("telemetry", site, "--device", device, "--sensor", "cycle",
+                  "--limit", "99999", "--db", str(db), "--json").stdout
+        )  # fmt: skip
+        cycle_at = {c["ts"]: int(c["value"]) for c in cycles}
+        by_cycle = {cycle_at[p["window_end"]]: p["outputs"]["rul"]["value"] for p in preds}
+        assert all(p["model_version"] == model_id for p in preds)
+        for row in checkpoints:
+            cycle, true_rul, predicted = int(row[2]), int(row[3]), float(row[4])
+            assert true_rul == rul_end + length - cycle, row  # RUL_FD001 + cycles left
+            assert f"{by_cycle[cycle]:.1f}" == row[4], (row, by_cycle.get(cycle))
+            assert f"{predicted - true_rul:+.1f}" == row[5]
+        assert int(checkpoints[-1][2]) == length  # scored up to the engine's last row
+        # ALARM: the alarm stored active for the engine, shown on its last row.
+        assert [r[6:] for r in checkpoints[:-1]] == [[]] * (len(checkpoints) - 1)
+        marked[f"{site}/{device}"] = checkpoints[-1][6:] == ["active"]
+
+    alarms = json.loads(fedmq("alarms", "--db", str(db), "--json").stdout)
+    active = sorted(f"{a['site']}/{a['device']}" for a in alarms if a["state"] == "active")
+    assert sorted(k for k, v in marked.items() if v) == active
+    line = next(ln for ln in text.splitlines() if ln.startswith("alarms raised: "))
+    assert line.startswith(f"alarms raised: {len(active)} active of {len(alarms)} (rul < 30): ")
+    assert sorted(line.split(": ", 2)[2].split(", ")) == active
+    assert active  # the engines replayed end near failure: the model says so
+    assert f"$ fedmq alarms --db {db}" in text
+
+    png = out / "rul_predictions.png"
+    assert f"rul plot        {png}" in text
+    width, height = _png_size(png)
+    assert width > 600 and height > 300
+    live = json.loads((out / "summary.json").read_text())["live"]
+    assert live["model_id"] == model_id and live["alarms_active"] == len(active)
+    stored = sum(len(json.loads(fedmq("predictions", s, "--limit", "10000", "--db", str(db),
+                                      "--json").stdout)) for s in ("site-1", "site-2"))  # fmt: skip
+    assert live["predictions"] == stored > 6
+    assert 0 < live["rmse"] < 125
+    assert "## Live scoring with the final model" in (out / "summary.md").read_text()
 
 
 def test_ctrl_c_mid_run_stops_every_process_and_keeps_a_readable_db(
