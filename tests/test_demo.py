@@ -317,3 +317,49 @@ def test_ctrl_c_mid_run_stops_every_process_and_keeps_a_readable_db(
     assert "site-1" in listing.stdout and "site-2" in listing.stdout
     runs = json.loads(fedmq("runs", "--db", str(db), "--json").stdout)
     assert len(runs) == 1
+
+
+def test_test_engines_truth_choice_and_interleaved_replay(tmp_path: Path) -> None:
+    from coordinator.demo.live import choose_engines, load_test_engines, write_replay
+
+    data = load_test_engines()
+    assert len(data) == 100
+    lines, rul = data[31]
+    assert (len(lines), rul) == (196, 8)  # test_FD001.txt and RUL_FD001.txt
+    # Engines 26-50 near failure first (lowest RUL_FD001 with 100 rows to replay).
+    chosen = choose_engines(range(26, 51), data, 3, 100)
+    assert [e.unit for e in chosen] == [31, 34, 42]
+    e31 = chosen[0]
+    assert e31.device == "test-31" and len(e31.lines) == 100
+    assert e31.true_rul(196) == 8 and e31.true_rul(97) == 107  # RUL_FD001 + cycles left
+    assert e31.lines[0].split()[:2] == ["31", "97"] and e31.lines[-1].split()[:2] == ["31", "196"]
+    # Too short for the rows asked: longer ones first, never one under a window.
+    short = choose_engines([1, 2, 3], {1: (["x"] * 20, 1), 2: (["x"] * 40, 5),
+                                       3: (["x"] * 90, 9)}, 3, 100)  # fmt: skip
+    assert [e.unit for e in short] == [2, 3]
+
+    path = tmp_path / "test_replay.txt"
+    assert write_replay(path, chosen) == 300
+    rows = [ln.split()[:2] for ln in path.read_text().splitlines()]
+    assert rows[:3] == [["31", "97"], ["34", "104"], ["42", "57"]]  # one row of each in turn
+    assert [r[0] for r in rows[-3:]] == ["31", "34", "42"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_site_config_with_the_test_replay_validates(tmp_path: Path) -> None:
+    from coordinator.demo.sites import SiteSpec, site_toml, site_train_file
+    from site_node.settings import load_site_settings
+    from site_node.sources.config import FileDeviceConfig
+
+    spec = SiteSpec("site-1", (1, 2, 3), tmp_path / "site-1")
+    spec.workdir.mkdir()
+    text = site_toml(spec, 1883, "fedmq/v1", site_train_file(), tmp_path / "k.pub", 2.0,
+                     test_rate_hz=20.0)  # fmt: skip
+    spec.config.write_text(text)
+    settings = load_site_settings(spec.config, env={})
+    test = [d for d in settings.devices if isinstance(d, FileDeviceConfig) and d.name == "test"]
+    assert len(test) == 1
+    assert test[0].device_column == "unit" and test[0].path == spec.test_replay
+    assert not test[0].loop and test[0].rate_hz == 20.0
+    assert "test_replay" not in site_toml(spec, 1883, "fedmq/v1", site_train_file(),
+                                          tmp_path / "k.pub", 2.0)  # fmt: skip
