@@ -92,6 +92,10 @@ class LiveScoring:
         for row in final:
             line(_line(row))
         active = {r["site"] for r in final if r["state"] == "active"}
+        answered = {r["site"] for r in final}
+        for o in outcomes:
+            if o["outcome"] == "sent" and o["site"] not in answered:
+                line(f"  {o['site']:<16} not active after {_ACTIVE_WAIT_S:g} s: not scored")
         if not active:
             line("no site is scoring: nothing to replay")
             return {**info, "error": "no site activated the model"}
