@@ -139,6 +139,44 @@ def _read_varint(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, in
     return None
 
 
+# MQTT 5 property ids -> size: bytes, or -1 a length-prefixed string/binary, -2 a string
+# pair, -3 a variable byte integer.
+_PROPERTY_SIZES = {
+    0x01: 1, 0x02: 4, 0x03: -1, 0x08: -1, 0x09: -1, 0x0B: -3, 0x11: 4, 0x12: -1, 0x13: 2,
+    0x15: -1, 0x16: -1, 0x17: 1, 0x18: 4, 0x19: 1, 0x1A: -1, 0x1C: -1, 0x1F: -1, 0x21: 2,
+    0x22: 2, 0x23: 2, 0x24: 1, 0x25: 1, 0x26: -2, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1,
+}  # fmt: skip
+_RECEIVE_MAXIMUM = 0x21
+
+
+def connack_receive_maximum(body: bytes) -> int:
+    """The broker's Receive Maximum from an MQTT 5 CONNACK body: how many of our QoS 1
+    publishes may be unacknowledged at once (65,535 when it sets none)."""
+    got = _read_varint(body, 2) if len(body) > 2 else None
+    if got is None:
+        return 65_535
+    length, pos = got
+    end = min(pos + length, len(body))
+    while pos < end:
+        prop = body[pos]
+        pos += 1
+        size = _PROPERTY_SIZES.get(prop)
+        if size is None:  # malformed: assume mosquitto's default rather than guess
+            return 20
+        if prop == _RECEIVE_MAXIMUM:
+            return max(1, _U16.unpack_from(body, pos)[0])
+        if size == -1:
+            pos += 2 + _U16.unpack_from(body, pos)[0]
+        elif size == -2:
+            pos += 2 + _U16.unpack_from(body, pos)[0]
+            pos += 2 + _U16.unpack_from(body, pos)[0]
+        elif size == -3:
+            pos = (_read_varint(body, pos) or (0, end))[1]
+        else:
+            pos += size
+    return 65_535
+
+
 class PublishInfo:
     """What :meth:`AsyncBus.publish` returns: paho's ``wait_for_publish``/``is_published``."""
 
@@ -172,7 +210,9 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.connack: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
+        self.connack: asyncio.Future[tuple[int, bool, int]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.paused = False
         self.last_read = time.monotonic()
         self._topics: dict[bytes, str] = {}
@@ -267,8 +307,9 @@ class _Connection(asyncio.Protocol):
             bus._puback(_U16.unpack_from(body)[0])
         elif kind == _CONNACK:
             code = body[1] if len(body) > 1 else 0x80
+            quota = connack_receive_maximum(body) if bus._v5 else 65_535
             if not self.connack.done():
-                self.connack.set_result((code, bool(body[0] & 1)))
+                self.connack.set_result((code, bool(body[0] & 1), quota))
         elif kind == _SUBACK:
             codes = body[2:]
             if bus._v5 and codes:
@@ -321,6 +362,7 @@ class AsyncBus:
         self._unacked = 0  # deliveries of this connection not yet PUBACKed
         self._inflight: dict[int, _Out] = {}  # our QoS 1 publishes by packet id
         self._next_pid = 0
+        self._quota = 65_535
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -425,7 +467,7 @@ class AsyncBus:
             )
         )  # fmt: skip
         try:
-            code, present = await asyncio.wait_for(asyncio.shield(conn.connack), s.keepalive)
+            code, present, quota = await asyncio.wait_for(asyncio.shield(conn.connack), s.keepalive)
         except (ConnectionError, asyncio.TimeoutError) as exc:
             conn.transport.close()
             if self._protocol.closed_before_connack(str(exc) or "timeout"):
@@ -446,6 +488,7 @@ class AsyncBus:
         )  # fmt: skip
         self._conn = conn
         self._unacked = 0
+        self._quota = quota  # the broker's Receive Maximum for our QoS 1 publishes
         self._acks.clear()  # PUBACKs of the last connection: the broker redelivers those
         if self._subscriptions:
             conn.transport.write(subscribe_packet(self._pid(), self._subscriptions, self._v5))
@@ -538,7 +581,10 @@ class AsyncBus:
                 n += 1
         self._unacked = max(0, self._unacked - n)
         while self._outgoing:
-            item = self._outgoing.popleft()
+            item = self._outgoing[0]
+            if item.qos and len(self._inflight) >= self._quota:
+                break  # the rest when PUBACKs free the broker's Receive Maximum
+            self._outgoing.popleft()
             out += self._encode(item)
             if not item.qos:
                 item.info._done.set()
@@ -569,6 +615,8 @@ class AsyncBus:
         out = self._inflight.pop(pid, None)
         if out is not None:
             out.info._done.set()
+        if self._outgoing and self._loop is not None:
+            self._wake()  # publishes held back by the broker's Receive Maximum
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -26,6 +26,7 @@ from coordinator.bus import BusOptions, Inbound
 from coordinator.bus_asyncio import (
     AsyncBus,
     _Connection,
+    connack_receive_maximum,
     connect_packet,
     publish_packet,
     subscribe_packet,
@@ -378,3 +379,31 @@ def test_connect_and_subscribe_packets() -> None:
     s5 = subscribe_packet(1, {"p/#": 1}, True)
     assert s5 == b"\x82\x09\x00\x01\x00\x00\x03p/#\x0d"  # QoS 1, noLocal, retainAsPublished
     assert subscribe_packet(1, {"p/#": 1}, False) == b"\x82\x08\x00\x01\x00\x03p/#\x01"
+
+
+def test_our_publishes_respect_the_brokers_receive_maximum() -> None:
+    # CONNACK: flags, reason, properties (Assigned Client Id, Receive Maximum 2, Max QoS).
+    props = b"\x12\x00\x02id" + b"\x21\x00\x02" + b"\x24\x01"
+    assert connack_receive_maximum(b"\x00\x00" + bytes((len(props),)) + props) == 2
+    assert connack_receive_maximum(b"\x00\x00\x00") == 65_535  # none set: no limit
+    assert connack_receive_maximum(b"\x00\x00") == 65_535  # a 3.1.1-style CONNACK
+    bus = _bus()
+
+    async def run() -> None:
+        bus._loop = asyncio.get_running_loop()
+        conn = _Connection(bus, 1)
+        t = _Transport()
+        conn.connection_made(t)
+        bus._conn, bus._quota = conn, 2
+        infos = [bus.publish(f"t/{i}", b"x", 1, False) for i in range(3)]
+        q0 = bus.publish("t/q0", b"y", 0, False)
+        await asyncio.sleep(0)
+        sent = bytes(t.written)
+        assert sent.count(b"t/") == 2 and b"t/2" not in sent  # the third waits its turn
+        assert not q0.is_published()  # order kept: behind the held QoS 1 publish
+        conn.data_received(b"\x40\x02\x00\x01")  # PUBACK of the first
+        await asyncio.sleep(0)
+        assert infos[0].is_published() and not infos[1].is_published()
+        assert b"t/2" in bytes(t.written) and q0.is_published()
+
+    asyncio.run(run())
