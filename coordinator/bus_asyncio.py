@@ -36,7 +36,7 @@ from typing import Any
 from coordinator.bus import BusOptions, Inbound
 from fedmq_runtime.broker_connection import connection_options
 from fedmq_runtime.clock import now_ms
-from fedmq_runtime.mqtt_protocol import UNSUPPORTED_PROTOCOL, ProtocolChoice, Version
+from fedmq_runtime.mqtt_protocol import ProtocolChoice, Version
 from fedmq_runtime.settings import MqttSettings
 from schemas import CoordinatorStatus, Topics, encode
 
@@ -474,13 +474,13 @@ class AsyncBus:
                 return "switch"
             return "failed"
         if code:
-            reason = UNSUPPORTED_PROTOCOL if code in (1, UNSUPPORTED_PROTOCOL) else code
+            value, name = _refusal(code, self._v5)
             log.warning(
-                "broker %s:%s refused the connection (MQTT %s): reason code %d",
-                s.host, s.port, self._protocol.current, code,
+                "broker %s:%s refused the connection (MQTT %s): %s (reason code %d)",
+                s.host, s.port, self._protocol.current, name, value,
             )  # fmt: skip
             conn.transport.close()
-            return "switch" if self._protocol.connack(reason, f"reason code {code}") else "failed"
+            return "switch" if self._protocol.connack(value, name) else "failed"
         self._protocol.connack(0, "Success")
         log.info(
             "connected to %s:%s (MQTT %s, session present: %s)",
@@ -617,6 +617,27 @@ class AsyncBus:
             out.info._done.set()
         if self._outgoing and self._loop is not None:
             self._wake()  # publishes held back by the broker's Receive Maximum
+
+
+# CONNACK refusals as the paho bus words them (3.1.1 return codes mapped to MQTT 5 codes).
+_REFUSALS = {
+    0x80: "Unspecified error", 0x81: "Malformed packet", 0x82: "Protocol error",
+    0x83: "Implementation specific error", 0x84: "Unsupported protocol version",
+    0x85: "Client identifier not valid", 0x86: "Bad user name or password",
+    0x87: "Not authorized", 0x88: "Server unavailable", 0x89: "Server busy", 0x8A: "Banned",
+    0x8C: "Bad authentication method", 0x90: "Topic name invalid", 0x95: "Packet too large",
+    0x97: "Quota exceeded", 0x9C: "Use another server", 0x9D: "Server moved",
+    0x9F: "Connection rate exceeded",
+}  # fmt: skip
+_V311_REFUSALS = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
+
+
+def _refusal(code: int, v5: bool) -> tuple[int, str]:
+    """(MQTT 5 reason code, its name) of a refusing CONNACK. A 3.1.1 CONNACK to our MQTT 5
+    CONNECT (nats-server) carries return code 1: unsupported protocol version."""
+    if code in _V311_REFUSALS and (not v5 or code == 1):
+        code = _V311_REFUSALS[code]
+    return code, _REFUSALS.get(code, f"reason code {code}")
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
