@@ -265,6 +265,52 @@ def _load(avg: tuple[float, float, float]) -> str:
     return "/".join(f"{x:.1f}" for x in avg)
 
 
+RECEIVE_PATHS = ("paho", "asyncio")
+
+
+def receive_paths(
+    port: int, publishers: int, n: int, work: Path, sizes: list[int], rounds: int
+) -> list[tuple[int, str, float, float]]:
+    """Today's paho receive path vs the asyncio one (``FEDMQ_RECEIVE``), side by side in
+    one run on one broker: per samples-per-message size, ``rounds`` rounds of both, the
+    order alternating so neither always runs on a warmer or quieter machine. Returns
+    (samples per message, path, seconds, CPU seconds of serve + its writer process)."""
+    out = []
+    for size in sizes:
+        for r in range(rounds):
+            order = RECEIVE_PATHS if r % 2 == 0 else RECEIVE_PATHS[::-1]
+            for path in order:
+                env = {"FEDMQ_RECEIVE": path}
+                secs, cpu, _ = serve(port, publishers, n, work, True, env, samples=size)
+                out.append((size, path, secs, cpu))
+                print(f"  {size:4} samples/msg {path:8} {publishers * n / secs:7.0f} msg/s",
+                      flush=True)  # fmt: skip
+    return out
+
+
+def report_receive_paths(results: list[tuple[int, str, float, float]], total: int) -> None:
+    """One line per size and path (the best round: the machine is shared) and the ratio."""
+    print("receive path, side by side (drain: stream queued at the broker first; best round;")
+    print(" CPU: serve + its writer process, per stored sample)")
+    for size in sorted({r[0] for r in results}):
+        best: dict[str, tuple[float, float]] = {}
+        for sz, path, secs, cpu in results:
+            if sz == size and (path not in best or secs < best[path][0]):
+                best[path] = (secs, cpu)
+        for path, (secs, cpu) in best.items():
+            print(
+                f"  {size:4} samples/msg  {path:8} {total / secs:7.0f} msg/s"
+                f" {total * size / secs:8.0f} samples/s"
+                f"  CPU {cpu * 1e6 / (total * size):5.2f} us/sample"
+                f" ({cpu * 1e6 / total:4.0f} us/msg)"
+            )
+        if len(best) == 2:
+            ratio = best["paho"][0] / best["asyncio"][0]
+            cpu_ratio = best["paho"][1] / best["asyncio"][1]
+            print(f"  {size:4} samples/msg  asyncio / paho: {ratio:.2f}x samples/s,"
+                  f" {cpu_ratio:.2f}x less CPU per sample")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--publishers", type=int, default=4)
@@ -289,7 +335,25 @@ def main() -> None:
         help="also run serve from another checkout (e.g. `git worktree add /tmp/base <commit>`):"
         " the old code side by side with this one",
     )
+    ap.add_argument(
+        "--receive-paths",
+        action="store_true",
+        help="only compare the receive paths (FEDMQ_RECEIVE=paho vs asyncio) side by side "
+        "at each --samples size: msg/s, samples/s, CPU us per stored sample",
+    )
+    ap.add_argument(
+        "--samples",
+        type=int,
+        action="append",
+        metavar="N",
+        help="samples per message (repeat for several sizes; --receive-paths default: 10 "
+        "and 100, otherwise 10)",
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="--receive-paths rounds per size")
     a = ap.parse_args()
+    if a.receive_paths:
+        main_receive_paths(a)
+        return
     total = a.publishers * a.messages
     variants: list[tuple[str, dict[str, str], Path]] = [("default", {}, REPO)]
     if a.baseline is not None:
@@ -337,6 +401,28 @@ def main() -> None:
     print(" of the measured side, plus Mosquitto's; the ceiling is what 2 fully used cores")
     print(" allow at that CPU cost, however the work were spread across them)")
     print(f"fedmq sites, 1000 sites: best {min(lat):.3f}s median {statistics.median(lat):.3f}s")
+
+
+def main_receive_paths(a: argparse.Namespace) -> None:
+    sizes = a.samples or [10, 100]
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = Broker(work)
+        broker.start()
+        global BROKER_PID
+        assert broker.proc is not None
+        BROKER_PID = broker.proc.pid
+        try:
+            results = receive_paths(broker.port, a.publishers, a.messages, work, sizes, a.rounds)
+        finally:
+            broker.kill()
+    print(f"stream: {a.publishers} publishers x {a.messages} msgs, QoS 1, SQLite")
+    print(
+        f"machine: {os.cpu_count()} cores, load avg 1/5/15 min before {_load(load_before)}, "
+        f"after {_load(os.getloadavg())}"
+    )
+    report_receive_paths(results, a.publishers * a.messages)
 
 
 if __name__ == "__main__":
