@@ -2,7 +2,7 @@
 
 Command (not collected by pytest)::
 
-    .venv/bin/python -m tests.bench.bench_worker_hop [--jobs 12] [--max-jobs 1]
+    .venv/bin/python -m tests.bench.bench_worker_hop [--jobs 12] [--gap 1.5] [--epochs 1]
 
 One datasite (cmapss-rul on 3 FD001 engines, auto approval, pre-approved slots), the same
 sequence of 1-epoch jobs run twice: through :class:`WorkerSupervisor` (a worker process,
@@ -39,10 +39,11 @@ from site_node.training.worker.protocol import (
 from tests.helpers.data import TRAIN_FD001
 
 TASK = "cmapss-rul"
+EPOCHS = [1]
 
 
 def _jobs(
-    submit: Any, reports: queue.Queue[object], n: int, label: str
+    submit: Any, reports: queue.Queue[object], n: int, label: str, gap: float
 ) -> list[tuple[float, float]]:
     """Run ``n`` jobs one after the other; (before start, after training) overheads in s."""
     weights: bytes | None = None
@@ -50,7 +51,7 @@ def _jobs(
     for i in range(n):
         job = f"{label}-{i}-{os.urandom(3).hex()}"
         t0 = time.perf_counter()
-        submit(Run(job, TASK, weights, {"epochs": 1, "round": i, "seed": 0}))
+        submit(Run(job, TASK, weights, {"epochs": EPOCHS[0], "round": i, "seed": 0}))
         started = finished = None
         while finished is None:
             msg = reports.get(timeout=600)
@@ -64,9 +65,9 @@ def _jobs(
                 out.append((started - t0, finished - started - msg.train_time_s))
             elif isinstance(msg, (Failed, Cancelled)) and msg.job_id == job:
                 raise SystemExit(f"{label}: job {job}: {msg}")
-        # Between rounds the runner prepares the next slot: give it the time a round's
-        # aggregation would (a warm site's next job finds a slot ready).
-        time.sleep(1.5)
+        # Between rounds the runner prepares the next slot: --gap is the time a round's
+        # aggregation gives it (the slowest site of a round gets ~0.1 s).
+        time.sleep(gap)
     return out
 
 
@@ -74,7 +75,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--jobs", type=int, default=12)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--gap", type=float, default=1.5, help="s between a result and the next job")
+    ap.add_argument("--epochs", type=int, default=1)
     args = ap.parse_args()
+    EPOCHS[0] = args.epochs
     tmp = Path(tempfile.mkdtemp(prefix="bench-worker-hop-"))
     training = TrainingSettings.model_validate(
         {
@@ -99,7 +103,7 @@ def main() -> None:
     sup.start()
     while not isinstance(reports.get(timeout=600), DatasiteReady):
         pass
-    results["worker process"] = _jobs(sup.submit, reports, args.jobs, "proc")
+    results["worker process"] = _jobs(sup.submit, reports, args.jobs, "proc", args.gap)
     sup.stop()
 
     reports = queue.Queue()
@@ -109,7 +113,7 @@ def main() -> None:
     while not isinstance(reports.get(timeout=600), DatasiteReady):
         pass
     results["in-process runner"] = _jobs(
-        lambda op: runner.submit(next(n), op), reports, args.jobs, "thread"
+        lambda op: runner.submit(next(n), op), reports, args.jobs, "thread", args.gap
     )
     runner.stop()
 
