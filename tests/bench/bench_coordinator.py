@@ -14,6 +14,12 @@ samples, QoS 1, from publisher processes so the publisher is not the measured si
    once more per ``--compare`` with those ``FEDMQ_...`` settings (side by side);
 3. the bare subscriber again: the machine is shared, so two bare runs bracket the others.
 
+The receive paths side by side (``[coordinator] receive``: paho vs asyncio), at 10 and at
+100 samples per message, in one run (~5 minutes; the acceptance figures of issue 16)::
+
+    .venv/bin/python tests/bench/bench_coordinator.py --receive-paths --publishers 4 \
+        --messages 5000
+
 Reports msg/s, samples/s, the ratio to the mean bare time, CPU microseconds per message
 (all threads and processes of the measured side: less sensitive to other load than wall
 time), the machine's load average, and ``fedmq sites`` latency with 1,000 registered
@@ -50,6 +56,8 @@ from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.coord_proc import FEDMQ, Coordinator  # noqa: E402
 
 SAMPLES = 10
+# --receive-paths: (serve's own CPU, its children's) at each _cpu() sample, when a list.
+SPLIT: list[tuple[float, float]] | None = None
 BROKER_PID = 0  # set in main(): the broker's CPU is sampled with the measured side's
 
 
@@ -228,10 +236,15 @@ def _cpu(proc: Any) -> float:
 
     p = psutil.Process(proc.pid)
     total = 0.0
+    parent = 0.0
     for q in (p, *p.children(recursive=True)):
         with contextlib.suppress(psutil.Error):
             t = q.cpu_times()
             total += t.user + t.system
+            if q is p:
+                parent = t.user + t.system
+    if SPLIT is not None:
+        SPLIT.append((parent, total - parent))
     return total
 
 
@@ -270,39 +283,45 @@ RECEIVE_PATHS = ("paho", "asyncio")
 
 def receive_paths(
     port: int, publishers: int, n: int, work: Path, sizes: list[int], rounds: int
-) -> list[tuple[int, str, float, float]]:
+) -> list[tuple[int, str, float, float, float]]:
     """Today's paho receive path vs the asyncio one (``FEDMQ_RECEIVE``), side by side in
     one run on one broker: per samples-per-message size, ``rounds`` rounds of both, the
     order alternating so neither always runs on a warmer or quieter machine. Returns
-    (samples per message, path, seconds, CPU seconds of serve + its writer process)."""
+    (samples per message, path, seconds, CPU seconds of serve + its writer process, of
+    serve's own process)."""
     out = []
     for size in sizes:
         for r in range(rounds):
             order = RECEIVE_PATHS if r % 2 == 0 else RECEIVE_PATHS[::-1]
             for path in order:
                 env = {"FEDMQ_RECEIVE": path}
+                global SPLIT
+                SPLIT = []
                 secs, cpu, _ = serve(port, publishers, n, work, True, env, samples=size)
-                out.append((size, path, secs, cpu))
+                own = SPLIT[-1][0] - SPLIT[0][0]  # serve's process; the rest: writer child
+                SPLIT = None
+                out.append((size, path, secs, cpu, own))
                 print(f"  {size:4} samples/msg {path:8} {publishers * n / secs:7.0f} msg/s",
                       flush=True)  # fmt: skip
     return out
 
 
-def report_receive_paths(results: list[tuple[int, str, float, float]], total: int) -> None:
+def report_receive_paths(results: list[tuple[int, str, float, float, float]], total: int) -> None:
     """One line per size and path (the best round: the machine is shared) and the ratio."""
     print("receive path, side by side (drain: stream queued at the broker first; best round;")
     print(" CPU: serve + its writer process, per stored sample)")
     for size in sorted({r[0] for r in results}):
-        best: dict[str, tuple[float, float]] = {}
-        for sz, path, secs, cpu in results:
+        best: dict[str, tuple[float, float, float]] = {}
+        for sz, path, secs, cpu, own in results:
             if sz == size and (path not in best or secs < best[path][0]):
-                best[path] = (secs, cpu)
-        for path, (secs, cpu) in best.items():
+                best[path] = (secs, cpu, own)
+        for path, (secs, cpu, own) in best.items():
+            per = 1e6 / (total * size)
             print(
                 f"  {size:4} samples/msg  {path:8} {total / secs:7.0f} msg/s"
                 f" {total * size / secs:8.0f} samples/s"
-                f"  CPU {cpu * 1e6 / (total * size):5.2f} us/sample"
-                f" ({cpu * 1e6 / total:4.0f} us/msg)"
+                f"  CPU {cpu * per:5.2f} us/sample ({cpu * 1e6 / total:4.0f} us/msg;"
+                f" serve {own * per:4.2f} + writer child {(cpu - own) * per:4.2f})"
             )
         if len(best) == 2:
             ratio = best["paho"][0] / best["asyncio"][0]
