@@ -50,7 +50,10 @@ class CoordinatorSettings(BaseModel):
     writer_process: bool = True
     # Which MQTT client receives (coordinator.bus: paho; coordinator.bus_asyncio: an asyncio
     # loop over a packet codec of its own). One or the other, never both. Measured side by
-    # side with tests/bench/bench_coordinator.py --receive-paths (see docs/scaling.md).
+    # side (tests/bench/bench_coordinator.py --receive-paths, 10 samples/msg, three runs):
+    # asyncio 2.0-2.5x less CPU per stored sample (serve's own process ~5x less), but
+    # 1.9-6.1x the samples/s and 1.2-1.3x on a quiet machine, where the writer child bounds
+    # both; at 100 samples/msg equal. Not the >= 2x everywhere asked to change the default.
     receive: Literal["paho", "asyncio"] = "paho"
     liveness_interval_s: float = Field(default=0.5, gt=0)
     rebirth_interval_s: float = Field(default=10.0, ge=0)
