@@ -29,6 +29,8 @@ from site_node.training.worker.protocol import Channel
 __all__ = ["LoadRefused", "ScorerDown", "ScoringProcess"]
 
 log = logging.getLogger(__name__)
+# signal.SIGKILL does not exist on Windows; a negative exit code of 9 means it on POSIX.
+_SIGKILL = getattr(signal, "SIGKILL", 9)
 
 
 class ScorerDown(RuntimeError):
@@ -115,7 +117,7 @@ class ScoringProcess:
 
     def kill(self) -> None:
         with contextlib.suppress(OSError):
-            self.proc.send_signal(signal.SIGKILL)
+            self.proc.kill()  # SIGKILL on POSIX, TerminateProcess on Windows
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
 
@@ -157,6 +159,6 @@ class ScoringProcess:
                 name = signal.Signals(-code).name
             except ValueError:
                 name = f"signal {-code}"
-            why = " (kill -9, or the out-of-memory killer)" if -code == signal.SIGKILL else ""
+            why = " (kill -9, or the out-of-memory killer)" if -code == _SIGKILL else ""
             return f"scoring process killed by {name}{why}"
         return f"scoring process exited with code {code}"
