@@ -19,6 +19,7 @@ import argparse
 import os
 import queue
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -109,13 +110,16 @@ def main() -> None:
     reports = queue.Queue()
     runner = Runner(tmp, "hop", training, reports.put, threads=args.threads)
     n = iter(range(1, 10**9))
-    threading.Thread(target=runner.run, daemon=True).start()
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
     while not isinstance(reports.get(timeout=600), DatasiteReady):
         pass
     results["in-process runner"] = _jobs(
         lambda op: runner.submit(next(n), op), reports, args.jobs, "thread", args.gap
     )
     runner.stop()
+    thread.join(120)
+    sys.stdout = sys.__stdout__  # the runner's syft calls capture stdout while they run
 
     print(f"machine: {os.cpu_count()} cores, load avg {os.getloadavg()}")
     print("variant             submit->started_s  after_training_s  overhead_s (median, jobs 2..N)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +87,10 @@ class Runner:
         self._slot_tasks: list[str] = []
         self._slots: dict[str, str] = {}  # task -> its free pre-approved slot
         self._max_jobs = max(1, training.max_concurrent_jobs)
+        # syft's calls run inside contextlib.redirect_stdout (datasite_accounts.quiet),
+        # which swaps the process-wide sys.stdout: two such calls that overlap (jobs on
+        # their threads) can end out of order and leave a capture buffer in place.
+        self._stdout = sys.stdout
         self._jobs = threading.Condition()
         self._running = 0  # job threads alive (under self._jobs)
 
@@ -114,6 +119,8 @@ class Runner:
             with self._jobs:  # at most max_concurrent_jobs at once: take no more ops
                 self._jobs.wait_for(lambda: self._running < self._max_jobs)
                 idle = self._running == 0
+            if idle and sys.stdout is not self._stdout:
+                sys.stdout = self._stdout  # no syft call is under way: put stdout back
             try:
                 # Idle with a slot missing: prepare it now, between jobs.
                 wanted = idle and self._slot_wanted()
