@@ -23,6 +23,7 @@ from site_node.training.tasks.common import (
     fit,
     make_model,
     merge_hyperparams,
+    scoring_model,
 )
 from site_node.training.tasks.common import predict as model_outputs
 from site_node.training.tasks.common import save_weights as _save
@@ -262,5 +263,5 @@ def predict(
     import pandas as pd
 
     row = pd.DataFrame([{"Type": kind, **{n: float(last[n]) for n in _READINGS}}])
-    logit = float(model_outputs(_model(weights), features(row))[0])
+    logit = float(model_outputs(scoring_model(_model, weights), features(row))[0])
     return {"p_fail": float(1 / (1 + np.exp(-logit)))}

@@ -23,6 +23,7 @@ from site_node.training.tasks.common import (
     fit,
     make_model,
     merge_hyperparams,
+    scoring_model,
 )
 from site_node.training.tasks.common import predict as model_outputs
 from site_node.training.tasks.common import save_weights as _save
@@ -260,4 +261,4 @@ def predict(
         raise ValueError(f"sensor(s) {missing} missing from the window (needs {SENSORS})")
     raw = np.array([[float(r[s]) for s in SENSORS] for r in rows], np.float64)
     x = ((raw - SENSOR_MIN) / (SENSOR_MAX - SENSOR_MIN)).astype(np.float32)[None]
-    return {"rul": float(model_outputs(_model(weights), x)[0])}
+    return {"rul": float(model_outputs(scoring_model(_model, weights), x)[0])}
