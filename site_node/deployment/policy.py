@@ -3,8 +3,8 @@ devices.
 
 The same allow-list as for training jobs (``[training] allow``, docs/tasks.md): the task
 must be on it, its files hashed now must still match the pinned hash, and the command
-must ask for that same hash. The refusal texts are those of training jobs
-(:func:`site_node.training.jobs.policy.refusal`; a test keeps them equal). A deployment
+must ask for that same hash: one check for both, :func:`site_node.training.jobs.policy.code_refusal`
+(so the refusal texts are the same). A deployment
 needs no dataset at the site: it scores the site's live telemetry. Every device it names
 must be one the site streams.
 """
@@ -15,7 +15,7 @@ from collections.abc import Collection
 
 from schemas import DeployCommand
 from site_node.training.jobs.config import TrainingSettings
-from site_node.training.tasks import scan
+from site_node.training.jobs.policy import code_refusal
 
 __all__ = ["refusal"]
 
@@ -32,22 +32,9 @@ def refusal(
     finds its devices in its data as it reads (a split source): names not seen yet are
     then accepted, since they may appear later.
     """
-    if cmd.task not in training.allow:
-        return f"task {cmd.task} is not in this site's allow-list"
-    pinned = training.pinned_hash(cmd.task)
-    task = scan(training.tasks_dir).tasks.get(cmd.task)
-    if task is None or pinned is None:
-        return f"task {cmd.task} is allow-listed but no longer found at this site"
-    if task.code_hash != pinned:
-        return (
-            f"task {cmd.task} changed at this site: its files hash to {task.code_hash}, "
-            f"the allow-list pins {pinned}"
-        )
-    if cmd.code_hash != pinned:
-        return (
-            f"code hash mismatch for {cmd.task}: this site runs {pinned}, "
-            f"the command asks {cmd.code_hash}"
-        )
+    why = code_refusal(cmd.task, cmd.code_hash, training)
+    if why is not None:
+        return why
     unknown = [d for d in cmd.devices if d not in devices]
     if unknown and not more_devices_possible:
         streams = ", ".join(sorted(devices)) or "none"

@@ -15,7 +15,14 @@ from schemas import TaskOffer, TrainCommand
 from site_node.training.jobs.config import TrainingSettings
 from site_node.training.tasks import TASKS_DIR_ENV, scan
 
-__all__ = ["advertised", "hyperparams_for", "pin_warnings", "refusal", "use_tasks_dir"]
+__all__ = [
+    "advertised",
+    "code_refusal",
+    "hyperparams_for",
+    "pin_warnings",
+    "refusal",
+    "use_tasks_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,25 +33,34 @@ def refusal(cmd: TrainCommand, training: TrainingSettings, hosted: set[str] | No
     ``hosted`` are the tasks with a hosted dataset, or None while the datasite starts
     (the job then waits for it, and fails if its dataset could not be hosted).
     """
-    if cmd.task not in training.allow:
-        return f"task {cmd.task} is not in this site's allow-list"
-    pinned = training.pinned_hash(cmd.task)
-    catalog = scan(training.tasks_dir)
-    task = catalog.tasks.get(cmd.task)
-    if task is None or pinned is None:
-        return f"task {cmd.task} is allow-listed but no longer found at this site"
-    if task.code_hash != pinned:
-        return (
-            f"task {cmd.task} changed at this site: its files hash to {task.code_hash}, "
-            f"the allow-list pins {pinned}"
-        )
-    if cmd.code_hash != pinned:
-        return (
-            f"code hash mismatch for {cmd.task}: this site runs {pinned}, "
-            f"the command asks {cmd.code_hash}"
-        )
+    why = code_refusal(cmd.task, cmd.code_hash, training)
+    if why is not None:
+        return why
     if training.dataset_for(cmd.task) is None or (hosted is not None and cmd.task not in hosted):
         return f"no dataset hosted for task {cmd.task}"
+    return None
+
+
+def code_refusal(task_name: str, code_hash: str, training: TrainingSettings) -> str | None:
+    """Why this site will not run ``task_name`` at ``code_hash`` (training or scoring),
+    or None: the task must be allow-listed, still hash to its pin, and the command must ask
+    for exactly that hash."""
+    if task_name not in training.allow:
+        return f"task {task_name} is not in this site's allow-list"
+    pinned = training.pinned_hash(task_name)
+    task = scan(training.tasks_dir).tasks.get(task_name)
+    if task is None or pinned is None:
+        return f"task {task_name} is allow-listed but no longer found at this site"
+    if task.code_hash != pinned:
+        return (
+            f"task {task_name} changed at this site: its files hash to {task.code_hash}, "
+            f"the allow-list pins {pinned}"
+        )
+    if code_hash != pinned:
+        return (
+            f"code hash mismatch for {task_name}: this site runs {pinned}, "
+            f"the command asks {code_hash}"
+        )
     return None
 
 
