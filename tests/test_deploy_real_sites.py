@@ -162,7 +162,9 @@ def test_deploy_replace_roll_back_and_restart(stack: Stack) -> None:
     finally:
         beats.close()
     assert json.loads(beat.payload)["model_version"] == "m1"
-    assert stack.registration("east").model_version == "m1"
+    # The registration is re-announced once the model is active again (the announce at
+    # connect may come before the scoring process has loaded it).
+    wait_for(lambda: stack.registration("east").model_version == "m1", 60, "registration m1")
     assert stack.where()["east"]["active"]["model_version"] == "m1"
 
 
