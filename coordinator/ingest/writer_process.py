@@ -24,7 +24,7 @@ import signal
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field
 from typing_extensions import NotRequired, TypedDict
@@ -84,6 +84,15 @@ def decode_telemetry(codec: Codec, topic: str, payload: bytes) -> TelemetryBatch
     site and device checks); None for anything else, so the caller runs ``codec.decode``
     for the precise rejection reason.
     """
+    return _validated(TelemetryBatch, codec, topic, payload)
+
+
+_Batch = TypeVar("_Batch", TelemetryBatch, "_FastTelemetry")
+
+
+def _validated(model: type[_Batch], codec: Codec, topic: str, payload: bytes) -> _Batch | None:
+    """``model`` of a telemetry payload with every check ``codec.decode`` makes (size,
+    topic, kind, major version, site and device of the topic); None for anything else."""
     if not payload or len(payload) > codec.max_payload:
         return None
     try:
@@ -93,7 +102,7 @@ def decode_telemetry(codec: Codec, topic: str, payload: bytes) -> TelemetryBatch
     if parsed.channel is not Channel.TELEMETRY:
         return None
     try:
-        msg = TelemetryBatch.model_validate_json(payload)
+        msg = model.model_validate_json(payload)
     except Exception:  # ValidationError, or pydantic-core on pathological input
         return None
     # The union requires "kind"; the model alone would default it.
@@ -130,21 +139,8 @@ def decode_telemetry_row(
     """The store row and :data:`Stored` of a valid telemetry message, exactly as
     ``telemetry_row(decode_telemetry(...))`` builds them, at about half the CPU per sample;
     None whenever :func:`decode_telemetry` would answer None."""
-    if not payload or len(payload) > codec.max_payload:
-        return None
-    try:
-        parsed = codec.topics.parse(topic)
-    except TopicError:
-        return None
-    if parsed.channel is not Channel.TELEMETRY:
-        return None
-    try:
-        msg = _FastTelemetry.model_validate_json(payload)
-    except Exception:  # ValidationError, or pydantic-core on pathological input
-        return None
-    if "kind" not in msg.model_fields_set or major_of(msg.v) != MAJOR:
-        return None
-    if msg.site != parsed.site or msg.device != parsed.device:
+    msg = _validated(_FastTelemetry, codec, topic, payload)
+    if msg is None:
         return None
     samples = [
         (s["name"], s["ts"], s["value"], s.get("unit", ""), s.get("q", "good")) for s in msg.samples
