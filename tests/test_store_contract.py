@@ -103,6 +103,23 @@ def test_replayed_messages_are_stored_once_with_their_samples(make: Any) -> None
     assert store.messages("b", epoch="other") == []
 
 
+def test_large_batches_store_every_sample_in_order(make: Any) -> None:
+    # More samples than one insert statement holds, and a remainder (SQLite inserts the
+    # samples in statements of many rows), with messages of uneven sizes and replays.
+    store = make()
+    first = [tel("a", seq, n=37 + seq % 5) for seq in range(1, 12)]
+    assert [r.seq for r in store.add_messages(first)] == list(range(1, 12))
+    store.commit()
+    again = [tel("b", 1, n=1), tel("a", 5), tel("a", 12, n=250), tel("b", 2, n=99)]
+    assert [(r.site, r.seq) for r in store.add_messages(again)] == [("b", 1), ("a", 12), ("b", 2)]
+    store.commit()
+    expected = [*first, again[2]]
+    assert store.messages("a") == expected
+    assert store.messages("b") == [again[0], again[3]]
+    total = sum(len(r.samples) for r in [*expected, again[0], again[3]])
+    assert store.counts()["telemetry"] == total
+
+
 def test_job_messages_keep_their_payload(make: Any) -> None:
     store = make()
     row = DurableRow("a", 7, "job_status", 1, 5, 6, True, None, "j1", (), '{"state":"done"}')
