@@ -20,6 +20,9 @@ The receive paths side by side (``[coordinator] receive``: paho vs asyncio), at 
     .venv/bin/python tests/bench/bench_coordinator.py --receive-paths --publishers 4 \
         --messages 5000
 
+Add ``--baseline CHECKOUT`` (e.g. ``git worktree add /tmp/base <commit>``) to run both
+paths of that code in the same run as well (old vs new, ~2x as long).
+
 Reports msg/s, samples/s, the ratio to the mean bare time, CPU microseconds per message
 (all threads and processes of the measured side: less sensitive to other load than wall
 time), the machine's load average, and ``fedmq sites`` latency with 1,000 registered
@@ -282,26 +285,36 @@ RECEIVE_PATHS = ("paho", "asyncio")
 
 
 def receive_paths(
-    port: int, publishers: int, n: int, work: Path, sizes: list[int], rounds: int
+    port: int,
+    publishers: int,
+    n: int,
+    work: Path,
+    sizes: list[int],
+    rounds: int,
+    baseline: Path | None = None,
 ) -> list[tuple[int, str, float, float, float]]:
     """Today's paho receive path vs the asyncio one (``FEDMQ_RECEIVE``), side by side in
     one run on one broker: per samples-per-message size, ``rounds`` rounds of both, the
-    order alternating so neither always runs on a warmer or quieter machine. Returns
+    order alternating so neither always runs on a warmer or quieter machine; with
+    ``baseline`` (another checkout), each path of that code too ("paho@base"). Returns
     (samples per message, path, seconds, CPU seconds of serve + its writer process, of
     serve's own process)."""
     out = []
+    runs: list[tuple[str, Path]] = [(p, REPO) for p in RECEIVE_PATHS]
+    if baseline is not None:
+        runs += [(f"{p}@base", baseline) for p in RECEIVE_PATHS]
     for size in sizes:
         for r in range(rounds):
-            order = RECEIVE_PATHS if r % 2 == 0 else RECEIVE_PATHS[::-1]
-            for path in order:
-                env = {"FEDMQ_RECEIVE": path}
+            order = runs if r % 2 == 0 else runs[::-1]
+            for path, code in order:
+                env = {"FEDMQ_RECEIVE": path.split("@")[0]}
                 global SPLIT
                 SPLIT = []
-                secs, cpu, _ = serve(port, publishers, n, work, True, env, samples=size)
+                secs, cpu, _ = serve(port, publishers, n, work, True, env, code, size)
                 own = SPLIT[-1][0] - SPLIT[0][0]  # serve's process; the rest: writer child
                 SPLIT = None
                 out.append((size, path, secs, cpu, own))
-                print(f"  {size:4} samples/msg {path:8} {publishers * n / secs:7.0f} msg/s",
+                print(f"  {size:4} samples/msg {path:12} {publishers * n / secs:7.0f} msg/s",
                       flush=True)  # fmt: skip
     return out
 
@@ -318,16 +331,21 @@ def report_receive_paths(results: list[tuple[int, str, float, float, float]], to
         for path, (secs, cpu, own) in best.items():
             per = 1e6 / (total * size)
             print(
-                f"  {size:4} samples/msg  {path:8} {total / secs:7.0f} msg/s"
+                f"  {size:4} samples/msg  {path:12} {total / secs:7.0f} msg/s"
                 f" {total * size / secs:8.0f} samples/s"
                 f"  CPU {cpu * per:5.2f} us/sample ({cpu * 1e6 / total:4.0f} us/msg;"
                 f" serve {own * per:4.2f} + writer child {(cpu - own) * per:4.2f})"
             )
-        if len(best) == 2:
+        if "paho" in best and "asyncio" in best:
             ratio = best["paho"][0] / best["asyncio"][0]
             cpu_ratio = best["paho"][1] / best["asyncio"][1]
             print(f"  {size:4} samples/msg  asyncio / paho: {ratio:.2f}x samples/s,"
                   f" {cpu_ratio:.2f}x less CPU per sample")  # fmt: skip
+        for path in RECEIVE_PATHS:
+            if path in best and f"{path}@base" in best:
+                old, new = best[f"{path}@base"], best[path]
+                print(f"  {size:4} samples/msg  {path} this / base: {old[0] / new[0]:.2f}x"
+                      f" samples/s, {old[1] / new[1]:.2f}x less CPU per sample")  # fmt: skip
 
 
 def main() -> None:
@@ -358,7 +376,8 @@ def main() -> None:
         "--receive-paths",
         action="store_true",
         help="only compare the receive paths (FEDMQ_RECEIVE=paho vs asyncio) side by side "
-        "at each --samples size: msg/s, samples/s, CPU us per stored sample",
+        "at each --samples size: msg/s, samples/s, CPU us per stored sample; with "
+        "--baseline, both paths of that checkout too",
     )
     ap.add_argument(
         "--samples",
@@ -433,7 +452,10 @@ def main_receive_paths(a: argparse.Namespace) -> None:
         assert broker.proc is not None
         BROKER_PID = broker.proc.pid
         try:
-            results = receive_paths(broker.port, a.publishers, a.messages, work, sizes, a.rounds)
+            base = None if a.baseline is None else a.baseline.resolve()
+            results = receive_paths(
+                broker.port, a.publishers, a.messages, work, sizes, a.rounds, base
+            )
         finally:
             broker.kill()
     print(f"stream: {a.publishers} publishers x {a.messages} msgs, QoS 1, SQLite")
