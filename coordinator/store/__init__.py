@@ -20,6 +20,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -276,11 +277,15 @@ _TEL_INSERT = (
     "epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _TEL_WIDTH = 10  # columns per telemetry row
-# Samples go in statements of this many rows (VALUES (...), (...), ...): measured ~1 us
-# less CPU per row than one row per executemany step (3.2 -> 2.2 us per row with the
-# (site, ts) index), as the per-row bind, step and reset overhead is paid per statement.
-_TEL_ROWS = 100
-_TEL_INSERT_MANY = _TEL_INSERT + ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" * (_TEL_ROWS - 1)
+# Samples go in multi-row statements (VALUES (...), (...), ...) of these many rows, the
+# largest first, then one row per step: the per-row bind, step and reset overhead is paid
+# per statement (measured ~1 us less CPU per row than one row per executemany step, 3.2 ->
+# 2.2 us with the (site, ts) index), and sqlite3 releases the GIL for each whole step
+# (the writer process decodes the next messages meanwhile).
+_TEL_TIERS = (1000, 100, 10)
+_TEL_INSERT_ROWS = {
+    k: _TEL_INSERT + ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" * (k - 1) for k in _TEL_TIERS
+}
 _ALARM_COLUMNS = ", ".join(AlarmRow._fields)
 # A row per (site, device, alarm id): its acknowledgement stays until the alarm becomes
 # active again (SET expressions read the row as it was).
@@ -327,26 +332,32 @@ def _msg_tuple(r: DurableRow) -> tuple[Any, ...]:
     )
 
 
+_site_of = attrgetter("site")
+
+
 def _insert_samples(conn: sqlite3.Connection, rows: Iterable[DurableRow]) -> None:
-    """Insert the telemetry rows of ``rows``, in order: full statements of
-    :data:`_TEL_ROWS` rows from one flat list of values, the rest one row at a time."""
+    """Insert the telemetry rows of ``rows`` from one flat list of values: in statements
+    of :data:`_TEL_TIERS` rows, the rest one row at a time. Site by site (each site's in
+    the order given): consecutive rows then land next to each other in the (site, ts)
+    index, measured ~0.35 us less CPU per row with four sites interleaved."""
     flat: list[Any] = []
     add = flat.extend
-    for r in rows:
-        if not r.samples:
-            continue
+    for r in sorted(rows, key=_site_of):
         site, device, historical, seq, epoch = r.site, r.device, int(r.historical), r.seq, r.epoch
-        for n, ts, v, u, q in r.samples:
+        for n, ts, v, u, q in r.samples:  # unpacked: a malformed sample fails here
             add((site, device, n, ts, v, u, q, historical, seq, epoch))
-    if not flat:
-        return
-    width = _TEL_ROWS * _TEL_WIDTH
-    full = len(flat) // width * width
-    if full:
-        conn.executemany(_TEL_INSERT_MANY, [flat[i : i + width] for i in range(0, full, width)])
-    if full < len(flat):
+    at = 0
+    for k in _TEL_TIERS:
+        width = k * _TEL_WIDTH
+        end = at + (len(flat) - at) // width * width
+        if end > at:
+            conn.executemany(
+                _TEL_INSERT_ROWS[k], [flat[i : i + width] for i in range(at, end, width)]
+            )
+            at = end
+    if at < len(flat):
         conn.executemany(
-            _TEL_INSERT, [flat[i : i + _TEL_WIDTH] for i in range(full, len(flat), _TEL_WIDTH)]
+            _TEL_INSERT, [flat[i : i + _TEL_WIDTH] for i in range(at, len(flat), _TEL_WIDTH)]
         )
 
 
