@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,59 @@ def test_the_syft_lock_is_released_only_by_the_thread_that_holds_it() -> None:
     assert got == [False, True]
     assert SYFT_LOCK._lock.acquire(timeout=0.05)
     SYFT_LOCK._lock.release()
+
+
+def test_cpus_go_to_the_least_claimed_and_ties_spread_by_site() -> None:
+    cpus = [0, 1, 2, 3]
+    # Nothing claimed: the site's rotation of highest-first; different sites spread.
+    firsts = {limits.pick_cpus(cpus, 1, {}, key)[0] for key in "abcdefgh"}
+    assert len(firsts) > 1
+    assert limits.pick_cpus(cpus, 1, {}, "") == [3]  # no key: the last CPU, as before
+    # Claimed CPUs are avoided whatever the key says.
+    for key in "abcdefgh":
+        assert limits.pick_cpus(cpus, 2, {3: 1, 2: 1, 1: 2}, key) == [0, 2] or limits.pick_cpus(
+            cpus, 2, {3: 1, 2: 1, 1: 2}, key
+        ) == [0, 3]
+        assert limits.pick_cpus(cpus, 1, {0: 1, 1: 1, 3: 1}, key) == [2]
+    assert limits.pick_cpus(cpus, 4, {0: 5}, "x") == cpus  # all of them: no choice
+    assert limits.parse_cpu_list("0-2,5,7-8\n") == {0, 1, 2, 5, 7, 8}
+    assert limits.parse_cpu_list("junk") == set()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to choose from")
+def test_a_new_worker_avoids_the_cpu_another_worker_process_is_bound_to() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    held = allowed[-1]
+    # Real processes that look like a worker (their command line names the module; a
+    # marker of this test's own, as other tests' workers may run beside it) bound to one
+    # CPU, as a co-located site's worker is; a new process reading /proc avoids that CPU.
+    marker = f"fedmq-test-worker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    hold = (
+        f"import os, sys; os.sched_setaffinity(0, {{{held}}}); print(1, flush=True);"
+        "sys.stdin.read()"
+    )
+    others = [subprocess.Popen([sys.executable, "-c", hold, marker], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    try:
+        for other in others:
+            assert other.stdout is not None and other.stdout.readline().strip() == "1"
+        assert limits.worker_claims(allowed, (marker.encode(),)) == {held: 2}
+        pick = (
+            "import json, os; from site_node.training.worker import limits;"
+            "a = sorted(os.sched_getaffinity(0));"
+            f"c = limits.worker_claims(a, ({marker.encode()!r},));"
+            "print(json.dumps(limits.pick_cpus(a, 1, c, KEY)))"
+        )
+        for key in ("x", "y", "z", ""):
+            out = subprocess.run([sys.executable, "-c", pick.replace("KEY", repr(key))],
+                                 capture_output=True, text=True, check=True, cwd=REPO)  # fmt: skip
+            chosen = json.loads(out.stdout)
+            assert len(chosen) == 1 and chosen[0] != held, (key, chosen, held)
+    finally:
+        for other in others:
+            other.kill()
+            other.wait()
+    assert limits.worker_claims(allowed, (marker.encode(),)) == {}
 
 
 def test_rss_of_a_live_and_a_gone_process() -> None:

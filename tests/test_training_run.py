@@ -263,8 +263,13 @@ def test_site_killed_mid_round_quorum_at_deadline_then_its_late_result(fed: Fed)
         assert d.cli("approve", first["job_id"]).returncode == 0
         # ~40 s of training on an idle machine; at load ~10 (two CPU burners beside the
         # suite) it once took over 120 s.
-        wait_until(lambda: state_of(first["job_id"])["state"] == "done", 360,
-                   "late result of d's round-1 job", step=1.0)  # fmt: skip
+        try:
+            wait_until(lambda: state_of(first["job_id"])["state"] == "done", 360,
+                       "late result of d's round-1 job", step=1.0)  # fmt: skip
+        except AssertionError as exc:
+            tail = "\n".join(d.log_text().splitlines()[-60:])
+            job = state_of(first["job_id"])
+            raise AssertionError(f"{exc}\njob: {job}\nd's log:\n{tail}") from None
         late = state_of(first["job_id"])
         assert late["late"] == 1 and late["n_samples"] > 0
         assert d.cli("reject", second["job_id"], "--reason", "enough for today").returncode == 0

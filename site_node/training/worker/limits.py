@@ -8,9 +8,12 @@ virtual memory for ~480 MB resident, and every new thread reserves malloc arenas
 limit on virtual memory fails healthy jobs and says nothing about real use.
 
 CPU: the worker lowers its own priority (``nice``) and binds itself to ``threads`` CPUs
-(the last ones it may use) first thing, before any thread exists (Linux applies both per
-thread and new threads inherit them), so whatever a task does (its own threads included)
-it gets at most ``threads`` cores at the plant software's leftover priority. It starts
+first thing, before any thread exists (Linux applies both per thread and new threads
+inherit them), so whatever a task does (its own threads included) it gets at most
+``threads`` cores at the plant software's leftover priority. Which CPUs: those the fewest
+other fedmq workers (training or scoring, of any site on the machine) are bound to, ties
+broken by a rotation keyed on the site, so co-located sites and a site's own scoring
+process do not all pile onto one core while the others idle. It starts
 with the OpenMP/BLAS thread variables set and torch's pools sized to match, so torch and
 numpy do not oversubscribe those cores.
 """
@@ -18,6 +21,7 @@ numpy do not oversubscribe those cores.
 from __future__ import annotations
 
 import os
+import zlib
 
 from site_node.training.jobs.config import TrainingSettings
 
@@ -26,10 +30,13 @@ __all__ = [
     "apply_cpus",
     "apply_nice",
     "memory_limit_mb",
+    "parse_cpu_list",
+    "pick_cpus",
     "rss_mb",
     "thread_env",
     "threads",
     "trim_memory",
+    "worker_claims",
 ]
 
 # Without memory_limit_mb: half the machine's RAM, at most this.
@@ -71,16 +78,78 @@ def apply_nice(level: int) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, level)
 
 
-def apply_cpus(n: int) -> list[int]:
-    """Bind the calling thread (and the threads it starts) to ``n`` of its allowed CPUs,
-    the highest-numbered ones; returns them. Where affinity cannot be set: all allowed."""
+_WORKER_MODULES = (b"site_node.training.worker", b"site_node.scoring.worker")
+
+
+def apply_cpus(n: int, key: str = "") -> list[int]:
+    """Bind the calling thread (and the threads it starts) to ``n`` of its allowed CPUs;
+    returns them. Where affinity cannot be set: all allowed.
+
+    The CPUs are those with the fewest other fedmq workers bound to them
+    (:func:`worker_claims`); among equals, a rotation of the highest-numbered first keyed
+    on ``key`` (the site id), so workers that start at the same moment spread too.
+    """
     try:
         allowed = sorted(os.sched_getaffinity(0))
-        chosen = allowed[-n:] if n < len(allowed) else allowed
+        chosen = pick_cpus(allowed, n, worker_claims(allowed), key)
         os.sched_setaffinity(0, chosen)
     except (AttributeError, OSError):
         return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     return chosen
+
+
+def pick_cpus(allowed: list[int], n: int, claims: dict[int, int], key: str = "") -> list[int]:
+    """``n`` of ``allowed``: the least claimed, ties by a ``key``-rotated descending order."""
+    if n >= len(allowed):
+        return list(allowed)
+    shift = zlib.crc32(key.encode()) % len(allowed)
+    descending = sorted(allowed, reverse=True)
+    rank = {cpu: (i + shift) % len(allowed) for i, cpu in enumerate(descending)}
+    return sorted(sorted(allowed, key=lambda c: (claims.get(c, 0), rank[c]))[:n])
+
+
+def worker_claims(
+    allowed: list[int], modules: tuple[bytes, ...] = _WORKER_MODULES
+) -> dict[int, int]:
+    """Per CPU, how many other fedmq worker processes on this machine (a command line
+    naming one of ``modules``) are bound to it; only those bound to fewer than all of
+    ``allowed`` count. Best effort: unreadable /proc entries are skipped."""
+    claims: dict[int, int] = {}
+    me = os.getpid()
+    try:
+        pids = [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != me]
+    except OSError:
+        return claims
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+            if not any(m in cmdline for m in modules):
+                continue
+            with open(f"/proc/{pid}/status") as fh:
+                line = next(x for x in fh if x.startswith("Cpus_allowed_list:"))
+        except (OSError, StopIteration):
+            continue
+        cpus = parse_cpu_list(line.split(":", 1)[1])
+        if cpus and len(cpus & set(allowed)) < len(allowed):
+            for cpu in cpus:
+                claims[cpu] = claims.get(cpu, 0) + 1
+    return claims
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """``0-3,6`` (the kernel's list format) as a set; empty when it does not parse."""
+    out: set[int] = set()
+    try:
+        for part in text.strip().split(","):
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                out.update(range(int(lo), int(hi) + 1))
+            elif part:
+                out.add(int(part))
+    except ValueError:
+        return set()
+    return out
 
 
 def rss_mb(pid: int) -> float | None:

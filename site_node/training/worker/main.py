@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from site_node.training.worker.limits import apply_cpus, apply_nice
 
     apply_nice(hello.nice)
-    cpus = apply_cpus(hello.threads)
+    cpus = apply_cpus(hello.threads, hello.site_id)
     from fedmq_runtime.logs import setup_logging
 
     setup_logging(hello.log_file, hello.log_format, hello.verbose)
