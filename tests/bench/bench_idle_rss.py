@@ -84,8 +84,8 @@ def main() -> None:
         (syft / "datasets.json").write_text(json.dumps(record))
     twin_cfg = {k: v for k, v in settings.items() if k != "training"}
     twin_cfg.update(site_id="twin", data_dir=str(tmp / "twin-data"))
-    site = SiteProc(tmp / "w", settings).start()
-    twin = SiteProc(tmp / "twin", twin_cfg).start()
+    site = SiteProc(tmp / "w", settings, suite_nice=False).start()
+    twin = SiteProc(tmp / "twin", twin_cfg, suite_nice=False).start()
     try:
         if args.host_with_worker:
             t0 = time.monotonic()

@@ -69,7 +69,7 @@ class CheckoutSite(SiteProc):
     """A site daemon running the code of ``checkout`` (this repository or an old worktree)."""
 
     def __init__(self, workdir: Path, settings: dict[str, Any], checkout: Path) -> None:
-        super().__init__(workdir, settings)
+        super().__init__(workdir, settings, suite_nice=False)
         self.checkout = checkout
 
     def start(self) -> CheckoutSite:

@@ -211,7 +211,7 @@ def part_sites(
                 batch_max_samples=1000, history={"enabled": False},
             )  # fmt: skip
             counters[name] = _Counter(broker.port, prefix, name)
-            sites[name] = SiteProc(tmp / name, settings).start()
+            sites[name] = SiteProc(tmp / name, settings, suite_nice=False).start()
             # The acker acks (as the coordinator does) so both outboxes stay small.
             ackers[name] = Acker(broker.port, prefix, tmp / f"acker-{name}.db").start()
         try:

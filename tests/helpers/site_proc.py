@@ -57,14 +57,14 @@ def _is_table(value: Any) -> bool:
 class SiteProc:
     """One site daemon process; ``kill()`` at teardown always (see the fixtures)."""
 
-    def __init__(self, workdir: Path, settings: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, settings: dict[str, Any], suite_nice: bool = True) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if isinstance(settings.get("training"), dict):
+        if suite_nice and isinstance(settings.get("training"), dict):
             # Production's nice 10 lets training yield to the plant's software; here the
             # "plant" is the rest of the suite (load ~10 in CI), beside which a nice-10
             # worker gets a few percent of a core and starts syft in minutes. Tests that
-            # are about the nice level set it.
+            # are about the nice level set it; benchmarks keep the defaults (False).
             settings["training"].setdefault("nice", 0)
             scoring = settings.setdefault("scoring", {})
             if isinstance(scoring, dict):
