@@ -76,3 +76,29 @@ def test_the_service_feeds_every_run_it_drives_and_none_that_ended() -> None:
         {"site": "a", "kind": "job_status", "job_id": "j1", "payload": "{}"}
     ]
     assert ended.link.feed.empty()
+
+
+def test_a_driver_transaction_commits_its_rows_together_or_not_at_all(tmp_path: Path) -> None:
+    from coordinator.store.training import TrainDb
+
+    db = TrainDb(tmp_path / "t.db")
+    other = sqlite3.connect(tmp_path / "t.db")
+
+    def seen() -> list[str]:
+        return [r[0] for r in other.execute("SELECT job_id FROM train_jobs ORDER BY job_id")]
+
+    db.put_job({"job_id": "j0", "run_id": "r", "round": 1, "site": "a", "state": "sent"})
+    assert seen() == ["j0"]  # outside a transaction every write commits
+    with db.transaction():
+        db.put_job({"job_id": "j1", "run_id": "r", "round": 1, "site": "b", "state": "sent"})
+        with db.transaction():  # nested: the outermost commits
+            db.put_round("r", 1, state="open", selected=["a", "b"])
+        assert seen() == ["j0"]  # not visible to another connection yet
+    assert seen() == ["j0", "j1"]
+    assert other.execute("SELECT state FROM rounds").fetchone() == ("open",)
+    with pytest.raises(RuntimeError), db.transaction():
+        db.put_job({"job_id": "j2", "run_id": "r", "round": 1, "site": "c", "state": "sent"})
+        raise RuntimeError("crash before the commit")
+    assert seen() == ["j0", "j1"]  # rolled back: none of the block's rows
+    db.put_job({"job_id": "j3", "run_id": "r", "round": 1, "site": "d", "state": "sent"})
+    assert seen() == ["j0", "j1", "j3"]  # and writes commit one by one again

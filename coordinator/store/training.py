@@ -15,10 +15,11 @@ opens the database first creates the tables, and a race between two is harmless.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +139,12 @@ JobRow = dict[str, Any]
 
 
 class TrainDb:
-    """A round driver's connection (one thread); every method commits."""
+    """A round driver's connection (one thread); every method commits, except inside
+    :meth:`transaction`, which commits everything written in it at once."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._depth = 0  # open transaction() blocks
         self.conn = sqlite3.connect(str(self.path), timeout=30)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -151,6 +154,30 @@ class TrainDb:
     def close(self) -> None:
         self.conn.close()
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The writes in the block commit together (one fsync instead of one per row; all
+        or none after a crash); blocks nest, the outermost commits."""
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self.conn.rollback()
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self.conn.commit()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        if self._depth:
+            yield  # the enclosing transaction() commits
+        else:
+            with self.conn:
+                yield
+
     def _upsert(self, table: str, row: dict[str, Any], pk: Iterable[str]) -> None:
         cols = list(row)
         keys = list(pk)
@@ -159,7 +186,7 @@ class TrainDb:
             f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}"
         )
-        with self.conn:
+        with self._write():
             self.conn.execute(sql, [_cell(row[c]) for c in cols])
 
     # Runs ---------------------------------------------------------------------------
@@ -223,7 +250,7 @@ class TrainDb:
         (``metric, value, sites, of_sites, n_samples, weighting``). A later evaluation of
         the same model (a round restarted after a resume) replaces the earlier one."""
         at = now_ms()
-        with self.conn:
+        with self._write():
             self.conn.execute(
                 "DELETE FROM eval_sites WHERE run_id = ? AND model_id = ?", (run_id, model_id)
             )
@@ -298,7 +325,7 @@ class TrainDb:
 
     def set_api_url(self, url: str) -> None:
         """Where this database's daemon serves its control API (``fedmq train`` reads it)."""
-        with self.conn:
+        with self._write():
             self.conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('api_url', ?)", (url,)
             )

@@ -357,26 +357,27 @@ class _Runner:
         self.expected = None if weights is None else read_signature(weights, sys.maxsize)
         jobs: dict[str, JobTrack] = {}
         hp = {**spec.hyperparams(), "round": rnd - 1}  # the task's lr schedule is 0-based
-        for site in sites:
-            job_id = f"{self.run_id[4:]}-r{rnd}-{site}-{uuid.uuid4().hex[:6]}"
-            jobs[site] = job = JobTrack(job_id, self.run_id, rnd, site)
-            self.inbox.track(job)
-            self.db.put_job({**job.row(), "created_at": started_at})
-        self.db.put_round(
-            self.run_id,
-            rnd,
-            state="open",
-            started_at=started_at,
-            closed_at=None,
-            selected=sites,
-            n_results=0,
-            reason="",
-            model_id=None,
-            metrics=None,
-            test_rmse=None,
-            job_time_max_s=None,
-            wall_s=None,
-        )
+        with self.db.transaction():  # the round and its jobs: one commit, before sending
+            for site in sites:
+                job_id = f"{self.run_id[4:]}-r{rnd}-{site}-{uuid.uuid4().hex[:6]}"
+                jobs[site] = job = JobTrack(job_id, self.run_id, rnd, site)
+                self.inbox.track(job)
+                self.db.put_job({**job.row(), "created_at": started_at})
+            self.db.put_round(
+                self.run_id,
+                rnd,
+                state="open",
+                started_at=started_at,
+                closed_at=None,
+                selected=sites,
+                n_results=0,
+                reason="",
+                model_id=None,
+                metrics=None,
+                test_rmse=None,
+                job_time_max_s=None,
+                wall_s=None,
+            )
         for site, job in jobs.items():
             self.sender.train(
                 site,
@@ -401,13 +402,16 @@ class _Runner:
             )
         )
         self._collect(rnd, jobs, started, started_at, spec.min_sites)
-        if self.expected is None:
-            for job in exclude_minority(list(jobs.values())):
-                self._store(job)
         sent_id = f"{self.run_id}-r{rnd - 1}" if weights is not None else None
-        closed = close_round(
-            self.db, spec, self.run_id, rnd, jobs, started, started_at, weights, sent_id
-        )
+        excluded = exclude_minority(list(jobs.values())) if self.expected is None else []
+        with self.db.transaction():  # jobs, evaluation, model and round row: one commit
+            for job in excluded:
+                self.db.put_job(job.row())
+            closed = close_round(
+                self.db, spec, self.run_id, rnd, jobs, started, started_at, weights, sent_id
+            )
+        for job in excluded:
+            self._announce(job)
         if closed.state == "failed":  # the run stops: nothing left to run for it
             for job in jobs.values():
                 if not job.answered:
@@ -451,11 +455,12 @@ class _Runner:
         self.round = rnd
         self.expected = None
         jobs: dict[str, JobTrack] = {}
-        for site in sites:
-            job_id = f"{self.run_id[4:]}-e{rnd}-{site}-{uuid.uuid4().hex[:6]}"
-            jobs[site] = job = JobTrack(job_id, self.run_id, rnd, site, evaluate_only=True)
-            self.inbox.track(job)
-            self.db.put_job({**job.row(), "created_at": started_at})
+        with self.db.transaction():
+            for site in sites:
+                job_id = f"{self.run_id[4:]}-e{rnd}-{site}-{uuid.uuid4().hex[:6]}"
+                jobs[site] = job = JobTrack(job_id, self.run_id, rnd, site, evaluate_only=True)
+                self.inbox.track(job)
+                self.db.put_job({**job.row(), "created_at": started_at})
         for site, job in jobs.items():
             self.sender.train(
                 site, job.job_id, self.run_id, rnd, spec.task, self.code_hash,
@@ -496,16 +501,21 @@ class _Runner:
                 rows = rows + self.link.feed.get_nowait()
             except queue.Empty:
                 break
-        for job in self.inbox.apply(rows):
-            if job.job_id in self.stragglers:
-                job.late = True
-            if not job.late and job.round == self.round:
-                rows_max = registered_rows(self.db.conn, job.site, self.spec.task)
-                vet_result(job, self.expected, self.spec, rows_max)
-            self._store(job)
+        changed = []
+        with self.db.transaction():  # everything that came: one commit
+            for job in self.inbox.apply(rows):
+                if job.job_id in self.stragglers:
+                    job.late = True
+                if not job.late and job.round == self.round:
+                    rows_max = registered_rows(self.db.conn, job.site, self.spec.task)
+                    vet_result(job, self.expected, self.spec, rows_max)
+                self.db.put_job(job.row())
+                changed.append(job)
+        for job in changed:
+            self._announce(job)
 
-    def _store(self, job: JobTrack) -> None:
-        self.db.put_job(job.row())
+    def _announce(self, job: JobTrack) -> None:
+        """A job's stored state to the run's listeners (after its commit)."""
         row = job.row()
         self.emit(
             JobUpdate(
