@@ -127,6 +127,54 @@ class RssSampler:
         return out
 
 
+def _phases(db: Path, run_id: str) -> list[tuple[float, float, float]]:
+    """Per warm round (2..N), where its overhead went, for its slowest job (s): start =
+    round created -> the job's "running" (serve's commit, signing, the command's trip,
+    the site's checks); site = the job's running -> done at the site minus its train time
+    (the worker hop, syft, the result's trip into the outbox); close = the round's last
+    result received -> model stored (aggregation and the round's writes)."""
+    conn = sqlite3.connect(db)
+    out = []
+    rounds = conn.execute(
+        "SELECT round, started_at FROM rounds WHERE run_id = ? AND round > 1 ORDER BY round",
+        (run_id,),
+    ).fetchall()
+    for rnd, started in rounds:
+        slow = conn.execute(
+            "SELECT job_id, train_time_s FROM train_jobs WHERE run_id = ? AND round = ? "
+            "ORDER BY train_time_s DESC LIMIT 1",
+            (run_id, rnd),
+        ).fetchone()
+        model = conn.execute(
+            "SELECT created_at FROM models WHERE run_id = ? AND round = ?", (run_id, rnd)
+        ).fetchone()
+        last = conn.execute(
+            "SELECT max(m.received_at) FROM messages m JOIN train_jobs j ON m.job_id = j.job_id "
+            "WHERE j.run_id = ? AND j.round = ? AND m.kind IN ('job_result', 'result_chunk')",
+            (run_id, rnd),
+        ).fetchone()
+        if slow is None or model is None or last[0] is None or slow[1] is None:
+            continue
+        ts = {
+            json.loads(p)["state"]: t
+            for p, t in conn.execute(
+                "SELECT payload, ts FROM messages WHERE job_id = ? AND kind = 'job_status'",
+                (slow[0],),
+            )
+        }
+        if "running" not in ts or "done" not in ts:
+            continue
+        out.append(
+            (
+                (ts["running"] - started) / 1000,
+                (ts["done"] - ts["running"]) / 1000 - slow[1],
+                (model[0] - last[0]) / 1000,
+            )
+        )
+    conn.close()
+    return out
+
+
 @dataclass
 class Outcome:
     label: str
@@ -136,6 +184,7 @@ class Outcome:
     wait_stopped_s: float | None
     rss: list[str]
     lines: list[str]
+    phases: list[tuple[float, float, float]]
 
 
 def run_variant(
@@ -220,7 +269,7 @@ def run_variant(
                          f"{r['wall_s'] - job:10.2f}  {span:15.2f}  "
                          f"{r['wall_s'] - span:11.2f}")  # fmt: skip
         return Outcome(label, over, rounds[0]["wall_s"], rounds[0]["job_time_max_s"] or 0.0,
-                       waited, sampler.table(), lines)  # fmt: skip
+                       waited, sampler.table(), lines, _phases(db, run_id))  # fmt: skip
     finally:
         sampler.stop()
         for proc in sites:
@@ -281,6 +330,14 @@ def main() -> None:
     for o in outcomes:
         warm = statistics.median(o.overheads[1:]) if len(o.overheads) > 1 else float("nan")
         print(f"{o.label:18s} {o.overheads[0]:17.2f}  {warm:22.2f}")
+    print()
+    print("where the warm overhead goes (medians over rounds 2..N, slowest job; s):")
+    print("variant            start (created->running)  site (running->done - train)  "
+          "close (last result->model)")  # fmt: skip
+    for o in outcomes:
+        if o.phases:
+            a, b, c = (statistics.median(p[i] for p in o.phases) for i in range(3))
+            print(f"{o.label:18s} {a:24.3f}  {b:28.3f}  {c:26.3f}")
     if len(outcomes) == 2:
         cur, base = (statistics.median(o.overheads[1:]) for o in outcomes)
         print(f"warm overhead ratio current/baseline: {cur / base:.2f} (target <= 1.10)")
