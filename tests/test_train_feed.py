@@ -102,3 +102,36 @@ def test_a_driver_transaction_commits_its_rows_together_or_not_at_all(tmp_path: 
     assert seen() == ["j0", "j1"]  # rolled back: none of the block's rows
     db.put_job({"job_id": "j3", "run_id": "r", "round": 1, "site": "d", "state": "sent"})
     assert seen() == ["j0", "j1", "j3"]  # and writes commit one by one again
+
+
+def test_a_job_message_ends_the_batch_wait_so_the_driver_gets_it_at_once(tmp_path: Path) -> None:
+    import threading
+
+    from tests.helpers.wait import wait_for
+
+    store = SqliteStore(tmp_path / "c.db")
+    # A batch lingers up to batch_time_s for more telemetry; a job message must not.
+    cfg = CoordinatorSettings(mqtt=MqttSettings(prefix=P), writer_process=False,
+                              batch_time_s=60.0)  # fmt: skip
+    ing = Ingestor(store, cfg, 1, lambda *_: None, lambda *_: None, queue.SimpleQueue())
+    handed: list[list[Any]] = []
+    ing.on_job_messages = handed.append
+    batch = TelemetryBatch(site="a", session=1, seq=1, device="d",
+                           samples=(Sample(ts=1, name="x", value=1.0),))  # fmt: skip
+    status = JobStatus(site="a", session=1, seq=2, job_id="j1", run_id="r", round=1,
+                       state="done")  # fmt: skip
+    try:
+        ing.inbound.put(Inbound(T.telemetry("a", "d"), encode(batch), 1, 1, False, 1000))
+        worker = threading.Thread(target=ing._batch, daemon=True)
+        worker.start()
+        wait_for(ing.inbound.empty, 10, "the batch took the telemetry")  # now lingering
+        ing.inbound.put(Inbound(T.job_status("a", "j1"), encode(status), 2, 1, False, 1001))
+        wait_for(lambda: handed, 20, "the job status handed over (not after 60 s)")
+        worker.join(20)
+        assert not worker.is_alive()
+        assert [(r.kind, r.job_id) for r in handed[0]] == [("job_status", "j1")]
+        assert store.conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 2
+    finally:
+        if ing.writer is not None:
+            ing.writer.stop()
+        store.close()
