@@ -181,11 +181,13 @@ def test_a_job_starts_the_worker_cold_the_next_finds_it_warm(site: WorkerSite) -
     worker = wait_for(site.worker, 10, "the worker process")
     assert worker is not None
     # Limits: every thread of the worker runs at the configured nice level, its OpenMP
-    # pools are held to one thread.
+    # pools are held to one thread and their idle threads sleep (no spinning).
     for task in Path(f"/proc/{worker.pid}/task").iterdir():
         stat = (task / "stat").read_text()
         assert int(stat.rsplit(")", 1)[1].split()[16]) == NICE, task
-    assert b"OMP_NUM_THREADS=1\x00" in Path(f"/proc/{worker.pid}/environ").read_bytes()
+    environ = Path(f"/proc/{worker.pid}/environ").read_bytes()
+    assert b"OMP_NUM_THREADS=1\x00" in environ
+    assert b"OMP_WAIT_POLICY=PASSIVE\x00" in environ
     done = c.wait_state(SITE, "cold-1", "done", timeout=240)
     assert len(done.results) == 1 and done.results[0].n_samples > 0
     n = len(site.heartbeats())

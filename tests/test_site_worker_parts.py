@@ -79,6 +79,8 @@ def test_defaults_are_safe_on_a_shared_machine() -> None:
     set_ = TrainingSettings(threads=3, memory_limit_mb=700, nice=15)
     assert (limits.threads(set_), limits.memory_limit_mb(set_)) == (3, 700)
     assert limits.thread_env(3)["OMP_NUM_THREADS"] == "3"
+    assert limits.thread_env(3, {})["OMP_WAIT_POLICY"] == "PASSIVE"  # idle threads sleep
+    assert limits.thread_env(3, {"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
     with pytest.raises(ValueError):
         TrainingSettings(nice=20)
     with pytest.raises(ValueError):
