@@ -116,6 +116,8 @@ class Runner:
         with SYFT_LOCK:
             self._open()
         while True:
+            if self._prepare_while_full():
+                continue
             with self._jobs:  # at most max_concurrent_jobs at once: take no more ops
                 self._jobs.wait_for(lambda: self._running < self._max_jobs)
                 idle = self._running == 0
@@ -166,6 +168,18 @@ class Runner:
             if not isinstance(op, Deny):
                 self._report(Failed(op.job_id, f"{type(exc).__name__}: {exc}"[:400]))
         self._report(OpDone(n))
+
+    def _prepare_while_full(self) -> bool:
+        """Jobs fill every place and a slot is missing: prepare it now, while they train
+        (their own code runs outside SYFT_LOCK), rather than after the job, when the next
+        round's job would wait for it (a round's slowest site got its next command ~0.1 s
+        after its result, its slot 0.2-0.4 s later). True if it prepared one."""
+        with self._jobs:
+            if self._running < self._max_jobs or self._slot_wanted() is None:
+                return False
+        with SYFT_LOCK:
+            self._prepare_slot()
+        return True
 
     # -- pre-approved slots (auto approval) ----------------------------------------------
 
