@@ -25,6 +25,7 @@ from coordinator.store import (
     SiteRecord,
     SqliteStore,
     Store,
+    StreamRow,
 )
 
 
@@ -195,6 +196,16 @@ def test_the_contiguous_ack_is_read_from_the_database(make: Any) -> None:
     assert store.contiguous_acked("a", "", 7) == 12
     assert store.contiguous_acked("a", "other", 0) == 0  # another epoch
     assert store.contiguous_acked("b", "", 0) == 1
+
+
+def test_the_saved_stream_ack_is_where_another_worker_starts(make: Any) -> None:
+    store = make()
+    assert store.stream_acked("a", "e1") == 0  # no stream yet
+    store.save_streams([StreamRow("a", "e1", 1, 2, 40), StreamRow("a", "e2", 1, 2, 7)])
+    store.commit()
+    assert store.stream_acked("a", "e1") == 40
+    assert store.stream_acked("a", "e2") == 7
+    assert store.stream_acked("b", "e1") == 0
 
 
 def test_events_heartbeats_dead_letters_and_retention(make: Any) -> None:

@@ -450,6 +450,13 @@ class PostgresStore:
             "DELETE FROM gaps WHERE site = %s AND epoch = %s AND last <= %s", (site, epoch, acked)
         ).rowcount
 
+    def stream_acked(self, site: str, epoch: str) -> int:
+        """As :meth:`SqliteStore.stream_acked`."""
+        row = self.conn.execute(
+            "SELECT acked FROM streams WHERE site = %s AND epoch = %s", (site, epoch)
+        ).fetchone()
+        return 0 if row is None else int(row[0] or 0)
+
     def contiguous_acked(self, site: str, epoch: str, acked: int) -> int:
         """As :meth:`SqliteStore.contiguous_acked` (the primary key serves both scans)."""
         while True:
