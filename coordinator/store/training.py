@@ -1,6 +1,7 @@
 """The training tables (runs, rounds, train_jobs, models; federated evaluation in
 eval_sites and eval_rounds; a server optimizer's strategy_state) and the round driver's
-writes.
+writes, in SQLite or PostgreSQL (the same ``--db`` as serve's store: a file or a
+``postgresql://`` URL).
 
 ``fedmq serve``'s round-driver threads own these tables, each with its own connection; the
 writer thread owns the rest of the database and stores what sites send (job statuses,
@@ -11,6 +12,14 @@ used (results are not polled any more); the column stays for older databases.
 
 Migrations are named ``train_...`` and idempotent (``if_not_exists``), so whichever process
 opens the database first creates the tables, and a race between two is harmless.
+
+On PostgreSQL the same class runs the same SQL through
+:class:`coordinator.store.pg_compat.CompatConnection` (``?`` placeholders, ``sqlite3.Row``-like
+rows, ``with conn:`` transactions); the migrations go through
+:func:`coordinator.store.postgres.apply_pg_migrations` (types translated, an advisory lock
+for concurrent first starts). The one dialect difference in the queries is the order of
+stored job messages (SQLite's ``rowid``; PostgreSQL has none: arrival time, then per site
+its sequence numbers). psycopg is imported only for a PostgreSQL URL.
 """
 
 from __future__ import annotations
@@ -24,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.store.migrations import MIGRATIONS, Migration, apply_migrations
+from coordinator.store.urls import is_postgres_url
 from fedmq_runtime.clock import now_ms
 
 # now_ms: re-exported from fedmq_runtime.clock for the training modules that import it here.
-__all__ = ["TRAIN_MIGRATIONS", "JobRow", "TrainDb", "now_ms"]
+__all__ = ["TRAIN_MIGRATIONS", "JobRow", "TrainDb", "TrainDbError", "now_ms"]
 
 JOB_KINDS = ("job_status", "job_result", "result_chunk")
 
@@ -79,7 +89,8 @@ def _m0001_tables(db: Any) -> None:
 
 def _m0002_run_aggregate(db: Any) -> None:
     # How a run combines its results (fedavg | median | trimmed-mean); older runs: fedavg.
-    cols = {r[1] for r in db.execute("PRAGMA table_info(runs)").fetchall()}
+    # The columns from a query's description: portable (no PRAGMA on PostgreSQL).
+    cols = {c[0] for c in db.execute("SELECT * FROM runs LIMIT 0").description}
     if "aggregate" not in cols:
         db.execute("ALTER TABLE runs ADD COLUMN aggregate TEXT NOT NULL DEFAULT 'fedavg'")
 
@@ -137,19 +148,36 @@ def apply_train_migrations(conn: sqlite3.Connection) -> None:
 
 JobRow = dict[str, Any]
 
+# Stored job messages in the order they were stored (``job_messages``).
+_STORED_ORDER = {"sqlite": "rowid", "postgres": "received_at, site, epoch, seq"}
+
+
+class TrainDbError(RuntimeError):
+    """The training tables cannot be opened (server unreachable, missing extra, ...)."""
+
 
 class TrainDb:
     """A round driver's connection (one thread); every method commits, except inside
-    :meth:`transaction`, which commits everything written in it at once."""
+    :meth:`transaction`, which commits everything written in it at once.
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+    ``db``: a SQLite file, or a ``postgresql://`` URL (as ``fedmq serve --db``).
+    """
+
+    def __init__(self, db: Path | str) -> None:
         self._depth = 0  # open transaction() blocks
-        self.conn = sqlite3.connect(str(self.path), timeout=30)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        apply_train_migrations(self.conn)
+        self.conn: Any
+        if is_postgres_url(db):
+            self.path: Path | str = str(db)
+            self.dialect = "postgres"
+            self.conn = _connect_postgres(str(db))
+        else:
+            self.path = Path(db)
+            self.dialect = "sqlite"
+            self.conn = sqlite3.connect(str(self.path), timeout=30)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            apply_train_migrations(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -158,17 +186,19 @@ class TrainDb:
     def transaction(self) -> Iterator[None]:
         """The writes in the block commit together (one fsync instead of one per row; all
         or none after a crash); blocks nest, the outermost commits."""
-        self._depth += 1
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._depth = 1
         try:
-            yield
-        except BaseException:
-            self._depth -= 1
-            if self._depth == 0:
-                self.conn.rollback()
-            raise
-        self._depth -= 1
-        if self._depth == 0:
-            self.conn.commit()
+            with self.conn:  # commits at the end, rolls back on an exception
+                yield
+        finally:
+            self._depth = 0
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
@@ -304,17 +334,19 @@ class TrainDb:
 
     # What serve stored --------------------------------------------------------------
 
-    def job_messages(self, job_ids: Iterable[str]) -> list[sqlite3.Row]:
-        """Every stored message of these jobs, in (site, seq) order (resume)."""
+    def job_messages(self, job_ids: Iterable[str]) -> list[Any]:
+        """Every stored message of these jobs, in the order they were stored (resume)."""
         ids = list(job_ids)
         if not ids:
             return []
         marks = ", ".join("?" * len(ids))
-        return self.conn.execute(
-            "SELECT rowid, site, seq, kind, job_id, payload FROM messages "
-            f"WHERE job_id IN ({marks}) ORDER BY rowid",
-            ids,
-        ).fetchall()
+        return list(
+            self.conn.execute(
+                "SELECT site, seq, kind, job_id, payload FROM messages "
+                f"WHERE job_id IN ({marks}) ORDER BY {_STORED_ORDER[self.dialect]}",
+                ids,
+            ).fetchall()
+        )
 
     def running_runs(self) -> list[str]:
         """Runs stored as running: the daemon resumes them when it starts."""
@@ -327,8 +359,36 @@ class TrainDb:
         """Where this database's daemon serves its control API (``fedmq train`` reads it)."""
         with self._write():
             self.conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('api_url', ?)", (url,)
+                "INSERT INTO meta (key, value) VALUES ('api_url', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (url,),
             )
+
+
+def _connect_postgres(url: str) -> Any:
+    """A :class:`~coordinator.store.pg_compat.CompatConnection` with every migration
+    applied (core and training), or TrainDbError."""
+    try:
+        import psycopg
+
+        from coordinator.store.pg_compat import connect
+        from coordinator.store.postgres import apply_pg_migrations
+    except ImportError as exc:
+        from coordinator.store.open import POSTGRES_HINT
+
+        raise TrainDbError(f"{POSTGRES_HINT} ({exc})") from None
+    try:
+        conn = connect(url)
+    except psycopg.Error as exc:
+        raise TrainDbError(f"cannot connect to PostgreSQL: {exc}") from None
+    try:
+        conn.raw.autocommit = False  # each migration with its record: one transaction
+        apply_pg_migrations(conn.raw, (*MIGRATIONS, *TRAIN_MIGRATIONS))
+        conn.raw.autocommit = True
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _cell(value: Any) -> Any:

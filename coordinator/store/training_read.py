@@ -1,8 +1,9 @@
 """Read-only queries of the training tables for ``fedmq runs/run/jobs/models``.
 
 Plain ``sqlite3`` (no sqlite-utils, pydantic, torch or paho), like
-``coordinator.store.read``. A database on which ``fedmq train`` never ran has no training
-tables: queries then return nothing.
+``coordinator.store.read``; the same queries run on PostgreSQL through
+``coordinator.store.pg_compat.CompatConnection``. A database on which ``fedmq train`` never
+ran has no training tables: queries then return nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ __all__ = ["api_url", "evaluations", "jobs", "model_blob", "models", "run_detail
 
 
 def _has(conn: sqlite3.Connection, table: str) -> bool:
+    if not isinstance(conn, sqlite3.Connection):  # PostgreSQL (coordinator.store.pg_compat)
+        found = conn.execute("SELECT to_regclass(?) IS NOT NULL", (table,)).fetchone()
+        return bool(found and found[0])
     row = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
     ).fetchone()

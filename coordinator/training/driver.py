@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.store.training import TrainDb, now_ms
+from coordinator.store.training import TrainDb, TrainDbError, now_ms
 from coordinator.training.events import (
     EvaluationClosed,
     EvaluationStarted,
@@ -92,6 +92,8 @@ def _open_db(settings: Any) -> TrainDb:
         return TrainDb(settings.db)
     except sqlite3.DatabaseError as exc:
         raise TrainError(f"{settings.db} is not a fedmq database ({exc})", "error") from None
+    except TrainDbError as exc:  # PostgreSQL unreachable, or the postgres extra missing
+        raise TrainError(str(exc), "error") from None
 
 
 def run_training(
