@@ -41,12 +41,16 @@ from starlette.routing import BaseRoute, Route
 
 from coordinator.api.deployments import deployment_routes
 from coordinator.store.alarm_ack import AlarmUnknown, ack_alarm
+from coordinator.store.urls import is_postgres_url
 from coordinator.training.events import TrainSpec
 from coordinator.training.service import TrainService
 
 __all__ = ["make_app"]
 
 TOKEN_COOKIE = "fedmq_token"  # the dashboard's cookie (coordinator/web/app.py COOKIE)
+_SQLITE_ONLY = (
+    "{} needs the SQLite store in this release: this daemon stores in PostgreSQL (docs/postgres.md)"
+)
 
 
 def make_app(
@@ -58,7 +62,15 @@ def make_app(
     service's database; ``app.state.stop()`` ends its poller and open streams.
     ``deploy``: serve's ``coordinator.deployment.service.DeployService`` (None: the deployment
     routes answer 503).
+
+    On a PostgreSQL store (the service's ``settings.db`` a URL) runs are submitted,
+    followed and cancelled as on SQLite; deployments, alarm acknowledgements and the
+    dashboard still need SQLite: their routes answer 503 saying so (no dashboard pages).
     """
+    db = getattr(getattr(service, "settings", None), "db", None)
+    on_postgres = is_postgres_url(db)
+    if on_postgres:
+        deploy, dashboard = None, False
     if not loopback and not token:
         raise ValueError(
             "refusing to serve the control API on an address other than loopback without a "
@@ -151,13 +163,15 @@ def make_app(
             return JSONResponse({"error": f"bad request: {exc}"[:300]}, status_code=400)
         if db is None:
             return JSONResponse({"error": "no database"}, status_code=503)
+        if on_postgres:
+            return JSONResponse({"error": _SQLITE_ONLY.format("alarm acknowledgement")}, 503)
         try:
             row = await run_in_threadpool(ack_alarm, db, alarm, by)
         except AlarmUnknown:
             return JSONResponse({"error": f"no alarm {alarm}"}, status_code=404)
         return JSONResponse({"alarm": row})
 
-    db = getattr(getattr(service, "settings", None), "db", None)
+    deploy_why = [_SQLITE_ONLY.format("deployments")] if on_postgres else []
     routes: list[BaseRoute] = [
         Route("/api/health", health),
         Route("/api/runs", submit, methods=["POST"]),
@@ -165,7 +179,7 @@ def make_app(
         Route("/api/runs/{run_id}/events", events),
         Route("/api/runs/{run_id}/cancel", cancel, methods=["POST"]),
         Route("/api/alarms/{alarm}/ack", ack, methods=["POST"]),
-        *deployment_routes(deploy, authorized, refused),
+        *deployment_routes(deploy, authorized, refused, *deploy_why),
     ]
     web = None
     if dashboard and db is not None:

@@ -33,12 +33,13 @@ def deployment_routes(
     deploy: Any,
     authorized: Callable[[Request, bool], bool],
     refused: Callable[[], JSONResponse],
+    why_none: str = "this daemon has no deploy service",
 ) -> list[BaseRoute]:
     """Routes over ``deploy`` (a ``coordinator.deployment.service.DeployService``, or None
-    when serve runs without one: every route then answers 503)."""
+    when serve runs without one: every route then answers 503 with ``why_none``)."""
 
     def unavailable() -> JSONResponse:
-        return JSONResponse({"error": "this daemon has no deploy service"}, status_code=503)
+        return JSONResponse({"error": why_none, "code": "unavailable"}, status_code=503)
 
     async def create(request: Request) -> JSONResponse:
         if not authorized(request, True):

@@ -139,13 +139,19 @@ def _refuse_mqtt_flags(opts: dict[str, Any]) -> None:
 _MQTT_FLAGS = ("host", "port", "prefix", "protocol", "signing_key_file")
 
 
-def _api_url(db: Path) -> str:
-    """The URL the database's daemon announced, else the default."""
+def _api_url(db: Path | str) -> str:
+    """The URL the database's daemon announced (SQLite file or PostgreSQL), else the
+    default."""
     import sqlite3
 
     from coordinator.cli.serve import DEFAULT_HTTP
     from coordinator.store.read import DatabaseMissing, NotAFedmqDatabase, SqliteReader
+    from coordinator.store.urls import is_postgres_url
 
+    if is_postgres_url(db):
+        from coordinator.store.training_read import announced_api_url
+
+        return announced_api_url(str(db)) or f"http://{DEFAULT_HTTP}"
     try:
         reader = SqliteReader.open(db)
     except (DatabaseMissing, NotAFedmqDatabase, sqlite3.Error):
@@ -271,9 +277,14 @@ _PATIENCE_S = 120.0  # how long `fedmq train` waits for a daemon that went away
                    "followed).")  # fmt: skip
 @click.option("--api", help="Control API URL [announced by serve in --db, else "
               "http://127.0.0.1:8321].")  # fmt: skip
-@click.option("--token-file", type=click.Path(path_type=Path), help="API token [DB.token].")
+@click.option("--token-file", type=click.Path(path_type=Path), envvar="FEDMQ_API_TOKEN_FILE",
+              help="API token, the file serve was given [SQLite: DB.token next to the "
+                   "database; PostgreSQL: ~/.config/fedmq/api.token] (env "
+                   "FEDMQ_API_TOKEN_FILE).")  # fmt: skip
 @click.option("--config", type=click.Path(path_type=Path), help="TOML settings (as serve).")
-@click.option("--db", type=click.Path(path_type=Path), help="SQLite database [fedmq.db].")
+@click.option("--db", metavar="FILE|URL",
+              help="serve's database: SQLite file [fedmq.db] or postgresql:// URL; where "
+                   "the API URL is announced.")  # fmt: skip
 @click.option("--host", hidden=True)
 @click.option("--port", hidden=True)
 @click.option("--prefix", hidden=True)
@@ -293,8 +304,12 @@ def train(
     """Run federated training rounds over live sites that advertise TASK.
 
     `fedmq serve` drives the run: this command submits it through the daemon's control
-    API (--api; the token is read from --token-file, by default DB.token next to the
-    database serve writes) and shows its progress. Each round closes when all selected
+    API and shows its progress. The API's URL is the one serve announced in --db (a
+    SQLite file or the same postgresql:// URL serve stores into), or --api. The token is
+    read from --token-file, by default the file serve writes: DB.token next to a SQLite
+    database; for PostgreSQL ~/.config/fedmq/api.token of the user running serve (on
+    another machine or as another user, copy it and give --token-file; serve --token-file
+    puts it where you say). Each round closes when all selected
     sites answered or at --round-timeout; it aggregates (--aggregate) with at least
     --min-sites valid results, else the run fails (exit 5). A result with bad weights
     (names, shapes, dtypes, size, non-finite values) or more samples than its site
@@ -313,10 +328,14 @@ def train(
         fedmq train --task cmapss-rul --aggregate trimmed-mean --trim 0.2
         fedmq train --task ai4i-failure --strategy fedadam --server-lr 0.003 --final-eval
         fedmq train --resume run-20250101-120000-ab12 --db fedmq.db
+        fedmq train --task cmapss-rul --db postgresql://fedmq@db.plant:5432/fedmq \\
+            --token-file /etc/fedmq/api.token
     """
     from coordinator.api.client import ApiClient, ApiError
-    from coordinator.api.token import read_token, token_path
+    from coordinator.api.token import default_token_path, read_token
     from coordinator.cli import EXIT
+    from coordinator.cli.serve import _shown
+    from coordinator.store.urls import is_postgres_url
     from coordinator.training.events import TrainSpec
     from fedmq_runtime.logs import setup_logging
 
@@ -327,16 +346,20 @@ def train(
         raise click.UsageError("--task is required (or --resume RUN)")
     if resume is not None:
         _refuse_run_flags(click.get_current_context())
-    db = Path(settings.db)
-    token_at = token_file or token_path(db)
+    db: Path | str = settings.db
+    shown = _shown(db)  # a PostgreSQL URL without its password
+    token_at = token_file or default_token_path(db)
     token = read_token(token_at)
-    if token is None and token_file is None and not db.is_file():
+    on_file = not is_postgres_url(db)
+    if token is None and token_file is None and on_file and not Path(db).is_file():
         click.echo(f"Error: no database at {db}: start the coordinator with "
                    f"`fedmq serve --db {db}`", err=True)  # fmt: skip
         sys.exit(EXIT["not_found"])
     if token is None:
-        click.echo(f"Error: no API token at {token_at}: start `fedmq serve --db {db}` "
-                   "(it writes one), or give --token-file", err=True)  # fmt: skip
+        where = "" if on_file else " on this machine, as this user"
+        click.echo(f"Error: no API token at {token_at}: start `fedmq serve --db {shown}`"
+                   f"{where} (it writes one), or give --token-file (the file serve "
+                   "uses)", err=True)  # fmt: skip
         sys.exit(EXIT["usage"])
     client = ApiClient(api or _api_url(db), token)
     ask = _Follow()
@@ -362,7 +385,7 @@ def train(
     except ApiError as exc:
         click.echo(f"Error: {exc}", err=True)
         if exc.status == 0:
-            click.echo(f"  is `fedmq serve --db {db}` running?", err=True)
+            click.echo(f"  is `fedmq serve --db {shown}` running?", err=True)
         code = {0: "failed", 401: "usage", 400: "usage", 404: "not_found"}.get(exc.status)
         sys.exit(EXIT[code or "error"])
     if "error" in outcome:

@@ -13,7 +13,10 @@ import json
 import sqlite3
 from typing import Any
 
-__all__ = ["api_url", "evaluations", "jobs", "model_blob", "models", "run_detail", "runs"]
+__all__ = [
+    "announced_api_url", "api_url", "evaluations", "jobs", "model_blob", "models",
+    "run_detail", "runs",
+]  # fmt: skip
 
 
 def _has(conn: sqlite3.Connection, table: str) -> bool:
@@ -223,3 +226,22 @@ def api_url(conn: sqlite3.Connection) -> str | None:
     """The control API URL the database's ``fedmq serve`` announced, if any."""
     row = conn.execute("SELECT value FROM meta WHERE key = 'api_url'").fetchone()
     return None if row is None else str(row[0])
+
+
+def announced_api_url(url: str) -> str | None:
+    """The control API URL announced in the PostgreSQL database at ``url``; None when
+    none was, or the database cannot be read (the caller falls back to a default)."""
+    import psycopg
+
+    from coordinator.store.pg_compat import connect
+
+    try:
+        conn = connect(url)
+    except psycopg.Error:
+        return None
+    try:
+        return api_url(conn) if _has(conn, "meta") else None  # type: ignore[arg-type]
+    except psycopg.Error:
+        return None
+    finally:
+        conn.close()
