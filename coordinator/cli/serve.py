@@ -54,25 +54,40 @@ def _flags(**opts: Any) -> dict[str, Any]:
               help="Control API address (port 0: any free port, announced in the database). "
                    "Off loopback every request needs the token.")  # fmt: skip
 @click.option("--no-http", is_flag=True, help="No control API (runs still resume).")
-def serve(config: Path | None, print_config: bool, http: str, no_http: bool, **opts: Any) -> None:
+@click.option("--token-file", type=click.Path(path_type=Path), envvar="FEDMQ_API_TOKEN_FILE",
+              help="The control API's token (created 0600 if missing) [SQLite: DB.token "
+                   "next to the database; PostgreSQL: ~/.config/fedmq/api.token] (env "
+                   "FEDMQ_API_TOKEN_FILE).")  # fmt: skip
+def serve(
+    config: Path | None, print_config: bool, http: str, no_http: bool,
+    token_file: Path | None, **opts: Any,
+) -> None:  # fmt: skip
     """Run the coordinator: store what sites publish, ack it, track liveness, drive
     training runs.
 
-    `fedmq train` submits runs through the control API (--http); the token that
-    submitting and cancelling need is written (0600) next to the database as DB.token.
-    A run left running by a stop or a crash is resumed at the next start.
+    `fedmq train` submits runs through the control API (--http), whose URL serve
+    announces in the database; the token that submitting and cancelling need is written
+    (0600) to --token-file, by default next to a SQLite database as DB.token. A run left
+    running by a stop or a crash is resumed at the next start.
 
     Settings: TOML file < FEDMQ_... environment (FEDMQ_MQTT__HOST, FEDMQ_DB) < flags.
     Stops cleanly on SIGTERM/Ctrl-C (publishes its retained offline status).
 
     With --db postgresql://... the same daemon stores into PostgreSQL (telemetry by
-    COPY, partitioned by day); training runs, deployments and the control API still
-    need SQLite in this release, and the read commands (fedmq sites, ...) read SQLite
-    only: query PostgreSQL with psql (docs/postgres.md).
+    COPY, partitioned by day), training runs included: `fedmq train --db
+    postgresql://...` finds the API there, and a run left running is resumed. A
+    PostgreSQL database has no file to keep the token next to: it goes to
+    ~/.config/fedmq/api.token unless --token-file says where (give every instance and
+    client the same file). Deployments, alarm acknowledgements and the dashboard still
+    need SQLite in this release (their API routes answer 503), and the read commands
+    (fedmq sites, runs, ...) read SQLite only: query PostgreSQL with psql
+    (docs/postgres.md).
 
     \b
     Example:
         fedmq serve --db fedmq.db --host broker.plant --port 1883
+        fedmq serve --db postgresql://fedmq@db.plant:5432/fedmq \\
+            --token-file /etc/fedmq/api.token --http 0.0.0.0:8321
         fedmq serve --db postgresql://fedmq@db.plant:5432/fedmq --no-http
         fedmq serve --config coordinator.toml --print-config
     """
@@ -95,19 +110,25 @@ def serve(config: Path | None, print_config: bool, http: str, no_http: bool, **o
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     try:
-        code = run(settings, http=None if no_http else http)
+        code = run(settings, http=None if no_http else http, token_file=token_file)
     except SettingsError as exc:  # broker login (credentials, TLS files) that cannot work
         raise UsageError(str(exc)) from None
     sys.exit(code)
 
 
-def run(settings: Any, stop: threading.Event | None = None, http: str | None = None) -> int:
+def run(
+    settings: Any,
+    stop: threading.Event | None = None,
+    http: str | None = None,
+    token_file: Path | None = None,
+) -> int:
     """Run until ``stop`` is set (or SIGTERM/SIGINT); return the exit code.
 
     Args:
         settings: a ``CoordinatorSettings``.
         stop: set it to stop (embedding in a process of one's own).
         http: ``HOST:PORT`` of the control API (None: none; runs still resume).
+        token_file: the API token's file (None: ``coordinator.api.token.default_token_path``).
 
     Raises:
         SettingsError: broker credentials or TLS settings that cannot work (before
@@ -131,15 +152,14 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
     from coordinator.training.service import TrainService
 
     on_postgres = is_postgres_url(settings.db)
-    if on_postgres and http:
-        log.warning(
-            "PostgreSQL store: training runs, deployments and the control API need SQLite "
-            "in this release; serving ingest, acks and liveness only (as with --no-http)"
+    if on_postgres:
+        log.info(
+            "PostgreSQL store: training runs and the control API as on SQLite; deployments, "
+            "alarm acknowledgements and the dashboard need SQLite in this release (their "
+            "API routes answer 503)"
         )
-        http = None
     try:
-        # Training's tables (and its migrations) live in SQLite only, this release.
-        store = open_store(settings.db, () if on_postgres else TRAIN_MIGRATIONS)
+        store = open_store(settings.db, TRAIN_MIGRATIONS)
     except Exception as exc:  # unwritable path, not a database, server unreachable, ...
         log.error("cannot open database %s: %s", _shown(settings.db), exc)
         return EXIT["error"]
@@ -168,7 +188,7 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
 
     deploy = DeployService(settings, bus, session)
     try:
-        api = _start_api(http, settings.db, training, deploy) if http else None
+        api = _start_api(http, settings.db, training, deploy, token_file) if http else None
     except (OSError, ValueError) as exc:
         log.error("cannot serve the control API on %s: %s", http, exc)
         store.close()
@@ -177,10 +197,9 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
     bus.subscribe(bus.topics.all_sites(), 1)
     bus.start()
     checker.start()
-    if not on_postgres:
-        threading.Thread(
-            target=_resume_runs, args=(bus, training, stop), name="resume-runs", daemon=True
-        ).start()
+    threading.Thread(
+        target=_resume_runs, args=(bus, training, stop), name="resume-runs", daemon=True
+    ).start()
     log.info(
         "coordinator session %d: db %s, broker %s:%s, prefix %s",
         session,
@@ -205,16 +224,19 @@ def run(settings: Any, stop: threading.Event | None = None, http: str | None = N
     return code
 
 
-def _start_api(http: str, db: Path, training: Any, deploy: Any = None) -> Any:
-    """Bind the control API (a busy port is an error at once) and announce its URL."""
+def _start_api(
+    http: str, db: Path | str, training: Any, deploy: Any = None, token_file: Path | None = None
+) -> Any:
+    """Bind the control API (a busy port is an error at once) and announce its URL (in
+    the database: SQLite or PostgreSQL)."""
     from coordinator.api.app import make_app
     from coordinator.api.server import ApiServer, is_loopback, parse_bind
-    from coordinator.api.token import ensure_token, token_path
+    from coordinator.api.token import default_token_path, ensure_token
     from coordinator.store.training import TrainDb
 
     host, port = parse_bind(http)
     loopback = is_loopback(host)
-    token = ensure_token(token_path(db))
+    token = ensure_token(token_file or default_token_path(db))
     server = ApiServer(make_app(training, token, loopback, deploy=deploy), host, port)
     tdb = TrainDb(db)
     try:
