@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
@@ -180,10 +180,30 @@ class Bus:
             # noLocal: our own acks and commands under P/site/# do not come back to us.
             # retainAsPublished: a site that publishes durable data retained is seen doing
             # so at once (MQTT 3.1.1 shows the flag only when a subscription starts).
-            options = SubscribeOptions(qos=qos, noLocal=True, retainAsPublished=True)
+            # A shared subscription ($share/...) must not set noLocal (a protocol error).
+            local = not topic.startswith("$share/")
+            options = SubscribeOptions(qos=qos, noLocal=local, retainAsPublished=True)
             self.client.subscribe(topic, options=options)
         else:
             self.client.subscribe(topic, qos)
+
+    def lead(self) -> None:
+        """Become the coordinator the sites see (an instance that won the leader lock):
+        reconnect, resuming the same persistent session, with the Will and the retained
+        online status that a follower (``announce=False``) goes without."""
+        with self._lock:
+            if self._stopping or self.options.announce:
+                return
+            self.options = replace(self.options, announce=True)
+            old = self.client
+            # Replaced first: the old client's callbacks from here on are ignored.
+            self.client = self._new_client(self._protocol.current)
+            self.connected.clear()
+        old.disconnect()  # a normal DISCONNECT: the session and its queue stay
+        old.loop_stop()
+        with self._lock:
+            if not self._stopping:
+                self._start(self.client)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Any:
         """Queue a publish (thread-safe; paho sends it from its network thread).
@@ -200,6 +220,8 @@ class Bus:
     # paho callbacks: translate and enqueue only --------------------------------------
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if client is not self.client:
+            return  # a client lead() replaced
         self._connack_seen = True
         if rc.is_failure:
             log.warning(
@@ -228,6 +250,8 @@ class Bus:
         self.connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if client is not self.client:
+            return  # a client lead() replaced
         was = self.connected.is_set()
         self.connected.clear()
         if self._stopping:

@@ -31,6 +31,7 @@ import struct
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 from coordinator.bus import BusOptions, Inbound
@@ -119,8 +120,10 @@ def publish_packet(
 def subscribe_packet(pid: int, topics: dict[str, int], v5: bool) -> bytes:
     body = _U16.pack(pid) + (b"\x00" if v5 else b"")
     for topic, qos in topics.items():
-        # noLocal (our own acks and commands do not come back) and retainAsPublished.
-        body += _utf8(topic) + bytes((qos | 0x04 | 0x08 if v5 else qos,))
+        # noLocal (our own acks and commands do not come back) and retainAsPublished;
+        # never noLocal on a shared subscription ($share/...): a protocol error there.
+        local = 0 if topic.startswith("$share/") else 0x04
+        body += _utf8(topic) + bytes((qos | local | 0x08 if v5 else qos,))
     return _packet(0x82, body)
 
 
@@ -353,6 +356,7 @@ class AsyncBus:
         self._conn: _Connection | None = None
         self._generation = 0
         self._stopping = False
+        self._releading = False  # lead() closed the connection on purpose
         self._stopped: asyncio.Event | None = None
         # Filled by any thread, drained on the loop (one wake-up per burst).
         self._acks: deque[int] = deque()
@@ -508,7 +512,10 @@ class AsyncBus:
         pinger.cancel()
         self.connected.clear()
         self._conn = None
-        if not self._stopping:
+        if self._releading:
+            self._releading = False
+            log.info("reconnecting as the leader (Will and retained status)")
+        elif not self._stopping:
             log.warning("disconnected from broker: %s (reconnecting)", why)
         return "connected"
 
@@ -532,6 +539,24 @@ class AsyncBus:
         loop = self._loop
         if loop is not None and self.connected.is_set():
             loop.call_soon_threadsafe(self._subscribe_now, {topic: qos})
+
+    def lead(self) -> None:
+        """As :meth:`coordinator.bus.Bus.lead`: reconnect (same session) with the Will and
+        the retained online status."""
+        if self.options.announce:
+            return
+        self.options = replace(self.options, announce=True)
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._releading = True
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.write(b"\xe0\x00")  # a normal DISCONNECT: the session stays
+            conn.transport.close()
 
     def _subscribe_now(self, topics: dict[str, int]) -> None:
         conn = self._conn

@@ -9,12 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from coordinator.store.urls import is_postgres_url
 from fedmq_runtime.settings import MqttSettings
 
-__all__ = ["CoordinatorSettings"]
+__all__ = ["GROUP_SESSION_EXPIRY_S", "CoordinatorSettings"]
+
+# An ingest group's instances: how long the broker keeps a stopped one's session (and
+# queues its share of the telemetry) for it to come back.
+GROUP_SESSION_EXPIRY_S = 120
 
 
 class CoordinatorSettings(BaseModel):
@@ -34,6 +38,12 @@ class CoordinatorSettings(BaseModel):
     # the postgres extra): a URL stays a str, anything else is a Path.
     db: Path | str = Path("fedmq.db")
     client_id: str = Field(default="fedmq-coordinator", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # Several ``fedmq serve`` instances on one PostgreSQL database: each subscribes to the
+    # telemetry through the MQTT shared subscription $share/{ingest_group}/... (every message
+    # to one of them), and the one holding the leader lock also takes statuses,
+    # registrations, heartbeats, job messages and the rest, tracks liveness and drives
+    # training runs. Empty: a single instance doing everything.
+    ingest_group: str = Field(default="", pattern=r"^([A-Za-z0-9_-]{1,64})?$")
     # MQTT 5 session expiry: the broker keeps our subscription and queued QoS 1 messages
     # this long while the coordinator is down (3.1.1 brokers keep it until cleaned).
     session_expiry_s: int = Field(default=24 * 3600, ge=0)
@@ -74,3 +84,22 @@ class CoordinatorSettings(BaseModel):
     log_file: Path | None = None
     log_format: Literal["text", "json"] = "text"
     verbose: bool = False
+
+    @model_validator(mode="after")
+    def _group_needs_postgres(self) -> CoordinatorSettings:
+        if self.ingest_group:
+            if "session_expiry_s" not in self.model_fields_set:
+                # The broker keeps routing a share of the telemetry to a dead instance's
+                # session until it expires; the sites re-send what that held once it does.
+                self.session_expiry_s = GROUP_SESSION_EXPIRY_S
+            if not is_postgres_url(self.db):
+                raise ValueError(
+                    "ingest_group (--group) needs a PostgreSQL database (--db postgresql://...): "
+                    "the instances of a group share it; one SQLite file has one writer process"
+                )
+            if self.client_id == "fedmq-coordinator":
+                raise ValueError(
+                    "ingest_group (--group) needs a client_id (--client-id) of each instance's "
+                    "own, the same at every restart: the broker keeps that instance's session"
+                )
+        return self

@@ -171,6 +171,19 @@ class Topics:
         """Everything every site publishes (and what is sent to them): ``P/site/#``."""
         return f"{self.prefix}/site/#"
 
+    def shared_telemetry(self, group: str) -> str:
+        """Every site's telemetry, split among a group of coordinator instances by an MQTT
+        shared subscription: ``$share/{group}/P/site/+/telemetry/+``."""
+        return f"$share/{validate_level(group, 'group')}/{self.prefix}/site/+/telemetry/+"
+
+    def all_but_telemetry(self) -> list[str]:
+        """What sites publish besides telemetry (the leading coordinator instance's part)."""
+        site = f"{self.prefix}/site/+"
+        return [
+            f"{site}/status", f"{site}/registration", f"{site}/heartbeat",
+            f"{site}/deployment", f"{site}/prediction/+", f"{site}/alarm/+", f"{site}/job/#",
+        ]  # fmt: skip
+
     def site_commands(self, site: str) -> str:
         return self._site(site, "cmd", "#")
 

@@ -96,6 +96,10 @@ class _Tick:
         self.now = now
 
 
+_LEAD = object()  # in the inbound queue: this instance now holds the leader lock
+_FOLLOWER_RELOAD_S = 5.0  # how often a follower re-reads the sites the leader keeps
+
+
 class _Budget:
     """At most ``rate`` events a second in all, with a burst of ``rate``."""
 
@@ -173,6 +177,13 @@ class Ingestor:
         self._stopping = threading.Event()
         self._last_purge: float | None = None  # first tick purges
         self.failed: BaseException | None = None
+        # Several instances on one database (settings.ingest_group): each stores the share
+        # of the telemetry the broker gives it and acks what the database says is
+        # contiguous; only the leader keeps sites, streams, liveness and rebirth.
+        self.shared = bool(settings.ingest_group)
+        self.leading = not self.shared
+        self._carry: dict[str, SiteRecord] = {}  # a leader's acks to save with the next batch
+        self._reloaded = 0.0
         self.stored_messages = 0
         self.recoveries = 0
         # Called on this thread right after each commit with the job messages (status,
@@ -222,6 +233,12 @@ class Ingestor:
     def tick(self, now: int) -> None:
         """Ask for a liveness pass (called by the :class:`LivenessChecker` thread)."""
         self.inbound.put(_Tick(now))
+
+    def lead(self) -> None:
+        """This instance won the leader lock: from the next batch on it keeps sites,
+        streams, liveness and rebirth (state reloaded from the database first). Call it
+        before subscribing to the leader's topics, so that their messages come after."""
+        self.inbound.put(_LEAD)
 
     def _run(self) -> None:
         while True:
@@ -332,6 +349,10 @@ class Ingestor:
         admitted: list[Inbound] = []
         later: list[_Tick] = []
         now = time.monotonic()
+        if not self.leading and any(item is _LEAD for item in items):
+            self.leading = True
+            self.load()  # what the previous leader and the other workers committed
+            log.info("leading: sites, liveness and rebirth are this instance's now")
         for item in items:
             if isinstance(item, Inbound):
                 if self._admit(item, b, now):
@@ -405,6 +426,11 @@ class Ingestor:
         """Account for a telemetry message stored (by the writer process, or in
         ``b.durable`` for this batch's commit)."""
         site, epoch, seq, gaps, historical = stored
+        if not self.leading:  # a follower stores and acks; the leader keeps the sites
+            b.committed.append((site, epoch, seq))
+            if gaps:
+                b.gaps.append((site, epoch, seq, gaps, at))
+            return
         rec = self._site(site, at)
         rec.last_seen = max(rec.last_seen, at)
         b.touched[site] = rec
@@ -516,8 +542,10 @@ class Ingestor:
             why = f"nothing stored: contiguous ack starts at the site's last_acked {msg.last_acked}"
             b.events.append(EventRow(rec.site, at, "ack_base", None, None, why, msg.session))
             self.streams.acked(rec.site, msg.epoch, self.tracker.acked(key))
-        if msg.last_acked < self.tracker.acked(key):
-            b.ack_streams.add(key)  # its last ack may have been lost: say it again
+        if self.shared or msg.last_acked < self.tracker.acked(key):
+            # Its last ack may have been lost: say it again. With several workers, read
+            # it from the database: the others may have moved it on.
+            b.ack_streams.add(key)
         if role is Role.OLDER:
             return  # another process with this site id: its health is not the site's
         rec.outbox_depth, rec.outbox_dropped = msg.outbox_depth, msg.outbox_dropped
@@ -619,6 +647,13 @@ class Ingestor:
         return rec
 
     def _tick(self, now: int, b: Batch) -> None:
+        if not self.leading:
+            # A follower's admission control weighs sites as the leader last saved them.
+            if time.monotonic() - self._reloaded >= _FOLLOWER_RELOAD_S:
+                self._reloaded = time.monotonic()
+                self.sites = {rec.site: rec for rec in self.store.load_sites()}
+                self._unregistered = sum(1 for r in self.sites.values() if r.registration is None)
+            return
         for rec in self.sites.values():
             events = self.liveness.refresh(rec, now)
             if events:
@@ -641,6 +676,9 @@ class Ingestor:
 
     def _flush(self, b: Batch) -> None:
         store = self.store
+        for site, rec in self._carry.items():
+            b.touched.setdefault(site, rec)
+        self._carry = {}
         new = store.add_messages(b.durable)
         if b.deployments:  # only statuses stored for the first time: a resend changes nothing
             fresh = {(r.site, r.epoch, r.seq) for r in new if r.kind == "deployment"}
@@ -654,9 +692,10 @@ class Ingestor:
         for site, epoch, seq, gaps, at in b.gaps:
             self._gaps(site, epoch, seq, gaps, at, b)
         for key, seqs in by_stream.items():
-            self.tracker.committed(key, seqs)
+            if not self.shared:  # with several workers the database says (_db_acks)
+                self.tracker.committed(key, seqs)
             b.ack_streams.add(key)
-        for site, epoch in b.ack_streams:
+        for site, epoch in b.ack_streams if self.leading else ():
             acked = self.tracker.acked((site, epoch))
             self.streams.acked(site, epoch, acked)
             store.purge_gaps(site, epoch, acked)
@@ -675,6 +714,7 @@ class Ingestor:
         store.save_sites(b.touched.values())
         store.save_streams(self.streams.take_dirty())
         store.commit()
+        acks = self._db_acks(b.ack_streams) if self.shared else None
         if self.on_job_messages is not None and new:
             jobs = [r for r in new if r.job_id is not None]
             if jobs:
@@ -683,7 +723,7 @@ class Ingestor:
         for mid, qos in b.mids:
             self.ack(mid, qos)
         for site, epoch in b.ack_streams:
-            acked = self.tracker.acked((site, epoch))
+            acked = self.tracker.acked((site, epoch)) if acks is None else acks[(site, epoch)]
             ack = Ack(site=site, epoch=epoch, session=self.session, acked=acked)
             self.publish(self.topics.ack(site), encode(ack), 1, False)
         for topic in b.clear_retained:
@@ -691,6 +731,25 @@ class Ingestor:
         for site in b.needs_registration:
             if self.sites[site].registration is None:
                 self._send_rebirth(site)
+
+    def _db_acks(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Each stream's ack as the database has it after this batch's commit, the other
+        workers' commits included. Read after committing: of two workers committing at
+        once, the later reader sees both. A leader saves what moved with its next batch."""
+        store, out = self.store, {}
+        for site, epoch in keys:
+            key = (site, epoch)
+            start = max(self.tracker.acked(key), store.stream_acked(site, epoch))
+            acked = out[key] = store.contiguous_acked(site, epoch, start)
+            self.tracker.load(key, acked)
+            if self.leading:
+                self.streams.acked(site, epoch, acked)
+                rec = self.sites.get(site)
+                if rec is not None and epoch == rec.epoch and rec.acked != acked:
+                    rec.acked = acked
+                    self._carry[site] = rec
+        store.commit()  # ends the read (PostgreSQL opened a transaction for it)
+        return out
 
     def _gaps(
         self,
