@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,17 @@ def _flags(**opts: Any) -> dict[str, Any]:
 @click.option("--prefix", help="Topic prefix [fedmq/v1].")
 @click.option("--protocol", type=click.Choice(["auto", "5", "3.1.1"]),
               help="MQTT version [auto: 5, else 3.1.1 when the broker refuses 5].")  # fmt: skip
+@click.option(
+    "--group",
+    "ingest_group",
+    metavar="NAME",
+    help="Run as one of several instances on one PostgreSQL database: the "
+    "telemetry is split among the group ($share/NAME/...), one instance "
+    "leads (liveness, rebirth, runs). Each needs its own --client-id.",
+)
+@click.option(
+    "--client-id", "client_id", help="MQTT client id, stable across restarts [fedmq-coordinator]."
+)
 @click.option("--patience", type=float, help="Heartbeat intervals before stale [3].")
 @click.option("--batch-size", type=int, help="Most messages per commit [2000].")
 @click.option("--batch-time", "batch_time_s", type=float, help="Longest batch wait, s [0.05].")
@@ -83,12 +95,21 @@ def serve(
     (fedmq sites, runs, ...) read SQLite only: query PostgreSQL with psql
     (docs/postgres.md).
 
+    With --group NAME several instances share one PostgreSQL database: the broker splits
+    the telemetry among them (an MQTT shared subscription, e.g. Mosquitto), each acks
+    what the database holds contiguously, and the instance holding the database's leader
+    lock also takes statuses, heartbeats and job messages, tracks liveness and drives
+    runs; another takes over within seconds when it dies. A leader that loses its
+    database connection exits (code 1) for its supervisor to restart it (docs/scaling.md).
+
     \b
     Example:
         fedmq serve --db fedmq.db --host broker.plant --port 1883
         fedmq serve --db postgresql://fedmq@db.plant:5432/fedmq \\
             --token-file /etc/fedmq/api.token --http 0.0.0.0:8321
         fedmq serve --db postgresql://fedmq@db.plant:5432/fedmq --no-http
+        fedmq serve --db postgresql://fedmq@db.plant:5432/fedmq --no-http \\
+            --group plant --client-id fedmq-ingest-1     (and -2, -3 on other hosts)
         fedmq serve --config coordinator.toml --print-config
     """
     from coordinator.settings import CoordinatorSettings
@@ -166,9 +187,11 @@ def run(
     sign = _signer(settings.signing_key_file, settings.mqtt.prefix)
     session = store.begin_session()
     inbound: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    group = settings.ingest_group
     options = BusOptions(
         settings.client_id, session, settings.session_expiry_s, settings.receive_maximum,
         key_id=_key_id(settings.signing_key_file),
+        announce=not group,  # in a group only the leader is the coordinator sites see
     )  # fmt: skip
     try:
         if settings.receive == "asyncio":
@@ -188,18 +211,37 @@ def run(
 
     deploy = DeployService(settings, bus, session)
     try:
-        api = _start_api(http, settings.db, training, deploy, token_file) if http else None
+        # In a group only the leader serves it (and announces its URL), from when it leads.
+        api = (
+            _start_api(http, settings.db, training, deploy, token_file)
+            if http and not group
+            else None
+        )
     except (OSError, ValueError) as exc:
         log.error("cannot serve the control API on %s: %s", http, exc)
         store.close()
         return EXIT["error"]
     ingest.start()
-    bus.subscribe(bus.topics.all_sites(), 1)
+    leadership = None
+    api_box: dict[str, Any] = {}
+    if group:
+
+        def api_starter() -> None:
+            if http:
+                api_box["api"] = _start_api(http, settings.db, training, deploy, token_file)
+
+        leadership = _leadership(settings, ingest, bus, training, stop, api_starter)
+        bus.subscribe(bus.topics.shared_telemetry(group), 1)
+    else:
+        bus.subscribe(bus.topics.all_sites(), 1)
     bus.start()
     checker.start()
-    threading.Thread(
-        target=_resume_runs, args=(bus, training, stop), name="resume-runs", daemon=True
-    ).start()
+    if leadership is not None:
+        leadership.start()
+    else:
+        threading.Thread(
+            target=_resume_runs, args=(bus, training, stop), name="resume-runs", daemon=True
+        ).start()
     log.info(
         "coordinator session %d: db %s, broker %s:%s, prefix %s",
         session,
@@ -213,15 +255,50 @@ def run(
         if ingest.failed is not None:
             code = EXIT["error"]
             break
+        if leadership is not None and leadership.lost.is_set():
+            log.error("stopping: a leader without the lock must not act (restart me)")
+            code = EXIT["error"]
+            break
+    api = api or api_box.get("api")
     if api is not None:
         api.stop()
     training.stop()
     checker.stop()
     ingest.stop()
     bus.stop()
+    if leadership is not None:
+        leadership.stop()
     store.close()
-    log.info("coordinator stopped")
+    log.info("coordinator stopped (%d messages stored)", ingest.stored_messages)
     return code
+
+
+def _leadership(
+    settings: Any,
+    ingest: Any,
+    bus: Any,
+    training: Any,
+    stop: threading.Event,
+    start_api: Callable[[], None],
+) -> Any:
+    """The leader election of an ingest group: the winner takes the sites' other topics,
+    becomes the coordinator they see (Will, retained status), serves the control API and
+    resumes the runs the previous leader left running."""
+    from coordinator.leadership import Leadership
+    from coordinator.store.leader import LeaderLock
+
+    def lead() -> None:
+        ingest.lead()  # before the subscriptions: their messages come after the switch
+        for topic in bus.topics.all_but_telemetry():
+            bus.subscribe(topic, 1)
+        bus.lead()
+        start_api()
+        threading.Thread(
+            target=_resume_runs, args=(bus, training, stop), name="resume-runs", daemon=True
+        ).start()
+
+    lock = LeaderLock(str(settings.db), f"fedmq-leader {settings.mqtt.prefix}")
+    return Leadership(lock, lead)
 
 
 def _start_api(
