@@ -10,7 +10,9 @@ connection), and a second open of the same database (migrations applied once).
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,17 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "sqlite":
         return tmp_path / "c.db"
     return request.getfixturevalue("pg_url")
+
+
+@contextlib.contextmanager
+def _serve_store(db: Any) -> Iterator[Any]:
+    """serve's store on ``db`` (what the ingest writes), committed and closed after."""
+    store = open_store(db, TRAIN_MIGRATIONS)
+    try:
+        yield store
+        store.commit()
+    finally:
+        store.close()
 
 
 def _run_row(run_id: str) -> dict[str, Any]:
@@ -77,8 +90,10 @@ def test_every_driver_write_reads_back_the_same(db: Any) -> None:
         t.put_strategy_state("run-1", 1, "fedadam", b"\x00npz\xff")
         assert t.strategy_state("run-1", 1) == b"\x00npz\xff"
         assert t.strategy_state("run-1", 2) is None
-        sites: list[dict[str, Any]] = [{"site": "a", "job_id": "j1", "metric": "rmse", "value": 2.0, "n_samples": 10},
-                 {"site": "b", "metric": "*", "missing": "failed"}]  # fmt: skip
+        sites: list[dict[str, Any]] = [
+            {"site": "a", "job_id": "j1", "metric": "rmse", "value": 2.0, "n_samples": 10},
+            {"site": "b", "metric": "*", "missing": "failed"},
+        ]
         summary = [{"metric": "rmse", "value": 2.0, "sites": 1, "of_sites": 2, "n_samples": 10,
                     "weighting": "samples"}]  # fmt: skip
         t.put_evaluation("run-1", "run-1-r1", 2, sites, summary, final=True)
@@ -119,9 +134,8 @@ def _message(site: str, seq: int, kind: str, job_id: str | None, at: int) -> Dur
 
 
 def test_job_messages_serve_stored_come_back_in_stored_order(db: Any) -> None:
-    store = open_store(db, TRAIN_MIGRATIONS)
     at = now_ms()
-    try:
+    with _serve_store(db) as store:
         store.add_messages([
             _message("b", 1, "job_status", "jb", at),
             _message("a", 1, "job_status", "ja", at + 1),
@@ -129,9 +143,6 @@ def test_job_messages_serve_stored_come_back_in_stored_order(db: Any) -> None:
             _message("a", 3, "job_result", "ja", at + 3),
             _message("a", 4, "job_status", "other", at + 4),
         ])  # fmt: skip
-        store.commit()
-    finally:
-        store.close()
     t = TrainDb(db)
     try:
         rows = t.job_messages(["ja", "jb"])
@@ -170,9 +181,8 @@ def _registration(site: str, task: str, rows: int) -> str:
 
 
 def test_offers_read_live_sites_from_either_backend(db: Any) -> None:
-    store = open_store(db, TRAIN_MIGRATIONS)
     now = now_ms()
-    try:
+    with _serve_store(db) as store:
         store.save_sites([
             SiteRecord("a", _registration("a", "toy", 120), "online", 1, last_alive=now,
                        interval_s=60.0),
@@ -181,9 +191,6 @@ def test_offers_read_live_sites_from_either_backend(db: Any) -> None:
             SiteRecord("c", _registration("c", "toy", 7), "offline", 1, last_alive=now,
                        interval_s=60.0),
         ])  # fmt: skip
-        store.commit()
-    finally:
-        store.close()
     t = TrainDb(db)
     try:
         found = offers(t.conn, "toy")

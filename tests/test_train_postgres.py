@@ -33,19 +33,19 @@ import pytest
 
 from coordinator.admin.signing import generate_keypair
 from coordinator.api.client import ApiClient, ApiError
-from coordinator.store.training import TrainDb
-from coordinator.training.aggregate import dump_npz, load_npz
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import FEDMQ, REPO
 from tests.helpers.data import TRAIN_FD001
 from tests.helpers.fake_trainer import FakeTrainer
 from tests.helpers.mqtt import TestClient
+from tests.helpers.resumed_run import assert_resumed_run, delta_answer
 from tests.helpers.site_proc import SiteProc, site_settings
 from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.slow
 
 TASK, CODE_HASH = "toy", "c" * 64
+DELTAS = [1.0, 2.0, 3.0]  # each fake site's move: the model moves by their mean per round
 
 
 def query(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -133,14 +133,6 @@ def _online(url: str, ids: list[str], task: str) -> bool:
     return set(ids) <= ready
 
 
-def _delta(delta: float) -> Any:
-    def answer(_rnd: int, glob: dict[str, np.ndarray] | None) -> tuple[bytes, int]:
-        base = glob if glob is not None else {"w": np.zeros((4, 3), np.float32)}
-        return dump_npz({k: v + np.float32(delta) for k, v in base.items()}), 100
-
-    return answer
-
-
 def _train(url: str, token: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*FEDMQ, "train", *args, "--db", url, "--token-file", str(token), "--json"],
@@ -155,8 +147,8 @@ def test_kill_9_mid_round_on_postgres_then_start_again_finishes_the_run(
     serve.start()
     sites = [
         FakeTrainer(broker.port, prefix, f"p{i}-{uuid.uuid4().hex[:4]}", TASK, CODE_HASH,
-                    _delta(float(i + 1)), rows=1000, done_delay_s=2.0).start()
-        for i in range(3)
+                    delta_answer(d), rows=1000, done_delay_s=2.0).start()
+        for i, d in enumerate(DELTAS)
     ]  # fmt: skip
     ids = [s.site for s in sites]
     train = None
@@ -204,28 +196,7 @@ def test_kill_9_mid_round_on_postgres_then_start_again_finishes_the_run(
             s.stop()
     log = serve.log_text()
     assert f"run {run_id} was running when the coordinator stopped: resuming it" in log
-    assert query(url, "SELECT state FROM runs WHERE run_id = %s", run_id) == [("done",)]
-    rounds = query(url, "SELECT round, state, n_results FROM rounds WHERE run_id = %s "
-                   "ORDER BY round", run_id)  # fmt: skip
-    assert rounds == [(1, "aggregated", 3), (2, "aggregated", 3), (3, "aggregated", 3)]
-    # Each round's model counts each site's result once: 100 samples x 3 sites ...
-    models = query(url, "SELECT n_samples FROM models WHERE run_id = %s ORDER BY round", run_id)
-    assert [n for (n,) in models] == [300] * 3
-    # ... and moves the model by exactly the mean delta (1 + 2 + 3) / 3 = 2 per round.
-    db = TrainDb(url)
-    try:
-        weights = db.model_weights(f"{run_id}-r3")
-    finally:
-        db.close()
-    assert weights is not None
-    np.testing.assert_allclose(load_npz(weights)["w"], np.full((4, 3), 6.0), rtol=1e-6)
-    jobs = query(url, "SELECT round, site, state, late FROM train_jobs WHERE run_id = %s", run_id)
-    for rnd in (1, 2, 3):
-        counted = sorted(site for r, site, state, late in jobs if r == rnd and not late)
-        assert counted == sorted(ids), (rnd, jobs)
-        assert all(state == "done" for r, _s, state, late in jobs if r == rnd and not late)
-    # The killed round's first jobs were sent again as new jobs; the old ones never count.
-    assert sorted(site for r, site, _st, late in jobs if r == 2 and late) == sorted(ids)
+    assert_resumed_run(url, run_id, ids, DELTAS)
     # The follower saw the resumed run through to its end.
     assert any(e["event"] == "run_started" and e.get("resumed_at_round") == 2 for e in lines)
     assert lines[-1]["event"] == "run_finished" and lines[-1]["state"] == "done"
