@@ -7,9 +7,11 @@ through the control API; their events are kept in memory for clients that follow
 (``GET /api/runs/{id}/events``). At start, every run the database holds as "running" (the
 daemon was killed, or stopped, in the middle of it) is resumed by itself.
 
-Each driver thread opens its own SQLite connection for the training tables (runs, rounds,
-train_jobs, models): a second writer in the same WAL database, with short transactions
-and a busy timeout, next to the writer thread that owns everything else.
+Each driver thread opens its own connection for the training tables (runs, rounds,
+train_jobs, models): on SQLite a second writer in the same WAL database, with short
+transactions and a busy timeout, next to the writer thread that owns everything else; on
+PostgreSQL (``--db postgresql://...``) one more client of the server
+(``coordinator.store.training.TrainDb`` speaks both).
 """
 
 from __future__ import annotations
