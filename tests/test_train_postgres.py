@@ -211,6 +211,13 @@ def test_train_without_a_token_says_where_it_looked(pg_url: str, tmp_path: Path)
     assert proc.returncode == 2, proc.stderr
     assert f"no API token at {tmp_path / 'cfg' / 'fedmq' / 'api.token'}" in proc.stderr
     assert "--token-file" in proc.stderr
+    given = subprocess.run(
+        [*FEDMQ, "train", "--task", TASK, "--db", pg_url, "--token-file",
+         str(tmp_path / "none.token")],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert given.returncode == 2, given.stderr
+    assert f"no API token in {tmp_path / 'none.token'} (--token-file)" in given.stderr
 
 
 UNITS = {"a": [1, 2, 3], "b": [4, 5, 6]}

@@ -355,6 +355,10 @@ def train(
         click.echo(f"Error: no database at {db}: start the coordinator with "
                    f"`fedmq serve --db {db}`", err=True)  # fmt: skip
         sys.exit(EXIT["not_found"])
+    if token is None and token_file is not None:
+        click.echo(f"Error: no API token in {token_at} (--token-file): give the file "
+                   "`fedmq serve --token-file` writes", err=True)  # fmt: skip
+        sys.exit(EXIT["usage"])
     if token is None:
         where = "" if on_file else " on this machine, as this user"
         click.echo(f"Error: no API token at {token_at}: start `fedmq serve --db {shown}`"
