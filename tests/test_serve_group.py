@@ -8,20 +8,27 @@ other instance takes the lead within seconds when the leader dies.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 
+from coordinator.admin.signing import generate_keypair
+from coordinator.store.training import TrainDb
+from coordinator.training.aggregate import dump_npz, load_npz
 from site_node.outbox_store import read_stats
 from tests.helpers.broker import Broker
 from tests.helpers.coord_proc import FEDMQ, REPO
+from tests.helpers.fake_trainer import FakeTrainer
 from tests.helpers.site_proc import SiteProc, make_site_fixture  # noqa: F401 (fixture)
 from tests.helpers.wait import wait_for
 
@@ -38,10 +45,11 @@ class Instance:
     """One ``fedmq serve --group`` subprocess; restartable with the same client id."""
 
     def __init__(
-        self, url: str, broker: Broker, prefix: str, name: str, log: Path, receive: str
-    ) -> None:
+        self, url: str, broker: Broker, prefix: str, name: str, log: Path, receive: str,
+        extra: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         self.url, self.broker, self.prefix, self.name, self.log = url, broker, prefix, name, log
-        self.receive = receive
+        self.receive, self.extra = receive, extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Instance:
@@ -50,8 +58,9 @@ class Instance:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "FEDMQ_SESSION_EXPIRY_S": "5",
                "FEDMQ_RECEIVE": self.receive}  # fmt: skip
         args = ["serve", "--db", self.url, "--port", str(self.broker.port),
-                "--prefix", self.prefix, "--batch-time", "0.02", "--no-http",
-                "--group", "ingest", "--client-id", self.name]  # fmt: skip
+                "--prefix", self.prefix, "--batch-time", "0.02",
+                "--group", "ingest", "--client-id", self.name,
+                *(self.extra or ("--no-http",))]  # fmt: skip
         self.proc = subprocess.Popen([*FEDMQ, *args], stdout=out, stderr=out, cwd=REPO, env=env)
         return self
 
@@ -81,9 +90,9 @@ class Instance:
 def group(own_broker: Broker, prefix: str, tmp_path: Path, pg_url: str) -> Iterator[Any]:
     started: list[Instance] = []
 
-    def make(name: str, receive: str = "paho") -> Instance:
+    def make(name: str, receive: str = "paho", extra: tuple[str, ...] = ()) -> Instance:
         log = tmp_path / f"{name}.log"
-        inst = Instance(pg_url, own_broker, prefix, name, log, receive).start()
+        inst = Instance(pg_url, own_broker, prefix, name, log, receive, extra).start()
         started.append(inst)
         return inst
 
@@ -184,3 +193,85 @@ def test_the_leader_killed_mid_stream_another_leads_and_nothing_is_lost(
     assert b.stop() == 0
     wait_for(lambda: a.text().count("won the leader lock") == 2, 30, "a to lead again")
     assert a.stop() == 0
+
+
+def _delta(delta: float) -> Any:
+    def answer(_rnd: int, glob: dict[str, np.ndarray] | None) -> tuple[bytes, int]:
+        base = glob if glob is not None else {"w": np.zeros((4, 3), np.float32)}
+        return dump_npz({k: v + np.float32(delta) for k, v in base.items()}), 100
+
+    return answer
+
+
+@pytest.mark.slow
+def test_the_leader_killed_mid_round_the_run_finishes_under_the_other(
+    group: Callable[..., Instance], own_broker: Broker, prefix: str, pg_url: str, tmp_path: Path
+) -> None:
+    generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
+    token = tmp_path / "api.token"
+    extra = ("--signing-key", str(tmp_path / "k.key"), "--token-file", str(token),
+             "--http", "127.0.0.1:0")  # fmt: skip
+    a = group("lead-a", extra=extra)
+    wait_for(a.leads, 60, "the first instance to take the leader lock")
+    b = group("lead-b", extra=extra)
+    wait_for(lambda: "connected to" in b.text(), 60, "the second instance to connect")
+    assert "control API on" not in b.text()  # a follower serves none
+    sites = [
+        FakeTrainer(own_broker.port, prefix, f"t{i}-{uuid.uuid4().hex[:4]}", "toy", "c" * 64,
+                    _delta(float(i + 1)), rows=1000, done_delay_s=2.0).start()
+        for i in range(3)
+    ]  # fmt: skip
+    ids = sorted(s.site for s in sites)
+    train = None
+    try:
+        wait_for(
+            lambda: sorted(
+                s for s, st in query(pg_url, "SELECT site, state FROM sites") if st == "online"
+            ) == ids,
+            60,
+            "the sites online at the leader",
+        )  # fmt: skip
+        train = subprocess.Popen(
+            [*FEDMQ, "train", "--task", "toy", "--rounds", "3", "--min-sites", "3",
+             "--round-timeout", "60", "--wait-sites", "20", "--rejoin-wait", "30",
+             "--db", pg_url, "--token-file", str(token), "--json"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for(
+            lambda: query(
+                pg_url,
+                "SELECT 1 FROM messages m JOIN train_jobs j ON m.job_id = j.job_id "
+                "WHERE j.round = 2 AND m.kind = 'job_result'",
+            ) and query(pg_url, "SELECT 1 FROM rounds WHERE round = 2 AND state = 'open'"),
+            120,
+            "round 2 open with a result stored",
+            step=0.1,
+        )  # fmt: skip
+        a.kill()  # the leader, mid-round
+        wait_for(b.leads, 30, "the other instance to take the lead")
+        out, err = train.communicate(timeout=240)
+        assert train.returncode == 0, err[-3000:]
+    finally:
+        if train is not None and train.poll() is None:
+            train.kill()
+        for s in sites:
+            s.stop()
+    (run_id,) = query(pg_url, "SELECT run_id FROM runs")[0]
+    assert f"run {run_id} was running when the coordinator stopped: resuming it" in b.text()
+    assert query(pg_url, "SELECT state FROM runs") == [("done",)]
+    rounds = query(pg_url, "SELECT round, state, n_results FROM rounds ORDER BY round")
+    assert rounds == [(1, "aggregated", 3), (2, "aggregated", 3), (3, "aggregated", 3)]
+    # Each site's result counted once per round: 3 x 100 samples, the model moved by the
+    # mean delta (1 + 2 + 3) / 3 = 2 per round.
+    models = query(pg_url, "SELECT n_samples FROM models ORDER BY round")
+    assert [n for (n,) in models] == [300] * 3
+    db = TrainDb(pg_url)
+    try:
+        weights = db.model_weights(f"{run_id}-r3")
+    finally:
+        db.close()
+    assert weights is not None
+    np.testing.assert_allclose(load_npz(weights)["w"], np.full((4, 3), 6.0), rtol=1e-6)
+    events = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert events[-1]["event"] == "run_finished" and events[-1]["state"] == "done"
+    assert b.stop() == 0
