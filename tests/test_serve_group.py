@@ -275,3 +275,25 @@ def test_the_leader_killed_mid_round_the_run_finishes_under_the_other(
     events = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     assert events[-1]["event"] == "run_finished" and events[-1]["state"] == "done"
     assert b.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_leader_whose_lock_connection_drops_exits_and_the_other_leads(
+    group: Callable[..., Instance], pg_url: str
+) -> None:
+    a = group("drop-a")
+    wait_for(a.leads, 60, "the first instance to take the leader lock")
+    b = group("drop-b")
+    wait_for(lambda: "connected to" in b.text(), 60, "the second instance to connect")
+    # The server ends the leader's lock session (as a restart or a network cut would).
+    killed = query(
+        pg_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_locks "
+        "WHERE locktype = 'advisory' AND granted",
+    )
+    assert killed == [(True,)]
+    assert a.proc is not None
+    assert a.proc.wait(30) == 1  # it must not go on acting as the leader
+    assert "a leader without the lock must not act" in a.text()
+    wait_for(b.leads, 30, "the other instance to take the lead")
+    assert b.stop() == 0
