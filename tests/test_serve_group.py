@@ -289,7 +289,8 @@ def test_a_leader_whose_lock_connection_drops_exits_and_the_other_leads(
     killed = query(
         pg_url,
         "SELECT pg_terminate_backend(pid) FROM pg_locks "
-        "WHERE locktype = 'advisory' AND granted",
+        "WHERE locktype = 'advisory' AND granted AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     assert killed == [(True,)]
     assert a.proc is not None
