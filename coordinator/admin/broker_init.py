@@ -22,15 +22,22 @@
     DIR/sites/<id>/tls/ca.crt|client.crt|client.key   --tls (CN = site id)
     DIR/readers/<name>/credentials.toml  [mqtt] of a read-only consumer (0600)
     DIR/readers/<name>/tls/...           --tls (CN = name)
+    DIR/coordinators/<name>/credentials.toml  --coordinator: one more coordinator account
+                                   (client_id = name), for another `fedmq serve --group`
+                                   instance, with a copy of the signing key pair; tls/
 
 Every broker gets the same grants (:func:`grants`): a site publishes only its own status,
 registration, heartbeat, telemetry, job status/results, predictions and alarms and reads
 only its own commands and acks and the coordinator's status; the coordinator reads and
 writes everything under the prefix; a reader (Node-RED, Telegraf, a historian) reads
 status, registration, heartbeats, telemetry, predictions, alarms and the coordinator's
-status of every site and publishes nothing. On RabbitMQ (rabbitmq_mqtt) an MQTT topic is
-an AMQP routing key with ``/`` as ``.``, and topic permissions are regexes on it; on NATS
-it is a subject with ``/`` as ``.``, ``+`` as ``*`` and ``#`` as ``>``.
+status of every site and publishes nothing. Each extra coordinator account (``--coordinator
+NAME``, one per further instance of an ingest group: any instance may lead) has the
+coordinator's grants: on the shipped Mosquitto config the client id is the username, so
+two instances on one account would keep disconnecting each other. On RabbitMQ
+(rabbitmq_mqtt) an MQTT topic is an AMQP routing key with ``/`` as ``.``, and topic
+permissions are regexes on it; on NATS it is a subject with ``/`` as ``.``, ``+`` as ``*``
+and ``#`` as ``>``.
 
 Paths inside credentials files are where each node's directory is mounted at run time
 (``runtime_dir``, e.g. ``/etc/fedmq`` in a container), by default the generated path.
@@ -75,6 +82,7 @@ __all__ = [
     "BrokerInitError",
     "Grants",
     "Layout",
+    "add_coordinator",
     "add_reader",
     "add_site",
     "find_acl_template",
@@ -152,6 +160,9 @@ class Layout:
     def reader(self, name: str) -> Path:
         return self.root / "readers" / name
 
+    def extra_coordinator(self, name: str) -> Path:
+        return self.root / "coordinators" / name
+
 
 # --- Grants: one model, rendered for each broker -----------------------------------------
 
@@ -191,9 +202,19 @@ READ_CHANNELS = (
 )
 
 
-def grants(prefix: str, sites: Iterable[str], readers: Iterable[str] = ()) -> list[Grants]:
-    """Every account's grants: the coordinator, each site, each reader."""
-    out = [Grants(COORDINATOR_USER, "coordinator", (f"{prefix}/#",), (f"{prefix}/#",))]
+def grants(
+    prefix: str,
+    sites: Iterable[str],
+    readers: Iterable[str] = (),
+    coordinators: Iterable[str] = (),
+) -> list[Grants]:
+    """Every account's grants: the coordinator (and each extra coordinator account of an
+    ingest group: ``coordinators``), each site, each reader."""
+    everything = (f"{prefix}/#",)
+    out = [
+        Grants(user, "coordinator", everything, everything)
+        for user in (COORDINATOR_USER, *coordinators)
+    ]
     for site in sites:
         base = f"{prefix}/site/{site}"
         out.append(
@@ -409,6 +430,19 @@ def _check_reader(name: str) -> str:
     return name
 
 
+def _check_coordinator(name: str) -> str:
+    try:
+        validate_site_id(name)
+    except TopicError:
+        raise BrokerInitError(
+            f"coordinator account {name!r}: use [a-z0-9][a-z0-9_-]{{0,63}} (it is a username "
+            "and the instance's client id)"
+        ) from None
+    if name in _RESERVED:
+        raise BrokerInitError(f"{name!r} is the first coordinator account: pick another name")
+    return name
+
+
 def _check_broker(broker: str) -> str:
     if broker not in BROKERS:
         raise BrokerInitError(f"unknown broker {broker!r}: one of {', '.join(BROKERS)}")
@@ -431,11 +465,22 @@ def find_acl_template(explicit: Path | None = None) -> Path:
     raise BrokerInitError(f"ACL template not found ({candidates[0]}): pass --acl-template")
 
 
-def render_acl(template: str, prefix: str, readers: Iterable[str] = ()) -> str:
-    """The Mosquitto ACL with ``{prefix}`` and ``{coordinator}`` filled in, and a block
-    per read-only ``readers`` account."""
+def render_acl(
+    template: str, prefix: str, readers: Iterable[str] = (), coordinators: Iterable[str] = ()
+) -> str:
+    """The Mosquitto ACL with ``{prefix}`` and ``{coordinator}`` filled in, a block per
+    extra coordinator account (``coordinators``) and one per read-only ``readers`` account."""
     validate_prefix(prefix)
     text = template.replace("{prefix}", prefix).replace("{coordinator}", COORDINATOR_USER)
+    for name in coordinators:
+        text += (
+            f"\n# --- Coordinator account {name}: one more `fedmq serve --group` instance (any\n"
+            "# instance may lead, so each has the coordinator's rights). Its shared subscription\n"
+            "# $share/GROUP/P/site/+/telemetry/+ is checked, like any read, per delivered\n"
+            "# message on the message's own topic.\n"
+            f"user {name}\n"
+            f"topic readwrite {prefix}/#\n"
+        )
     for g in grants(prefix, (), readers):
         if g.role != "reader":
             continue
@@ -477,8 +522,10 @@ def _credentials(
     ]
     if role == "site":
         lines.append(f"site_id = {_toml_str(user)}")
-    if role == "coordinator" and broker != "mosquitto":
-        # RabbitMQ's queue permissions (and NATS sessions) follow the client id.
+    if role == "coordinator" and (broker != "mosquitto" or user != COORDINATOR_USER):
+        # RabbitMQ's queue permissions (and NATS sessions) follow the client id; an extra
+        # coordinator account is an ingest group's instance, which needs its own client id
+        # (Mosquitto's shipped config makes it the username anyway).
         lines.append(f"client_id = {_toml_str(user)}")
     lines += [f"{k} = {_toml_str(str(runtime / v))}" for k, v in top.items()]
     lines += [
@@ -543,6 +590,18 @@ def _add_site(layout: Layout, manifest: dict[str, object], site: str) -> list[Pa
     return [*_add_user(layout, manifest, site, node, top, "site"), pub]
 
 
+def _add_extra_coordinator(layout: Layout, manifest: dict[str, object], name: str) -> list[Path]:
+    """One more coordinator account, with a copy of the command-signing key pair (the
+    instance that leads signs the commands)."""
+    node = layout.extra_coordinator(name)
+    node.mkdir(parents=True, exist_ok=True)
+    key, pub = node / "signing.key", node / "signing.pub"
+    write_private(key, (layout.coordinator / "signing.key").read_bytes())
+    shutil.copyfile(layout.coordinator / "signing.pub", pub)
+    top = {"signing_key_file": "signing.key"}
+    return [*_add_user(layout, manifest, name, node, top, "coordinator"), key, pub]
+
+
 def _add_reader(layout: Layout, manifest: dict[str, object], name: str) -> list[Path]:
     node = layout.reader(name)
     node.mkdir(parents=True, exist_ok=True)
@@ -559,13 +618,15 @@ def _write_broker_files(layout: Layout, manifest: dict[str, object], template: s
     prefix = str(manifest["prefix"])
     sites = list(manifest.get("sites", []))  # type: ignore[call-overload]
     readers = list(manifest.get("readers", []))  # type: ignore[call-overload]
+    coordinators = list(manifest.get("coordinators", []))  # type: ignore[call-overload]
     broker = str(manifest.get("broker", "mosquitto"))
     layout.broker.mkdir(parents=True, exist_ok=True)
     if broker == "mosquitto":
-        layout.acl.write_text(render_acl(template, prefix, readers))
+        layout.acl.write_text(render_acl(template, prefix, readers, coordinators))
         return [layout.acl, layout.passwd]
-    accounts = grants(prefix, sites, readers)
+    accounts = grants(prefix, sites, readers, coordinators)
     files = {COORDINATOR_USER: layout.coordinator / "credentials.toml"}
+    files |= {c: layout.extra_coordinator(c) / "credentials.toml" for c in coordinators}
     files |= {s: layout.site(s) / "credentials.toml" for s in sites}
     files |= {r: layout.reader(r) / "credentials.toml" for r in readers}
     passwords = {user: _password_of(path) for user, path in files.items()}
@@ -592,6 +653,7 @@ def _read_manifest(layout: Layout) -> dict[str, object]:
         raise BrokerInitError(f"{layout.manifest} missing or unreadable: run init first") from exc
     manifest.setdefault("broker", "mosquitto")
     manifest.setdefault("readers", [])
+    manifest.setdefault("coordinators", [])
     return manifest
 
 
@@ -606,8 +668,10 @@ def init_broker(
     acl_template: Path | None = None,
     broker: str = "mosquitto",
     readers: Sequence[str] = (),
+    coordinators: Sequence[str] = (),
 ) -> list[Path]:
-    """Generate a new deployment directory; return the files written.
+    """Generate a new deployment directory; return the files written. ``coordinators``:
+    extra coordinator accounts, one per further instance of an ingest group.
 
     Raises:
         BrokerInitError: invalid input, or ``out`` already holds one (without ``force``).
@@ -622,6 +686,14 @@ def init_broker(
     )
     if clash:
         raise BrokerInitError(f"{clash}: a reader name must differ from every site and reader")
+    names = [*sites, *readers, *coordinators]
+    for name in coordinators:
+        _check_coordinator(name)
+        if names.count(name) > 1:
+            raise BrokerInitError(
+                f"coordinator account {name!r}: must differ from every site, reader and "
+                "other coordinator account"
+            )
     try:
         validate_prefix(prefix)
     except TopicError as exc:
@@ -631,7 +703,7 @@ def init_broker(
     if layout.root.exists() and any(layout.root.iterdir()) and not force:
         raise BrokerInitError(f"{layout.root} is not empty: pass --force to replace its secrets")
     if force:
-        for sub in ("broker", "ca", "coordinator", "sites", "readers"):
+        for sub in ("broker", "ca", "coordinator", "coordinators", "sites", "readers"):
             shutil.rmtree(layout.root / sub, ignore_errors=True)
     layout.root.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, object] = {
@@ -643,6 +715,7 @@ def init_broker(
         "runtime_dir": str(runtime_dir) if runtime_dir else None,
         "sites": list(sites),
         "readers": list(readers),
+        "coordinators": list(coordinators),
     }
     written: list[Path] = []
     layout.broker.mkdir(parents=True, exist_ok=True)
@@ -661,6 +734,8 @@ def init_broker(
     written += _add_user(layout, manifest, COORDINATOR_USER, coord, signing, "coordinator")
     for site in sites:
         written += _add_site(layout, manifest, site)
+    for name in coordinators:
+        written += _add_extra_coordinator(layout, manifest, name)
     for name in readers:
         written += _add_reader(layout, manifest, name)
     written += _write_broker_files(layout, manifest, template)
@@ -687,6 +762,8 @@ def add_site(out: Path, site: str, force: bool = False) -> list[Path]:
     sites = list(manifest.get("sites", []))  # type: ignore[call-overload]
     if site in list(manifest["readers"]):  # type: ignore[call-overload]
         raise BrokerInitError(f"{site!r} is a reader's name")
+    if site in list(manifest["coordinators"]):  # type: ignore[call-overload]
+        raise BrokerInitError(f"{site!r} is a coordinator account's name")
     if (site in sites or layout.site(site).exists()) and not force:
         raise BrokerInitError(f"site {site!r} already exists: pass --force to replace it")
     written = _add_site(layout, manifest, site)
@@ -710,11 +787,40 @@ def add_reader(out: Path, name: str, force: bool = False) -> list[Path]:
     readers = list(manifest["readers"])  # type: ignore[call-overload]
     if name in list(manifest.get("sites", [])):  # type: ignore[call-overload]
         raise BrokerInitError(f"{name!r} is a site's id: a reader name must differ")
+    if name in list(manifest["coordinators"]):  # type: ignore[call-overload]
+        raise BrokerInitError(f"{name!r} is a coordinator account's name")
     if name in readers and not force:
         raise BrokerInitError(f"reader {name!r} already exists: pass --force to replace it")
     written = _add_reader(layout, manifest, name)
     if name not in readers:
         manifest["readers"] = [*readers, name]
+    written += _write_broker_files(layout, manifest, _template_for(manifest))
+    _write_manifest(layout, manifest)
+    return [*dict.fromkeys([*written, layout.manifest])]
+
+
+def add_coordinator(out: Path, name: str, force: bool = False) -> list[Path]:
+    """Add a coordinator account to a directory made by :func:`init_broker`: for one more
+    ``fedmq serve --group`` instance (each instance needs its own account and client id).
+
+    Raises:
+        BrokerInitError: not such a directory, invalid name, a site's or reader's name, or
+            the account exists (no ``force``).
+    """
+    _check_coordinator(name)
+    layout = Layout(Path(out))
+    manifest = _read_manifest(layout)
+    coordinators = list(manifest["coordinators"])  # type: ignore[call-overload]
+    taken = [*manifest.get("sites", []), *manifest["readers"]]  # type: ignore[misc]
+    if name in taken:
+        raise BrokerInitError(f"{name!r} is a site's or reader's name: pick another")
+    if name in coordinators and not force:
+        raise BrokerInitError(
+            f"coordinator account {name!r} already exists: pass --force to replace it"
+        )
+    written = _add_extra_coordinator(layout, manifest, name)
+    if name not in coordinators:
+        manifest["coordinators"] = [*coordinators, name]
     written += _write_broker_files(layout, manifest, _template_for(manifest))
     _write_manifest(layout, manifest)
     return [*dict.fromkeys([*written, layout.manifest])]

@@ -28,6 +28,7 @@ def broker() -> None:
         fedmq broker init --sites sites.txt --out deploy --broker nats --reader nodered
         fedmq broker add-site press-7 --out deploy
         fedmq broker add-reader telegraf --out deploy
+        fedmq broker add-coordinator ingest-2 --out deploy
     """
 
 
@@ -99,6 +100,14 @@ def _report(written: list[Path], out: Path, as_json: bool) -> None:
     help="A read-only account (repeatable), for Node-RED, Telegraf or a historian: reads "
     "status, registration, heartbeats, telemetry, predictions and alarms; writes nothing.",
 )
+@click.option(
+    "--coordinator",
+    "coordinators",
+    multiple=True,
+    metavar="NAME",
+    help="One more coordinator account (repeatable), one per further `fedmq serve --group` "
+    "instance: same rights as `coordinator`, its own password and client id.",
+)
 @click.option("--force", is_flag=True, help="Replace the secrets of an existing directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
 def init_command(
@@ -111,6 +120,7 @@ def init_command(
     acl_template: Path | None,
     kind: str,
     readers: tuple[str, ...],
+    coordinators: tuple[str, ...],
     force: bool,
     as_json: bool,
 ) -> None:
@@ -122,9 +132,10 @@ def init_command(
     nats-accounts.conf (an account with MQTT-only users and subject permissions); tls/.
     Then OUT/coordinator/ (credentials.toml for `fedmq serve`, signing key pair),
     OUT/sites/<id>/ (credentials.toml, coordinator.pub, tls/) per site and
-    OUT/readers/<name>/credentials.toml per --reader. A site may publish only its own
-    topics and read only its own commands and acks. Refuses to overwrite an existing
-    directory unless --force.
+    OUT/readers/<name>/credentials.toml per --reader and OUT/coordinators/<name>/ per
+    --coordinator (credentials.toml, a copy of the signing key pair). A site may publish
+    only its own topics and read only its own commands and acks. Refuses to overwrite an
+    existing directory unless --force.
 
     \b
     Example:
@@ -150,6 +161,7 @@ def init_command(
             acl_template=acl_template,
             broker=kind,
             readers=list(readers),
+            coordinators=list(coordinators),
         )
     except (BrokerInitError, DevCaError) as exc:
         raise UsageError(str(exc)) from None
@@ -207,6 +219,39 @@ def add_reader_command(name: str, out: Path, force: bool, as_json: bool) -> None
 
     try:
         written = add_reader(out, name, force=force)
+    except (BrokerInitError, DevCaError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    _report(written, out, as_json)
+
+
+@broker.command("add-coordinator")
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory of init.")
+@click.option("--force", is_flag=True, help="Replace the account's password and certificate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+def add_coordinator_command(name: str, out: Path, force: bool, as_json: bool) -> None:
+    """Add a coordinator account NAME for one more `fedmq serve --group` instance.
+
+    Every instance of an ingest group needs its own account: the shipped Mosquitto config
+    makes the client id the username, so two instances on one account would keep
+    disconnecting each other (and RabbitMQ ties queue permissions to it). NAME gets the
+    coordinator's rights (any instance may lead) and OUT/coordinators/NAME/ holds its
+    credentials.toml (client_id = NAME) and a copy of the command-signing key pair.
+    Apply the broker files again (printed).
+
+    \b
+    Example:
+        fedmq broker add-coordinator ingest-2 --out deploy
+        fedmq serve --config deploy/coordinators/ingest-2/credentials.toml \\
+            --db postgresql://fedmq@db.plant:5432/fedmq --group plant --no-http
+    """
+    from coordinator.admin.broker_init import BrokerInitError, add_coordinator
+    from coordinator.admin.dev_ca import DevCaError
+
+    try:
+        written = add_coordinator(out, name, force=force)
     except (BrokerInitError, DevCaError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
