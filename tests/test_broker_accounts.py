@@ -252,6 +252,9 @@ class Matrix:
             T.ack("site-b"),
             f"{PREFIX}/#",
             f"{PREFIX}/site/+/telemetry/+",
+            # Shared subscriptions (an ingest group's $share/GROUP/...) are no way round it.
+            f"$share/x/{PREFIX}/site/+/telemetry/+",
+            f"$share/x/{PREFIX}/site/site-b/cmd/#",
         ]:
             self._denied_read("site-a", topic, coord, [T.cmd("site-b", "ping"), T.ack("site-b"),
                                                        T.telemetry("site-b", "d")])  # fmt: skip
