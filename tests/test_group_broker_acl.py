@@ -24,7 +24,11 @@ the connection (the topic permission regex does not match ``$share...``).
 
 from __future__ import annotations
 
+import os
 import queue
+import re
+import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -49,9 +53,12 @@ from coordinator.admin.broker_init import (
     render_rabbitmq_definitions,
 )
 from schemas import Topics
+from site_node.outbox_store import read_stats
 from tests.helpers.broker import Broker
+from tests.helpers.coord_proc import FEDMQ, REPO
 from tests.helpers.other_brokers import RABBIT_BIN, NatsBroker, RabbitBroker
 from tests.helpers.secure_broker import secure_config
+from tests.helpers.site_proc import SiteProc, make_site_fixture  # noqa: F401 (fixture)
 from tests.helpers.wait import wait_for
 
 if sys.version_info >= (3, 11):
@@ -253,6 +260,95 @@ def test_a_site_in_the_coordinators_group_swallows_its_turn(
     assert intruder.drain(0.2) == []
     missing = set(_payloads("a")) - received
     assert 0 < len(missing) < N, f"{len(missing)} of {N} missing"
+
+
+def test_serve_group_on_the_generated_accounts_stores_every_sample_once(
+    tmp_path: Path,
+    broker_factory: Callable[..., Broker],
+    pg_url: str,
+    make_site: Callable[..., SiteProc],
+) -> None:
+    """Two real `fedmq serve --group` instances, each with its own generated account, on
+    the shipped TLS config; two real sites with theirs: every sample stored once, both
+    outboxes acked, both instances storing a share, no connection taken over."""
+    import psycopg
+
+    sites, rows = ["g-a", "g-b"], 300
+    deploy = tmp_path / "deploy"
+    init_broker(deploy, sites, prefix=PREFIX, tls=True, coordinators=["ingest-2"])
+    data = tmp_path / "data"
+    data.mkdir()
+    b = broker_factory(config_text=secure_config(deploy, data))
+    layout = Layout(deploy)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FEDMQ_MQTT__HOST": "localhost",
+           "FEDMQ_MQTT__PORT": str(b.port), "FEDMQ_SESSION_EXPIRY_S": "5"}  # fmt: skip
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    for creds, extra in [
+        (layout.coordinator / "credentials.toml", ("--client-id", "ingest-1")),
+        (layout.extra_coordinator("ingest-2") / "credentials.toml", ()),
+    ]:
+        log = tmp_path / f"serve-{len(procs)}.log"
+        args = ["serve", "--config", str(creds), "--db", pg_url, "--group", GROUP,
+                "--no-http", "--batch-time", "0.02", *extra]  # fmt: skip
+        with log.open("ab") as out:
+            procs.append(
+                (subprocess.Popen([*FEDMQ, *args], stdout=out, stderr=out, cwd=REPO, env=env), log)
+            )
+
+    def stored() -> int:
+        with psycopg.connect(pg_url) as conn:
+            return int(conn.execute(b"SELECT count(*) FROM telemetry").fetchall()[0][0])
+
+    try:
+        wait_for(
+            lambda: any("won the leader lock" in log.read_text() for _p, log in procs),
+            60,
+            "an instance leading",
+        )
+        site_procs = []
+        for site in sites:
+            site_creds = tomllib.loads((layout.site(site) / "credentials.toml").read_text())
+            site_procs.append(
+                make_site(
+                    b.port,
+                    PREFIX,
+                    site_id=site,
+                    rows=rows,
+                    rate_hz=100.0,
+                    mqtt={**site_creds["mqtt"], "host": "localhost", "port": b.port},
+                    coordinator_public_key_file=site_creds["coordinator_public_key_file"],
+                )
+            )
+
+        def drained() -> bool:
+            for proc in site_procs:
+                st = read_stats(proc.data_dir / "outbox.db")
+                if st.last_seq == 0 or st.last_acked != st.last_seq:
+                    return False
+            return stored() >= rows * len(sites)
+
+        wait_for(drained, 240, "every sample stored and every outbox acked")
+        with psycopg.connect(pg_url) as conn:
+            for site in sites:
+                values = conn.execute(
+                    b"SELECT value FROM telemetry WHERE site = %s ORDER BY value", (site,)
+                ).fetchall()
+                assert [v for (v,) in values] == [float(i) for i in range(rows)], site
+    finally:
+        for proc, _log in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc, _log in procs:
+            proc.wait(timeout=60)
+    shares = []
+    for _proc, log in procs:
+        text = log.read_text(errors="replace")
+        found = re.findall(r"coordinator stopped \((\d+) messages stored\)", text)
+        assert found, text[-3000:]
+        shares.append(int(found[-1]))
+    assert all(n > 0 for n in shares), f"the telemetry was not split: {shares}"
+    broker_log = b.log.read_text(errors="replace")
+    assert "already connected, closing old connection" not in broker_log
+    assert "as coordinator (p5" in broker_log and "as ingest-2 (p5" in broker_log
 
 
 # --- Rendering: extra coordinator accounts on every broker -----------------------------
