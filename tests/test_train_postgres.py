@@ -33,8 +33,9 @@ import pytest
 
 from coordinator.admin.signing import generate_keypair
 from coordinator.api.client import ApiClient, ApiError
+from coordinator.training.aggregate import load_npz
 from tests.helpers.broker import Broker
-from tests.helpers.coord_proc import FEDMQ, REPO
+from tests.helpers.coord_proc import FEDMQ, REPO, fedmq
 from tests.helpers.data import TRAIN_FD001
 from tests.helpers.fake_trainer import FakeTrainer
 from tests.helpers.mqtt import TestClient
@@ -141,7 +142,7 @@ def _train(url: str, token: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def test_kill_9_mid_round_on_postgres_then_start_again_finishes_the_run(
-    serve: PgServe, broker: Broker, prefix: str
+    serve: PgServe, broker: Broker, prefix: str, tmp_path: Path
 ) -> None:
     url = serve.url
     serve.start()
@@ -197,6 +198,19 @@ def test_kill_9_mid_round_on_postgres_then_start_again_finishes_the_run(
     log = serve.log_text()
     assert f"run {run_id} was running when the coordinator stopped: resuming it" in log
     assert_resumed_run(url, run_id, ids, DELTAS)
+    # The training read commands read PostgreSQL too.
+    run = json.loads(fedmq("run", run_id, "--db", url, "--json").stdout)
+    assert run["state"] == "done" and [r["n_results"] for r in run["rounds"]] == [3, 3, 3]
+    assert [r["run_id"] for r in json.loads(fedmq("runs", "--db", url, "--json").stdout)] == [
+        run_id
+    ]
+    listed = json.loads(fedmq("jobs", "--run", run_id, "--db", url, "--json").stdout)
+    assert len([j for j in listed if not j["late"]]) == 9
+    out = tmp_path / "m.npz"
+    fedmq("models", "export", f"{run_id}-r3", "--out", str(out), "--db", url)
+    np.testing.assert_allclose(load_npz(out.read_bytes())["w"], np.full((4, 3), 6.0), rtol=1e-6)
+    missing = fedmq("models", "export", "nope", "--out", str(out), "--db", url, check=False)
+    assert missing.returncode == 3 and "no model 'nope'" in missing.stderr, missing.stderr
     # The follower saw the resumed run through to its end.
     assert any(e["event"] == "run_started" and e.get("resumed_at_round") == 2 for e in lines)
     assert lines[-1]["event"] == "run_finished" and lines[-1]["state"] == "done"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from coordinator.cli.output import connect, db_option, echo_json, table
+from coordinator.cli.output import connect, echo_json, table, training_db_option
 
 __all__ = ["jobs"]
 
@@ -14,11 +14,11 @@ _HEADER = ("JOB", "RUN", "ROUND", "SITE", "STATE", "DETAIL")
 
 
 @click.command()
-@db_option
+@training_db_option
 @click.option("--run", "run_id", help="Only jobs of this run.")
 @click.option("--state", help="Only jobs in this state (e.g. pending_approval).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def jobs(db: Path, run_id: str | None, state: str | None, as_json: bool) -> None:
+def jobs(db: Path | str, run_id: str | None, state: str | None, as_json: bool) -> None:
     """List training jobs: those `fedmq train` sent and every job a site reported.
 
     A job waiting for a site operator shows "pending approval at site X"; the coordinator

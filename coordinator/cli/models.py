@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from coordinator.cli.output import connect, db_option, echo_json, fmt_ts, table
+from coordinator.cli.output import (
+    connect,
+    echo_json,
+    fmt_ts,
+    shown,
+    table,
+    training_db_option,
+)
 from fedmq_runtime.cli import NotFound
 
 __all__ = ["models"]
@@ -15,11 +22,11 @@ _HEADER = ("MODEL", "RUN", "ROUND", "TASK", "SITES", "SAMPLES", "TEST RMSE", "SI
 
 
 @click.group(invoke_without_command=True)
-@db_option
+@training_db_option
 @click.option("--run", "run_id", help="Only models of this run.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def models(ctx: click.Context, db: Path, run_id: str | None, as_json: bool) -> None:
+def models(ctx: click.Context, db: Path | str, run_id: str | None, as_json: bool) -> None:
     """List model versions (one per aggregated round), newest first.
 
     \b
@@ -50,8 +57,8 @@ def models(ctx: click.Context, db: Path, run_id: str | None, as_json: bool) -> N
 @click.argument("model_id")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Write the npz weights here.")  # fmt: skip
-@db_option
-def export(model_id: str, out: Path, db: Path) -> None:
+@training_db_option
+def export(model_id: str, out: Path, db: Path | str) -> None:
     """Write a model version's npz weights to a file (sha256 verified).
 
     \b
@@ -66,6 +73,6 @@ def export(model_id: str, out: Path, db: Path) -> None:
     finally:
         reader.close()
     if raw is None:
-        raise NotFound(f"no model {model_id!r} in {db} (see `fedmq models`)")
+        raise NotFound(f"no model {model_id!r} in {shown(db)} (see `fedmq models`)")
     out.write_bytes(raw)
     click.echo(f"wrote {out} ({len(raw)} bytes, sha256 verified)")

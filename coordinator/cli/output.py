@@ -11,9 +11,12 @@ from typing import Any, TypeVar
 import click
 
 from coordinator.store.read import DatabaseMissing, NotAFedmqDatabase, SqliteReader, StoreReader
+from coordinator.store.urls import is_postgres_url
 from fedmq_runtime.cli import NotFound
 
-__all__ = ["ago", "connect", "db_option", "echo_json", "fmt_ts", "table"]
+__all__ = [
+    "ago", "connect", "db_option", "echo_json", "fmt_ts", "shown", "table", "training_db_option",
+]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,8 +47,36 @@ def db_option(fn: F) -> F:
     )(fn)
 
 
-def connect(path: Path) -> StoreReader:
+def training_db_option(fn: F) -> F:
+    """``--db`` of the training read commands: a SQLite file or a PostgreSQL URL."""
+    return click.option(
+        "--db",
+        metavar="FILE|URL",
+        default="fedmq.db",
+        envvar="FEDMQ_DB",
+        show_default=True,
+        help="Coordinator database: a SQLite file, or the postgresql:// URL serve stores "
+        "into (env FEDMQ_DB).",
+    )(fn)
+
+
+def shown(db: Path | str) -> str:
+    """``db`` for messages: a PostgreSQL URL without its password."""
+    from coordinator.cli.serve import _shown
+
+    return _shown(db)
+
+
+def connect(path: Path | str) -> StoreReader:
     """Open the database read-only or fail with one line that says how to start."""
+    if is_postgres_url(path):
+        from coordinator.store.read import PostgresReader
+
+        try:
+            return PostgresReader.open(str(path))
+        except DatabaseMissing as exc:
+            raise NotFound(f"cannot read {shown(path)}: {exc}") from None
+    path = Path(path)
     try:
         return SqliteReader.open(path)
     except DatabaseMissing:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from coordinator.cli.output import connect, db_option, echo_json, table
+from coordinator.cli.output import connect, echo_json, shown, table, training_db_option
 from fedmq_runtime.cli import NotFound
 
 __all__ = ["run"]
@@ -21,9 +21,9 @@ _EVAL_HEADER = ("MODEL", "MEASURED", "METRIC", "WEIGHTED", "COVERAGE")
 
 @click.command()
 @click.argument("run_id")
-@db_option
+@training_db_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def run(run_id: str, db: Path, as_json: bool) -> None:
+def run(run_id: str, db: Path | str, as_json: bool) -> None:
     """Show one training run: its settings, a row per round, and the federated evaluation
     of each round's global model.
 
@@ -43,7 +43,7 @@ def run(run_id: str, db: Path, as_json: bool) -> None:
     detail = reader.run_detail(run_id)
     reader.close()
     if detail is None:
-        raise NotFound(f"no run {run_id!r} in {db} (see `fedmq runs`)")
+        raise NotFound(f"no run {run_id!r} in {shown(db)} (see `fedmq runs`)")
     if as_json:
         echo_json(detail)
         return

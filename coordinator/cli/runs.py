@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from coordinator.cli.output import connect, db_option, echo_json, fmt_ts, table
+from coordinator.cli.output import connect, echo_json, fmt_ts, table, training_db_option
 
 __all__ = ["runs"]
 
@@ -14,10 +14,10 @@ _HEADER = ("RUN", "TASK", "STRATEGY", "STATE", "ROUNDS", "SITES", "TEST RMSE", "
 
 
 @click.command()
-@db_option
+@training_db_option
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def runs(db: Path, limit: int, as_json: bool) -> None:
+def runs(db: Path | str, limit: int, as_json: bool) -> None:
     """List training runs (started by `fedmq train`), newest first.
 
     \b

@@ -90,10 +90,10 @@ def serve(
     postgresql://...` finds the API there, and a run left running is resumed. A
     PostgreSQL database has no file to keep the token next to: it goes to
     ~/.config/fedmq/api.token unless --token-file says where (give every instance and
-    client the same file). Deployments, alarm acknowledgements and the dashboard still
-    need SQLite in this release (their API routes answer 503), and the read commands
-    (fedmq sites, runs, ...) read SQLite only: query PostgreSQL with psql
-    (docs/postgres.md).
+    client the same file). `fedmq runs`, `run`, `jobs` and `models` take the same URL.
+    Deployments, alarm acknowledgements and the dashboard still need SQLite in this
+    release (their API routes answer 503), and the other read commands (fedmq sites,
+    telemetry, ...) read SQLite only: query PostgreSQL with psql (docs/postgres.md).
 
     With --group NAME several instances share one PostgreSQL database: the broker splits
     the telemetry among them (an MQTT shared subscription, e.g. Mosquitto), each acks

@@ -538,6 +538,26 @@ class SqliteReader:
         self._conn.close()
 
 
+class PostgresReader(SqliteReader):
+    """The training part of :class:`StoreReader` on PostgreSQL (``fedmq runs``, ``run``,
+    ``jobs``, ``models``): the same queries, through
+    :class:`coordinator.store.pg_compat.CompatConnection`. The other read commands read
+    SQLite only in this release (their CLI refuses a PostgreSQL URL)."""
+
+    @classmethod
+    def open(cls, path: Path | str) -> PostgresReader:
+        """Raises DatabaseMissing when the server cannot be reached or the database does
+        not exist (psycopg imported here: only for a PostgreSQL URL)."""
+        import psycopg
+
+        from coordinator.store.pg_compat import connect
+
+        try:
+            return cls(connect(str(path)))  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise DatabaseMissing(str(exc).strip()) from None
+
+
 # The dashboard's queries (coordinator/web): cheap enough to run every second while the
 # daemon ingests (each reads an index or the newest rows only).
 
