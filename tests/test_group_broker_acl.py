@@ -262,7 +262,9 @@ def test_a_site_in_the_coordinators_group_swallows_its_turn(
     assert 0 < len(missing) < N, f"{len(missing)} of {N} missing"
 
 
+@pytest.mark.parametrize("receive", ["paho", "asyncio"])
 def test_serve_group_on_the_generated_accounts_stores_every_sample_once(
+    receive: str,
     tmp_path: Path,
     broker_factory: Callable[..., Broker],
     pg_url: str,
@@ -281,7 +283,8 @@ def test_serve_group_on_the_generated_accounts_stores_every_sample_once(
     b = broker_factory(config_text=secure_config(deploy, data))
     layout = Layout(deploy)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FEDMQ_MQTT__HOST": "localhost",
-           "FEDMQ_MQTT__PORT": str(b.port), "FEDMQ_SESSION_EXPIRY_S": "5"}  # fmt: skip
+           "FEDMQ_MQTT__PORT": str(b.port), "FEDMQ_SESSION_EXPIRY_S": "5",
+           "FEDMQ_RECEIVE": receive}  # fmt: skip
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     for creds, extra in [
         (layout.coordinator / "credentials.toml", ("--client-id", "ingest-1")),
