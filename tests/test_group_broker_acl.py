@@ -212,14 +212,15 @@ def test_coordinator_accounts_split_the_telemetry_and_sites_read_nothing_through
     for w in workers:
         assert w.subscribe(SHARED) == 1
     # site-b tries to read site-a's telemetry through shared subscriptions of its own
-    # group: granted (Mosquitto never checks a SUBSCRIBE), but nothing is delivered.
+    # group: granted by Mosquitto 2.0 (it never checks a SUBSCRIBE; a broker that does may
+    # refuse), and in any case nothing is delivered.
     spy = mosquitto_group("site-b")
     for topic in [
         f"$share/x/{PREFIX}/site/+/telemetry/+",
         f"$share/x/{PREFIX}/site/site-a/telemetry/d1",
         f"$share/y/{PREFIX}/#",
     ]:
-        assert spy.subscribe(topic) == 1, topic
+        assert spy.subscribe(topic) is not None, topic
     # The control: a shared subscription of site-b's own commands does deliver to it, so
     # nothing arriving above is the ACL at work, not $share failing for sites.
     assert spy.subscribe(f"$share/x/{T.site_commands('site-b')}") == 1
@@ -249,17 +250,23 @@ def test_a_site_in_the_coordinators_group_swallows_its_turn(
 ) -> None:
     # Why GROUP should be a name no site can guess: a site subscribed with the
     # coordinators' group name is one more member of the round robin; its deliveries are
-    # denied and dropped, not given to another member (Mosquitto 2.0.11).
+    # denied and dropped, not given to another member (Mosquitto 2.0.11: SUBACK granted).
+    # A Mosquitto that refuses the subscription instead must lose nothing.
     workers = [mosquitto_group(COORDINATOR_USER), mosquitto_group("ingest-2")]
+    for w in workers:
+        assert w.subscribe(SHARED) == 1
     intruder = mosquitto_group("site-b")
-    for c in [*workers, intruder]:
-        assert c.subscribe(SHARED) == 1
+    joined = intruder.subscribe(SHARED) == 1
     mosquitto_group("site-a").publish_all(T.telemetry("site-a", "d1"), _payloads("a"))
-    wait_for(lambda: sum(w.messages.qsize() for w in workers) >= N // 4, 60, "telemetry")
+    expect = N // 2 if joined else N  # (joined: about 2 in 3, the coordinators. turns)
+    wait_for(lambda: sum(w.messages.qsize() for w in workers) >= expect, 60, "telemetry")
     received = {p for w in workers for _t, p in w.drain(1.0)}
     assert intruder.drain(0.2) == []
     missing = set(_payloads("a")) - received
-    assert 0 < len(missing) < N, f"{len(missing)} of {N} missing"
+    if joined:
+        assert 0 < len(missing) < N, f"{len(missing)} of {N} missing"
+    else:
+        assert not missing
 
 
 @pytest.mark.parametrize("receive", ["paho", "asyncio"])
