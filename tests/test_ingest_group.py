@@ -20,15 +20,10 @@ from schemas import (
     Ack,
     Heartbeat,
     Registration,
-    Sample,
     SeqRange,
-    TelemetryBatch,
-    Topics,
     encode,
 )
-
-P = "ut/fedmq/v1"
-T = Topics(P)
+from tests.test_coord_ingest import P, T, tel  # one way to build test messages
 
 
 class Worker:
@@ -58,14 +53,6 @@ class Worker:
 
     def acks(self, site: str) -> list[int]:
         return [Ack.model_validate_json(p).acked for t, p in self.published if t == T.ack(site)]
-
-
-def tel(site: str, seq: int, gaps: tuple[SeqRange, ...] = ()) -> tuple[str, TelemetryBatch]:
-    batch = TelemetryBatch(
-        site=site, session=1, seq=seq, device="d", gaps=gaps,
-        samples=(Sample(ts=seq, name="x", value=float(seq)),),
-    )  # fmt: skip
-    return T.telemetry(site, "d"), batch
 
 
 @pytest.fixture
