@@ -258,7 +258,7 @@ def test_a_site_in_the_coordinators_group_swallows_its_turn(
     intruder = mosquitto_group("site-b")
     joined = intruder.subscribe(SHARED) == 1
     mosquitto_group("site-a").publish_all(T.telemetry("site-a", "d1"), _payloads("a"))
-    expect = N // 2 if joined else N  # (joined: about 2 in 3, the coordinators. turns)
+    expect = N // 2 if joined else N  # (joined: about 2 in 3, the coordinators' turns)
     wait_for(lambda: sum(w.messages.qsize() for w in workers) >= expect, 60, "telemetry")
     received = {p for w in workers for _t, p in w.drain(1.0)}
     assert intruder.drain(0.2) == []
