@@ -32,9 +32,22 @@ from fedmq_runtime.mqtt_protocol import ProtocolChoice, Version
 from fedmq_runtime.settings import MqttSettings
 from schemas import CoordinatorStatus, Topics, encode
 
-__all__ = ["Bus", "BusOptions", "Inbound"]
+__all__ = ["Bus", "BusOptions", "Inbound", "shared_refusal"]
 
 log = logging.getLogger(__name__)
+
+
+def shared_refusal(broker: str, protocol: str) -> str:
+    """Why an ingest group cannot run on ``broker`` (no shared subscriptions)."""
+    if protocol != "5":
+        return (
+            f"broker {broker} speaks MQTT 3.1.1 only: --group needs MQTT 5 shared "
+            "subscriptions ($share/GROUP/...), which nats-server (2.9) and RabbitMQ (3.x) do "
+            "not implement: they take $share/... as an ordinary topic and would deliver none "
+            "of the telemetry. Run one fedmq serve without --group, or use a broker with "
+            "shared subscriptions (Mosquitto 2)"
+        )
+    return f"broker {broker} says it has no shared subscriptions: --group needs them"
 
 
 class Inbound(NamedTuple):
@@ -59,6 +72,9 @@ class BusOptions:
     announce: bool = True
     # schemas.commands.public_key_id of the command-signing key, in the retained status.
     key_id: str = ""
+    # An ingest group's instance: needs MQTT 5 shared subscriptions ($share/...); a broker
+    # without them sets Bus.refused instead of silently delivering nothing.
+    shared: bool = False
 
 
 class Bus:
@@ -80,11 +96,18 @@ class Bus:
         self.inbound = inbound
         self.connected = threading.Event()
         self._subscriptions: dict[str, int] = {}
+        # Filters a resumed session may still hold and this instance must not receive
+        # (a group member that led before: the leader's topics), dropped at each connect.
+        self._unwanted: list[str] = []
         self._protocol = ProtocolChoice(settings.protocol, f"{settings.host}:{settings.port}", log)
         self._login = connection_options(settings)  # the site's bus applies the same
         self._lock = threading.Lock()  # guards client replacement against stop()
         self._stopping = False
         self._connack_seen = False  # of the current client's current attempt
+        self._sub_mids: dict[int, str] = {}  # SUBSCRIBE packet id -> its topic filter
+        # Why the broker cannot do what this coordinator needs (an ingest group's shared
+        # subscription); ``fedmq serve`` stops with it. None: nothing wrong.
+        self.refused: str | None = None
         self.client = self._new_client(self._protocol.current)
 
     @property
@@ -119,6 +142,7 @@ class Bus:
             )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -145,12 +169,14 @@ class Bus:
             client.connect_async(s.host, s.port, s.keepalive)
         client.loop_start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Clean shutdown: retained offline status, then disconnect (no Will is sent)."""
+    def stop(self, timeout: float = 5.0, announce: bool = True) -> None:
+        """Clean shutdown: retained offline status (unless ``announce`` is False: a leader
+        that lost its lock must not say "offline" over its successor), then disconnect
+        (no Will is sent)."""
         with self._lock:
             self._stopping = True
             client = self.client
-        if self.connected.is_set() and self.options.announce:
+        if self.connected.is_set() and self.options.announce and announce:
             info = client.publish(
                 self.topics.coordinator_status(), self._status("offline"), qos=1, retain=True
             )
@@ -169,8 +195,14 @@ class Bus:
 
     # Traffic -------------------------------------------------------------------------
 
+    def unsubscribe_at_connect(self, topics: list[str]) -> None:
+        """Unsubscribe from ``topics`` at every connect (before subscribing): what a
+        persistent session kept from an earlier life, e.g. a group member that led."""
+        self._unwanted = list(topics)
+
     def subscribe(self, topic: str, qos: int = 1) -> None:
         """Subscribe now (if connected) and again after every reconnect."""
+        self._unwanted = [t for t in self._unwanted if t != topic]
         self._subscriptions[topic] = qos
         if self.connected.is_set():
             self._subscribe(topic, qos)
@@ -183,9 +215,11 @@ class Bus:
             # A shared subscription ($share/...) must not set noLocal (a protocol error).
             local = not topic.startswith("$share/")
             options = SubscribeOptions(qos=qos, noLocal=local, retainAsPublished=True)
-            self.client.subscribe(topic, options=options)
+            _rc, mid = self.client.subscribe(topic, options=options)
         else:
-            self.client.subscribe(topic, qos)
+            _rc, mid = self.client.subscribe(topic, qos)
+        if mid is not None:
+            self._sub_mids[mid] = topic
 
     def lead(self) -> None:
         """Become the coordinator the sites see (an instance that won the leader lock):
@@ -236,6 +270,12 @@ class Bus:
                 self._switch(client)
             return
         self._protocol.connack(0, str(rc))  # logs the auto choice once
+        if self.options.shared:
+            available = getattr(props, "SharedSubscriptionAvailable", 1) if self._v5 else 0
+            if not available:
+                self.refused = shared_refusal(
+                    f"{self.settings.host}:{self.settings.port}", self._protocol.current
+                )
         log.info(
             "connected to %s:%s (MQTT %s, session present: %s)",
             self.settings.host,
@@ -243,7 +283,9 @@ class Bus:
             self._protocol.current,
             getattr(flags, "session_present", None),
         )
-        for topic, qos in self._subscriptions.items():
+        if self._unwanted:
+            client.unsubscribe(list(self._unwanted))
+        for topic, qos in list(self._subscriptions.items()):  # lead() may add meanwhile
             self._subscribe(topic, qos)
         if self.options.announce:
             client.publish(self.topics.coordinator_status(), self._status("online"), 1, True)
@@ -264,6 +306,17 @@ class Bus:
             return
         if self._protocol.closed_before_connack(str(rc)):
             self._switch(client)
+
+    def _on_subscribe(
+        self, client: Any, userdata: Any, mid: int, codes: Any, props: Any = None
+    ) -> None:
+        topic = self._sub_mids.pop(mid, "?")
+        for rc in codes:
+            if getattr(rc, "is_failure", False) or (isinstance(rc, int) and rc >= 0x80):
+                why = f"broker refused the subscription to {topic}: {rc}"
+                log.error("%s", why)
+                if topic.startswith("$share/"):
+                    self.refused = why
 
     def _switch(self, client: Any) -> None:
         # From paho's own thread: the old client's loop is stopped from another one.

@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from coordinator.bus import BusOptions, Inbound
+from coordinator.bus import BusOptions, Inbound, shared_refusal
 from fedmq_runtime.broker_connection import connection_options
 from fedmq_runtime.clock import now_ms
 from fedmq_runtime.mqtt_protocol import ProtocolChoice, Version
@@ -127,6 +127,13 @@ def subscribe_packet(pid: int, topics: dict[str, int], v5: bool) -> bytes:
     return _packet(0x82, body)
 
 
+def unsubscribe_packet(pid: int, topics: list[str], v5: bool) -> bytes:
+    body = _U16.pack(pid) + (b"\x00" if v5 else b"")
+    for topic in topics:
+        body += _utf8(topic)
+    return _packet(0xA2, body)
+
+
 def _read_varint(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int] | None:
     """(value, position after it), or None when ``buf`` ends inside it."""
     value, shift = 0, 0
@@ -150,34 +157,47 @@ _PROPERTY_SIZES = {
     0x22: 2, 0x23: 2, 0x24: 1, 0x25: 1, 0x26: -2, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1,
 }  # fmt: skip
 _RECEIVE_MAXIMUM = 0x21
+_SHARED_AVAILABLE = 0x2A  # Shared Subscription Available
+
+
+def connack_properties(body: bytes) -> dict[int, int] | None:
+    """The numeric properties of an MQTT 5 CONNACK body ({} when it has none, None when
+    it is malformed)."""
+    got = _read_varint(body, 2) if len(body) > 2 else None
+    if got is None:
+        return {}
+    length, pos = got
+    end = min(pos + length, len(body))
+    out: dict[int, int] = {}
+    while pos < end:
+        prop = body[pos]
+        pos += 1
+        size = _PROPERTY_SIZES.get(prop)
+        if size is None:
+            return None
+        if size > 0:
+            out[prop] = int.from_bytes(body[pos : pos + size], "big")
+            pos += size
+        elif size == -1:
+            pos += 2 + _U16.unpack_from(body, pos)[0]
+        elif size == -2:
+            pos += 2 + _U16.unpack_from(body, pos)[0]
+            pos += 2 + _U16.unpack_from(body, pos)[0]
+        else:  # -3: a variable byte integer
+            value_pos = _read_varint(body, pos)
+            if value_pos is None:
+                return None
+            out[prop], pos = value_pos
+    return out
 
 
 def connack_receive_maximum(body: bytes) -> int:
     """The broker's Receive Maximum from an MQTT 5 CONNACK body: how many of our QoS 1
     publishes may be unacknowledged at once (65,535 when it sets none)."""
-    got = _read_varint(body, 2) if len(body) > 2 else None
-    if got is None:
-        return 65_535
-    length, pos = got
-    end = min(pos + length, len(body))
-    while pos < end:
-        prop = body[pos]
-        pos += 1
-        size = _PROPERTY_SIZES.get(prop)
-        if size is None:  # malformed: assume mosquitto's default rather than guess
-            return 20
-        if prop == _RECEIVE_MAXIMUM:
-            return max(1, _U16.unpack_from(body, pos)[0])
-        if size == -1:
-            pos += 2 + _U16.unpack_from(body, pos)[0]
-        elif size == -2:
-            pos += 2 + _U16.unpack_from(body, pos)[0]
-            pos += 2 + _U16.unpack_from(body, pos)[0]
-        elif size == -3:
-            pos = (_read_varint(body, pos) or (0, end))[1]
-        else:
-            pos += size
-    return 65_535
+    props = connack_properties(body)
+    if props is None:  # malformed: assume mosquitto's default rather than guess
+        return 20
+    return max(1, props.get(_RECEIVE_MAXIMUM, 65_535))
 
 
 class PublishInfo:
@@ -213,7 +233,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.connack: asyncio.Future[tuple[int, bool, int]] = (
+        self.connack: asyncio.Future[tuple[int, bool, int, bool]] = (
             asyncio.get_running_loop().create_future()
         )
         self.paused = False
@@ -311,16 +331,23 @@ class _Connection(asyncio.Protocol):
         elif kind == _CONNACK:
             code = body[1] if len(body) > 1 else 0x80
             quota = connack_receive_maximum(body) if bus._v5 else 65_535
+            shared = bool((connack_properties(body) or {}).get(_SHARED_AVAILABLE, 1))
             if not self.connack.done():
-                self.connack.set_result((code, bool(body[0] & 1), quota))
+                self.connack.set_result((code, bool(body[0] & 1), quota, shared and bus._v5))
         elif kind == _SUBACK:
             codes = body[2:]
             if bus._v5 and codes:
                 plen, p = _read_varint(body, 2) or (0, 2)
                 codes = body[p + plen :]
-            bad = [c for c in codes if c >= 0x80]
-            if bad:
-                log.error("broker refused a subscription (reason codes %s)", bad)
+            topics = bus._sub_pids.pop(_U16.unpack_from(body)[0], []) if len(body) >= 2 else []
+            for i, c in enumerate(codes):
+                if c < 0x80:
+                    continue
+                topic = topics[i] if i < len(topics) else "?"
+                why = f"broker refused the subscription to {topic} (reason code {c:#x})"
+                log.error("%s", why)
+                if topic.startswith("$share/"):
+                    bus.refused = why
         elif kind == _DISCONNECT:
             reason = body[0] if body else 0
             log.warning("broker sent DISCONNECT (reason code %d)", reason)
@@ -349,6 +376,7 @@ class AsyncBus:
         self.inbound = inbound
         self.connected = threading.Event()
         self._subscriptions: dict[str, int] = {}
+        self._unwanted: list[str] = []  # as Bus.unsubscribe_at_connect
         self._protocol = ProtocolChoice(settings.protocol, f"{settings.host}:{settings.port}", log)
         self._login = connection_options(settings)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -357,6 +385,9 @@ class AsyncBus:
         self._generation = 0
         self._stopping = False
         self._releading = False  # lead() closed the connection on purpose
+        self._sub_pids: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters
+        # As Bus.refused: why the broker cannot do what this coordinator needs.
+        self.refused: str | None = None
         self._stopped: asyncio.Event | None = None
         # Filled by any thread, drained on the loop (one wake-up per burst).
         self._acks: deque[int] = deque()
@@ -408,12 +439,13 @@ class AsyncBus:
         finally:
             loop.close()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Clean shutdown: retained offline status, then DISCONNECT (no Will is sent)."""
+    def stop(self, timeout: float = 5.0, announce: bool = True) -> None:
+        """Clean shutdown: retained offline status (unless ``announce`` is False, as in
+        Bus.stop), then DISCONNECT (no Will is sent)."""
         loop = self._loop
         if loop is None or self._thread is None:
             return
-        if self.connected.is_set() and self.options.announce:
+        if self.connected.is_set() and self.options.announce and announce:
             info = self.publish(self.topics.coordinator_status(), self._status("offline"), 1, True)
             info.wait_for_publish(timeout)
         self._stopping = True
@@ -463,15 +495,18 @@ class AsyncBus:
             return "failed"
         assert conn.transport is not None
         will = (self.topics.coordinator_status(), self._status("offline"))
+        with_will = self.options.announce  # lead() may change it while we connect
         conn.transport.write(
             connect_packet(
                 self.options.client_id, self._v5, s.keepalive, self.options.session_expiry_s,
-                self.options.receive_maximum, will if self.options.announce else None,
+                self.options.receive_maximum, will if with_will else None,
                 self._login.username, self._login.password,
             )
         )  # fmt: skip
         try:
-            code, present, quota = await asyncio.wait_for(asyncio.shield(conn.connack), s.keepalive)
+            code, present, quota, shared = await asyncio.wait_for(
+                asyncio.shield(conn.connack), s.keepalive
+            )
         except (ConnectionError, asyncio.TimeoutError) as exc:
             conn.transport.close()
             if self._protocol.closed_before_connack(str(exc) or "timeout"):
@@ -486,6 +521,13 @@ class AsyncBus:
             conn.transport.close()
             return "switch" if self._protocol.connack(value, name) else "failed"
         self._protocol.connack(0, "Success")
+        if self.options.announce and not with_will:  # lead() came while connecting
+            self._releading = False
+            conn.transport.write(b"\xe0\x00")
+            conn.transport.close()
+            return "switch"  # again at once, with the Will
+        if self.options.shared and not shared:
+            self.refused = shared_refusal(f"{s.host}:{s.port}", self._protocol.current)
         log.info(
             "connected to %s:%s (MQTT %s, session present: %s)",
             s.host, s.port, self._protocol.current, present,
@@ -494,8 +536,10 @@ class AsyncBus:
         self._unacked = 0
         self._quota = quota  # the broker's Receive Maximum for our QoS 1 publishes
         self._acks.clear()  # PUBACKs of the last connection: the broker redelivers those
+        if self._unwanted:
+            conn.transport.write(unsubscribe_packet(self._pid(), self._unwanted, self._v5))
         if self._subscriptions:
-            conn.transport.write(subscribe_packet(self._pid(), self._subscriptions, self._v5))
+            self._write_subscribe(conn, dict(self._subscriptions))
         if self.options.announce:
             self._send(
                 conn, _Out(self.topics.coordinator_status(), self._status("online"), 1, True)
@@ -533,8 +577,13 @@ class AsyncBus:
 
     # Traffic -------------------------------------------------------------------------
 
+    def unsubscribe_at_connect(self, topics: list[str]) -> None:
+        """As :meth:`coordinator.bus.Bus.unsubscribe_at_connect`."""
+        self._unwanted = list(topics)
+
     def subscribe(self, topic: str, qos: int = 1) -> None:
         """Subscribe now (if connected) and again after every reconnect."""
+        self._unwanted = [t for t in self._unwanted if t != topic]
         self._subscriptions[topic] = qos
         loop = self._loop
         if loop is not None and self.connected.is_set():
@@ -552,8 +601,9 @@ class AsyncBus:
                 loop.call_soon_threadsafe(self._reconnect)
 
     def _reconnect(self) -> None:
-        self._releading = True
         conn = self._conn
+        # Not connected yet: _session reconnects after the CONNACK (its CONNECT had no Will).
+        self._releading = conn is not None
         if conn is not None and conn.transport is not None:
             conn.transport.write(b"\xe0\x00")  # a normal DISCONNECT: the session stays
             conn.transport.close()
@@ -561,7 +611,13 @@ class AsyncBus:
     def _subscribe_now(self, topics: dict[str, int]) -> None:
         conn = self._conn
         if conn is not None and conn.transport is not None:
-            conn.transport.write(subscribe_packet(self._pid(), topics, self._v5))
+            self._write_subscribe(conn, topics)
+
+    def _write_subscribe(self, conn: _Connection, topics: dict[str, int]) -> None:
+        pid = self._pid()
+        self._sub_pids[pid] = list(topics)  # the SUBACK's reason codes come in this order
+        assert conn.transport is not None
+        conn.transport.write(subscribe_packet(pid, topics, self._v5))
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Any:
         """Queue a publish (thread-safe); ``wait_for_publish(timeout)`` waits for the

@@ -10,8 +10,10 @@ own: a follower tries to take it every ``interval_s`` and, once it holds it, cal
 A leader that loses the lock (its database connection dropped: the server restarted, the
 network failed) cannot step down cleanly while its threads act as leader, and another
 instance may already lead; it sets :attr:`lost`, and ``fedmq serve`` exits with an error
-for its supervisor to restart it as a follower. Two leaders never act at once for longer
-than one ``interval_s``.
+for its supervisor to restart it as a follower: within ``interval_s`` (plus the daemon's
+0.2 s poll) its ingest stops taking leader traffic; its round drivers and its last batch
+may still act while it stops (up to the drivers' 10 s join), which is the window in
+which two leaders may overlap (there is no fencing token yet).
 """
 
 from __future__ import annotations

@@ -92,6 +92,11 @@ class CoordinatorSettings(BaseModel):
                 # The broker keeps routing a share of the telemetry to a dead instance's
                 # session until it expires; the sites re-send what that held once it does.
                 self.session_expiry_s = GROUP_SESSION_EXPIRY_S
+            if self.mqtt.protocol == "3.1.1":
+                raise ValueError(
+                    "ingest_group (--group) needs MQTT 5 shared subscriptions "
+                    "($share/GROUP/...): use protocol 5 or auto, not 3.1.1"
+                )
             if not is_postgres_url(self.db):
                 raise ValueError(
                     "ingest_group (--group) needs a PostgreSQL database (--db postgresql://...): "

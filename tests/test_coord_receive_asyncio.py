@@ -26,6 +26,7 @@ from coordinator.bus import BusOptions, Inbound
 from coordinator.bus_asyncio import (
     AsyncBus,
     _Connection,
+    connack_properties,
     connack_receive_maximum,
     connect_packet,
     publish_packet,
@@ -387,6 +388,12 @@ def test_our_publishes_respect_the_brokers_receive_maximum() -> None:
     assert connack_receive_maximum(b"\x00\x00" + bytes((len(props),)) + props) == 2
     assert connack_receive_maximum(b"\x00\x00\x00") == 65_535  # none set: no limit
     assert connack_receive_maximum(b"\x00\x00") == 65_535  # a 3.1.1-style CONNACK
+    # Shared Subscription Available (0x2A) = 0: what --group checks.
+    props = b"\x21\x00\x05" + b"\x2a\x00" + b"\x0b\x81\x01"  # + a varint property
+    assert connack_properties(b"\x00\x00" + bytes((len(props),)) + props) == {
+        0x21: 5, 0x2A: 0, 0x0B: 129,
+    }  # fmt: skip
+    assert connack_properties(b"\x00\x00\x02\xff\x00") is None  # malformed
     bus = _bus()
 
     async def run() -> None:

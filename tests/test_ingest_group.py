@@ -9,6 +9,7 @@ import queue
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from coordinator.bus import Inbound
@@ -91,6 +92,26 @@ def test_only_the_leader_keeps_sites_and_sends_rebirth(pair: tuple[Worker, Worke
     assert rec.registration is not None
 
 
+def test_a_follower_pubacks_but_never_stores_what_is_the_leaders(
+    pair: tuple[Worker, Worker], pg_url: str
+) -> None:
+    # What a session kept from when it led still arrives (or a stepping-down leader's
+    # queue): PUBACKed, nothing stored; the leader stores its own copy.
+    leader, follower = pair
+    hb = Heartbeat(site="f", session=1, interval_s=1)
+    msgs = ((T.registration("f"), Registration(site="f", session=1)), (T.heartbeat("f"), hb))
+    follower.feed(*msgs)
+    assert follower.pubacks == [1, 2]
+    assert follower.store.load_sites() == []
+    leader.ing.step_down()
+    leader.feed(*msgs, tel("f", 1))
+    assert leader.pubacks == [1, 2, 3]
+    assert leader.store.load_sites() == []  # telemetry only now: no site row either
+    assert leader.acks("f") == [1]
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM heartbeats").fetchone() == (0,)
+
+
 def test_a_heartbeat_re_acks_what_the_others_committed(pair: tuple[Worker, Worker]) -> None:
     leader, follower = pair
     leader.feed((T.registration("h"), Registration(site="h", session=1)))
@@ -109,6 +130,10 @@ def test_a_group_needs_postgres_and_a_client_id_of_its_own(pg_url: str) -> None:
         CoordinatorSettings(db="c.db", ingest_group="g", client_id="w1")
     with pytest.raises(ValueError, match="client_id"):
         CoordinatorSettings(db=pg_url, ingest_group="g")
+    with pytest.raises(ValueError, match="MQTT 5"):
+        CoordinatorSettings(
+            db=pg_url, ingest_group="g", client_id="w1", mqtt=MqttSettings(protocol="3.1.1")
+        )
     cfg = CoordinatorSettings(db=pg_url, ingest_group="g", client_id="w1")
     assert cfg.session_expiry_s == GROUP_SESSION_EXPIRY_S  # short unless set
     cfg = CoordinatorSettings(db=pg_url, ingest_group="g", client_id="w1", session_expiry_s=9)

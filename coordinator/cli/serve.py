@@ -192,6 +192,7 @@ def run(
         settings.client_id, session, settings.session_expiry_s, settings.receive_maximum,
         key_id=_key_id(settings.signing_key_file),
         announce=not group,  # in a group only the leader is the coordinator sites see
+        shared=bool(group),
     )  # fmt: skip
     try:
         if settings.receive == "asyncio":
@@ -231,6 +232,9 @@ def run(
                 api_box["api"] = _start_api(http, settings.db, training, deploy, token_file)
 
         leadership = _leadership(settings, ingest, bus, training, stop, api_starter)
+        # A session resumed from when this instance led (or ran alone) keeps those
+        # subscriptions: drop them until it leads again.
+        bus.unsubscribe_at_connect([bus.topics.all_sites(), *bus.topics.all_but_telemetry()])
         bus.subscribe(bus.topics.shared_telemetry(group), 1)
     else:
         bus.subscribe(bus.topics.all_sites(), 1)
@@ -255,7 +259,12 @@ def run(
         if ingest.failed is not None:
             code = EXIT["error"]
             break
+        if group and bus.refused:
+            log.error("stopping: %s", bus.refused)
+            code = EXIT["broker"]
+            break
         if leadership is not None and leadership.lost.is_set():
+            ingest.step_down()  # from its next batch: telemetry only
             log.error("stopping: a leader without the lock must not act (restart me)")
             code = EXIT["error"]
             break
@@ -265,7 +274,8 @@ def run(
     training.stop()
     checker.stop()
     ingest.stop()
-    bus.stop()
+    # A leader that lost its lock says no "offline": another may be online already.
+    bus.stop(announce=leadership is None or not leadership.lost.is_set())
     if leadership is not None:
         leadership.stop()
     store.close()

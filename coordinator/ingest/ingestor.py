@@ -209,6 +209,7 @@ class Ingestor:
                 self.store.gaps_above(row.site, row.acked, row.epoch),
             )
         self.alarms = {(a.site, a.device, a.alarm_id): a for a in self.store.load_alarms()}
+        self._carry = {}
         self.admission.devices = self.store.load_devices()
         self.admission.new_devices = []
         self.store.commit()
@@ -233,6 +234,12 @@ class Ingestor:
     def tick(self, now: int) -> None:
         """Ask for a liveness pass (called by the :class:`LivenessChecker` thread)."""
         self.inbound.put(_Tick(now))
+
+    def step_down(self) -> None:
+        """The leader lost its lock: from the next batch on, act as a follower (store and
+        ack telemetry only) while the daemon stops. Any thread."""
+        if self.shared:
+            self.leading = False
 
     def lead(self) -> None:
         """This instance won the leader lock: from the next batch on it keeps sites,
@@ -349,13 +356,17 @@ class Ingestor:
         admitted: list[Inbound] = []
         later: list[_Tick] = []
         now = time.monotonic()
-        if not self.leading and any(item is _LEAD for item in items):
-            self.leading = True
+        if self.shared and not self.leading and any(item is _LEAD for item in items):
             self.load()  # what the previous leader and the other workers committed
+            self.leading = True  # only once loaded: a failed load is tried again
             log.info("leading: sites, liveness and rebirth are this instance's now")
         for item in items:
             if isinstance(item, Inbound):
-                if self._admit(item, b, now):
+                if not self.leading and not self._offloads(item.topic):
+                    # Not a follower's: a session kept from when this instance led, or a
+                    # leader stepping down. The leader gets its own copy; PUBACK it only.
+                    b.mids.append((item.mid, item.qos))
+                elif self._admit(item, b, now):
                     admitted.append(item)
             elif isinstance(item, _Tick):
                 later.append(item)

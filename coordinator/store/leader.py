@@ -14,7 +14,7 @@ long as that connection:
 * a holder must keep asking :meth:`held` (it pings its connection): a connection the
   server dropped means the lock is gone, and the instance must stop leading.
 
-Not wired into ``fedmq serve`` yet.
+``fedmq serve --group`` polls it through :class:`coordinator.leadership.Leadership`.
 """
 
 from __future__ import annotations
