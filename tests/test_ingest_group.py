@@ -157,3 +157,17 @@ def _matches(filt: str, topic: str) -> bool:
         if i >= len(t) or (level != "+" and level != t[i]):
             return False
     return len(f) == len(t)
+
+
+def test_the_leader_takes_no_ack_base_for_what_the_followers_stored(
+    pair: tuple[Worker, Worker], pg_url: str
+) -> None:
+    leader, follower = pair
+    leader.feed((T.registration("k"), Registration(site="k", session=1)))
+    follower.feed(tel("k", 1), tel("k", 2), tel("k", 3))
+    hb = Heartbeat(site="k", session=1, interval_s=1, last_acked=3)
+    leader.feed((T.heartbeat("k"), hb))
+    with psycopg.connect(pg_url) as conn:
+        events = conn.execute("SELECT event FROM site_events WHERE site = 'k'").fetchall()
+    assert ("ack_base",) not in events  # it was stored: no "nothing stored" base
+    assert leader.acks("k") == [3]

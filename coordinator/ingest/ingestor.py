@@ -549,6 +549,11 @@ class Ingestor:
             )
         )
         key = (rec.site, msg.epoch)
+        if self.shared and self.tracker.acked(key) < msg.last_acked:
+            # Behind the site: the other workers stored and acked more; the database
+            # says how much (so the base below moves only when nothing is stored).
+            start = max(self.tracker.acked(key), self.store.stream_acked(*key))
+            self.tracker.load(key, self.store.contiguous_acked(rec.site, msg.epoch, start))
         if self.tracker.heartbeat_base(key, msg.last_acked):
             why = f"nothing stored: contiguous ack starts at the site's last_acked {msg.last_acked}"
             b.events.append(EventRow(rec.site, at, "ack_base", None, None, why, msg.session))
