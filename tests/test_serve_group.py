@@ -184,7 +184,8 @@ def test_the_leader_killed_mid_stream_another_leads_and_nothing_is_lost(
     wait_for(lambda: _stored(pg_url) >= 1000, 120, "a first part of the stream stored")
     a.kill()
     killed = time.monotonic()
-    wait_for(b.leads, 30, "the other instance to take the lead")
+    wait_for(b.leads, 30, "the other instance to take the lead", step=0.05)
+    print(f"leader killed: the other leads {time.monotonic() - killed:.2f} s later")
     _all_stored_once_and_acked(pg_url, sites)
     print(f"session expiry {EXPIRY} s: drained {time.monotonic() - killed:.1f} s after the kill")
     # The new leader keeps liveness: heartbeats after the takeover reach the sites table.
@@ -255,9 +256,12 @@ def test_the_leader_killed_mid_round_the_run_finishes_under_the_other(
             step=0.1,
         )  # fmt: skip
         a.kill()  # the leader, mid-round
-        wait_for(b.leads, 30, "the other instance to take the lead")
+        killed = time.monotonic()
+        wait_for(b.leads, 30, "the other instance to take the lead", step=0.05)
+        print(f"leader killed mid-round: the other leads {time.monotonic() - killed:.2f} s later")
         out, err = train.communicate(timeout=240)
         assert train.returncode == 0, err[-3000:]
+        print(f"the run finished {time.monotonic() - killed:.1f} s after the kill")
     finally:
         if train is not None and train.poll() is None:
             train.kill()
