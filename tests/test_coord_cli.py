@@ -155,6 +155,14 @@ def test_serve_settings_layering_and_masked_print_config(tmp_path: Path) -> None
     assert cfg["patience"] == 5.0 and cfg["mqtt"]["port"] == 1999  # env over TOML
     assert cfg["batch_size"] == 77  # flag over env
     assert cfg["mqtt"]["password"] == "***" and "s3cret" not in proc.stdout
+    # A password in a PostgreSQL URL is masked too (the URL otherwise shown as given).
+    url = "postgresql://fedmq:pg-s3cret@db.plant:5432/fedmq"
+    proc = subprocess.run(
+        [*FEDMQ, "serve", "--db", url, "--print-config"],
+        capture_output=True, text=True, cwd=REPO, env=_clean_env(), check=True,
+    )  # fmt: skip
+    assert json.loads(proc.stdout)["db"] == "postgresql://fedmq:***@db.plant:5432/fedmq"
+    assert "pg-s3cret" not in proc.stdout
 
 
 def test_serve_bad_setting_is_one_line_usage_error(tmp_path: Path) -> None:

@@ -121,7 +121,9 @@ def serve(
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     if print_config:
-        click.echo(json.dumps(masked(settings), indent=2))
+        shown = masked(settings)
+        shown["db"] = _shown(shown.get("db", ""))  # a password in a postgresql:// URL
+        click.echo(json.dumps(shown, indent=2))
         return
     if not no_http:
         from coordinator.api.server import parse_bind
