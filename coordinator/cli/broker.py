@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -185,16 +187,9 @@ def add_site_command(site: str, out: Path, force: bool, as_json: bool) -> None:
     Example:
         fedmq broker add-site press-7 --out deploy
     """
-    from coordinator.admin.broker_init import BrokerInitError, add_site
-    from coordinator.admin.dev_ca import DevCaError
+    from coordinator.admin.broker_init import add_site
 
-    try:
-        written = add_site(out, site, force=force)
-    except (BrokerInitError, DevCaError) as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        raise UsageError(f"cannot write to {out}: {exc.strerror or exc}") from None
-    _report(written, out, as_json)
+    _report(_add(lambda: add_site(out, site, force=force), out), out, as_json)
 
 
 @broker.command("add-reader")
@@ -247,13 +242,19 @@ def add_coordinator_command(name: str, out: Path, force: bool, as_json: bool) ->
         fedmq serve --config deploy/coordinators/ingest-2/credentials.toml \\
             --db postgresql://fedmq@db.plant:5432/fedmq --group plant --no-http
     """
-    from coordinator.admin.broker_init import BrokerInitError, add_coordinator
+    from coordinator.admin.broker_init import add_coordinator
+
+    _report(_add(lambda: add_coordinator(out, name, force=force), out), out, as_json)
+
+
+def _add(write: Callable[[], Any], out: Path) -> Any:
+    """Run an add-* command's write; its refusals and OS errors as usage errors."""
+    from coordinator.admin.broker_init import BrokerInitError
     from coordinator.admin.dev_ca import DevCaError
 
     try:
-        written = add_coordinator(out, name, force=force)
+        return write()
     except (BrokerInitError, DevCaError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot write to {out}: {exc.strerror or exc}") from None
-    _report(written, out, as_json)
